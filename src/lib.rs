@@ -1,0 +1,14 @@
+//! regionflow: a Kafka-to-Redis stream processor.
+//!
+//! A record travels through the modules in one direction:
+//! [`source`] (Kafka, decoding, dead letters) → [`time`] (event time,
+//! watermarks) → [`window`] (assigners, aggregates, operator state) →
+//! [`region`] (entry layout, Redis Cluster writer, in-memory region).
+//! [`pipeline`] wires them into one task per assigned partition;
+//! [`metrics`] exports what happens; [`config`] is the typed configuration
+//! everything is built from; [`embedded`] is the self-contained quick-start.
+
+pub mod config;
+pub mod region;
+pub mod time;
+pub mod window;

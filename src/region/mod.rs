@@ -1,0 +1,3 @@
+mod entry;
+
+pub use entry::{partial_field, KeyTemplate};

@@ -1,0 +1,275 @@
+//! Mergeable aggregates.
+//!
+//! Every aggregate keeps a small accumulator that can be (1) updated with
+//! one input, (2) merged with another accumulator of the same kind, and
+//! (3) encoded as a JSON *partial* that the region merges across source
+//! partitions (see `region/merge.lua`, which implements the same merge and
+//! rendering rules in Redis). Average is kept as sum and count, distinct
+//! count as a HyperLogLog, first/last as (event time, value) pairs with a
+//! value tie-break so that merging is order-independent.
+
+use serde_json::Value as Json;
+
+use crate::config::AggregateFunction;
+use crate::time::Millis;
+
+use super::hll::HyperLogLog;
+
+/// One record's input to one aggregate, extracted by the decoder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// `count` needs no value.
+    Unit,
+    Number(f64),
+    /// Stable 64-bit hash of the value, for distinct counts.
+    Hash(u64),
+    /// The value rendered as text (strings raw, other JSON as JSON), for first/last.
+    Text(Box<str>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accumulator {
+    Count(u64),
+    Sum(f64),
+    Min(Option<f64>),
+    Max(Option<f64>),
+    Avg { sum: f64, count: u64 },
+    DistinctCount(HyperLogLog),
+    First(Option<(Millis, Box<str>)>),
+    Last(Option<(Millis, Box<str>)>),
+}
+
+impl Accumulator {
+    pub fn new(function: AggregateFunction) -> Self {
+        match function {
+            AggregateFunction::Count => Accumulator::Count(0),
+            AggregateFunction::Sum => Accumulator::Sum(0.0),
+            AggregateFunction::Min => Accumulator::Min(None),
+            AggregateFunction::Max => Accumulator::Max(None),
+            AggregateFunction::Avg => Accumulator::Avg { sum: 0.0, count: 0 },
+            AggregateFunction::DistinctCount => Accumulator::DistinctCount(HyperLogLog::default()),
+            AggregateFunction::First => Accumulator::First(None),
+            AggregateFunction::Last => Accumulator::Last(None),
+        }
+    }
+
+    /// Adds one record's input. The decoder guarantees the input's kind
+    /// matches the aggregate; a mismatch is ignored rather than panicking.
+    pub fn add(&mut self, input: &Input, event_time: Millis) {
+        match (self, input) {
+            (Accumulator::Count(n), _) => *n += 1,
+            (Accumulator::Sum(s), Input::Number(v)) => *s += v,
+            (Accumulator::Min(m), Input::Number(v)) => *m = Some(m.map_or(*v, |m| m.min(*v))),
+            (Accumulator::Max(m), Input::Number(v)) => *m = Some(m.map_or(*v, |m| m.max(*v))),
+            (Accumulator::Avg { sum, count }, Input::Number(v)) => {
+                *sum += v;
+                *count += 1;
+            }
+            (Accumulator::DistinctCount(h), Input::Hash(hash)) => h.insert_hash(*hash),
+            (Accumulator::First(f), Input::Text(v)) => keep_first(f, event_time, v),
+            (Accumulator::Last(l), Input::Text(v)) => keep_last(l, event_time, v),
+            _ => {}
+        }
+    }
+
+    /// Merges another accumulator of the same kind into this one.
+    pub fn merge(&mut self, other: &Accumulator) {
+        match (self, other) {
+            (Accumulator::Count(a), Accumulator::Count(b)) => *a += b,
+            (Accumulator::Sum(a), Accumulator::Sum(b)) => *a += b,
+            (Accumulator::Min(a), Accumulator::Min(Some(b))) => {
+                *a = Some(a.map_or(*b, |a| a.min(*b)))
+            }
+            (Accumulator::Max(a), Accumulator::Max(Some(b))) => {
+                *a = Some(a.map_or(*b, |a| a.max(*b)))
+            }
+            (Accumulator::Avg { sum, count }, Accumulator::Avg { sum: s, count: c }) => {
+                *sum += s;
+                *count += c;
+            }
+            (Accumulator::DistinctCount(a), Accumulator::DistinctCount(b)) => a.merge(b),
+            (Accumulator::First(a), Accumulator::First(Some((t, v)))) => keep_first(a, *t, v),
+            (Accumulator::Last(a), Accumulator::Last(Some((t, v)))) => keep_last(a, *t, v),
+            _ => {}
+        }
+    }
+
+    /// The partial as stored in the region entry (see `region/merge.lua`).
+    pub fn to_partial(&self) -> Json {
+        match self {
+            Accumulator::Count(n) => Json::from(*n),
+            Accumulator::Sum(s) => number(*s),
+            Accumulator::Min(m) | Accumulator::Max(m) => m.map_or(Json::Null, number),
+            Accumulator::Avg { sum, count } => Json::Array(vec![number(*sum), Json::from(*count)]),
+            Accumulator::DistinctCount(h) => Json::String(h.to_hex()),
+            Accumulator::First(v) | Accumulator::Last(v) => {
+                v.as_ref().map_or(Json::Null, |(t, v)| {
+                    Json::Array(vec![Json::from(*t), Json::from(&**v)])
+                })
+            }
+        }
+    }
+
+    /// Parses a partial written by [`Accumulator::to_partial`].
+    pub fn from_partial(function: AggregateFunction, partial: &Json) -> Option<Accumulator> {
+        let pair = |p: &Json| -> Option<Option<(Millis, Box<str>)>> {
+            if p.is_null() {
+                return Some(None);
+            }
+            let a = p.as_array()?;
+            Some(Some((a.first()?.as_i64()?, a.get(1)?.as_str()?.into())))
+        };
+        Some(match function {
+            AggregateFunction::Count => Accumulator::Count(partial.as_u64()?),
+            AggregateFunction::Sum => Accumulator::Sum(partial.as_f64()?),
+            AggregateFunction::Min => Accumulator::Min(partial.as_f64()),
+            AggregateFunction::Max => Accumulator::Max(partial.as_f64()),
+            AggregateFunction::Avg => {
+                let a = partial.as_array()?;
+                Accumulator::Avg {
+                    sum: a.first()?.as_f64()?,
+                    count: a.get(1)?.as_u64()?,
+                }
+            }
+            AggregateFunction::DistinctCount => {
+                Accumulator::DistinctCount(HyperLogLog::from_hex(partial.as_str()?)?)
+            }
+            AggregateFunction::First => Accumulator::First(pair(partial)?),
+            AggregateFunction::Last => Accumulator::Last(pair(partial)?),
+        })
+    }
+
+    /// The public value written into the entry's field; `None` leaves the
+    /// field out (e.g. min of nothing).
+    pub fn render(&self) -> Option<String> {
+        match self {
+            Accumulator::Count(n) => Some(n.to_string()),
+            Accumulator::Sum(s) => Some(render_number(*s)),
+            Accumulator::Min(m) | Accumulator::Max(m) => m.map(render_number),
+            Accumulator::Avg { sum, count } => {
+                (*count > 0).then(|| render_number(sum / *count as f64))
+            }
+            Accumulator::DistinctCount(h) => Some(h.estimate().to_string()),
+            Accumulator::First(v) | Accumulator::Last(v) => v.as_ref().map(|(_, v)| v.to_string()),
+        }
+    }
+}
+
+/// Earliest event time wins; equal times keep the smaller value, so the
+/// result does not depend on arrival order or on how partials are merged.
+fn keep_first(slot: &mut Option<(Millis, Box<str>)>, t: Millis, v: &str) {
+    if slot.as_ref().is_none_or(|(st, sv)| (t, v) < (*st, &**sv)) {
+        *slot = Some((t, v.into()));
+    }
+}
+
+/// Latest event time wins; equal times keep the larger value.
+fn keep_last(slot: &mut Option<(Millis, Box<str>)>, t: Millis, v: &str) {
+    if slot.as_ref().is_none_or(|(st, sv)| (t, v) > (*st, &**sv)) {
+        *slot = Some((t, v.into()));
+    }
+}
+
+fn number(v: f64) -> Json {
+    serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number)
+}
+
+/// Integers print without a fraction; other numbers in their shortest
+/// round-trip form.
+pub fn render_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Input {
+        Input::Text(s.into())
+    }
+
+    #[test]
+    fn merge_equals_adding_everything_to_one_accumulator() {
+        let inputs = [(3.0, 10), (-1.5, 5), (7.25, 20), (0.0, 5)];
+        for f in [
+            AggregateFunction::Count,
+            AggregateFunction::Sum,
+            AggregateFunction::Min,
+            AggregateFunction::Max,
+            AggregateFunction::Avg,
+        ] {
+            let mut all = Accumulator::new(f);
+            let mut left = Accumulator::new(f);
+            let mut right = Accumulator::new(f);
+            for (i, (v, t)) in inputs.iter().enumerate() {
+                all.add(&Input::Number(*v), *t);
+                if i % 2 == 0 { &mut left } else { &mut right }.add(&Input::Number(*v), *t);
+            }
+            left.merge(&right);
+            assert_eq!(left, all, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn first_and_last_break_time_ties_by_value_in_any_order() {
+        let mut a = Accumulator::new(AggregateFunction::First);
+        a.add(&text("b"), 5);
+        a.add(&text("a"), 5);
+        a.add(&text("z"), 9);
+        assert_eq!(a.render().as_deref(), Some("a"));
+        let mut l = Accumulator::new(AggregateFunction::Last);
+        l.add(&text("a"), 9);
+        l.add(&text("b"), 9);
+        l.add(&text("z"), 1);
+        assert_eq!(l.render().as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn partials_round_trip() {
+        let mut accs = vec![
+            Accumulator::new(AggregateFunction::Count),
+            Accumulator::new(AggregateFunction::Sum),
+            Accumulator::new(AggregateFunction::Min),
+            Accumulator::new(AggregateFunction::Avg),
+            Accumulator::new(AggregateFunction::DistinctCount),
+            Accumulator::new(AggregateFunction::Last),
+        ];
+        let inputs = [
+            Input::Unit,
+            Input::Number(2.5),
+            Input::Number(-3.0),
+            Input::Number(4.0),
+            Input::Hash(0xdead_beef_1234),
+            text("hello"),
+        ];
+        for (acc, input) in accs.iter_mut().zip(&inputs) {
+            acc.add(input, 42);
+        }
+        let functions = [
+            AggregateFunction::Count,
+            AggregateFunction::Sum,
+            AggregateFunction::Min,
+            AggregateFunction::Avg,
+            AggregateFunction::DistinctCount,
+            AggregateFunction::Last,
+        ];
+        for (acc, f) in accs.iter().zip(functions) {
+            assert_eq!(
+                Accumulator::from_partial(f, &acc.to_partial()).as_ref(),
+                Some(acc),
+                "{f:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn renders_integers_without_fraction() {
+        assert_eq!(render_number(12.0), "12");
+        assert_eq!(render_number(-0.5), "-0.5");
+        assert_eq!(render_number(0.1 + 0.2), "0.30000000000000004");
+    }
+}

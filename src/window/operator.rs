@@ -1,0 +1,133 @@
+//! The window operator of one task: events and watermarks in, results out.
+//!
+//! The caller (a partition task) owns the watermark and calls, per record,
+//! [`WindowOperator::process`] with the watermark *before* that record, then
+//! [`WindowOperator::advance`] with the watermark after it. Results collect
+//! in an output buffer that the caller drains when it flushes to the region.
+
+use crate::config::{AggregateFunction, PipelineConfig};
+use crate::time::Millis;
+
+use super::fixed::FixedWindows;
+use super::session::SessionWindows;
+use super::{Event, WindowKind, WindowResult};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowSpec {
+    pub kind: WindowKind,
+    pub allowed_lateness: Millis,
+    pub functions: Vec<AggregateFunction>,
+}
+
+impl WindowSpec {
+    pub fn from_config(config: &PipelineConfig) -> Self {
+        WindowSpec {
+            kind: config.window.into(),
+            allowed_lateness: config.allowed_lateness.as_millis() as Millis,
+            functions: config.aggregates.values().map(|a| a.function).collect(),
+        }
+    }
+}
+
+/// Whether a record found a window still kept for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    Yes,
+    /// Every window of the record is past its allowed lateness.
+    Late,
+}
+
+#[derive(Debug)]
+enum State {
+    Fixed(FixedWindows),
+    Session(SessionWindows),
+}
+
+#[derive(Debug)]
+pub struct WindowOperator {
+    spec: WindowSpec,
+    state: State,
+    results: Vec<WindowResult>,
+}
+
+impl WindowOperator {
+    pub fn new(spec: WindowSpec) -> Self {
+        let state = match spec.kind {
+            WindowKind::Tumbling { size } => State::Fixed(FixedWindows::new(size, size)),
+            WindowKind::Sliding { size, slide } => State::Fixed(FixedWindows::new(size, slide)),
+            WindowKind::Session { gap } => State::Session(SessionWindows::new(gap)),
+        };
+        WindowOperator {
+            spec,
+            state,
+            results: Vec::new(),
+        }
+    }
+
+    pub fn spec(&self) -> &WindowSpec {
+        &self.spec
+    }
+
+    /// Adds one event, given the watermark before it.
+    pub fn process(&mut self, event: &Event, watermark: Millis) -> Accepted {
+        let (functions, lateness) = (&self.spec.functions, self.spec.allowed_lateness);
+        let accepted = match &mut self.state {
+            State::Fixed(f) => f.process(event, functions, watermark, lateness, &mut self.results),
+            State::Session(s) => {
+                s.process(event, functions, watermark, lateness, &mut self.results)
+            }
+        };
+        if accepted {
+            Accepted::Yes
+        } else {
+            Accepted::Late
+        }
+    }
+
+    /// Fires every window complete at `watermark` and purges those past
+    /// their allowed lateness.
+    pub fn advance(&mut self, watermark: Millis) {
+        let lateness = self.spec.allowed_lateness;
+        match &mut self.state {
+            State::Fixed(f) => f.advance(watermark, lateness, &mut self.results),
+            State::Session(s) => s.advance(watermark, lateness, &mut self.results),
+        }
+    }
+
+    /// Emits the running value of every open window changed since the last call.
+    pub fn emit_updates(&mut self) {
+        match &mut self.state {
+            State::Fixed(f) => f.updates(&mut self.results),
+            State::Session(s) => s.updates(&mut self.results),
+        }
+    }
+
+    /// Results produced since the last call.
+    pub fn take_results(&mut self) -> Vec<WindowResult> {
+        std::mem::take(&mut self.results)
+    }
+
+    pub fn pending_results(&self) -> usize {
+        self.results.len()
+    }
+
+    /// Open (key, window) pairs held in state.
+    pub fn open_windows(&self) -> usize {
+        match &self.state {
+            State::Fixed(f) => f.open_slots,
+            State::Session(s) => s.open_slots,
+        }
+    }
+
+    /// The lowest offset of any record still held in state: records before
+    /// it are no longer needed to rebuild the state by replay.
+    pub fn min_offset(&self) -> Option<i64> {
+        match &self.state {
+            State::Fixed(f) => f.min_offset(),
+            State::Session(s) => s.min_offset(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,190 @@
+//! Session windows: per key, records closer than `gap` belong to one
+//! session `[first, last + gap)`.
+//!
+//! Merging follows Flink: a record opens `[t, t + gap)` and every session it
+//! intersects (touching counts) merges with it. A merge that swallows a
+//! session already fired retracts the old entry, since its bounds (and so its
+//! region key) change. Timers `(time, key)` in an ordered set drive firing
+//! and purging; stale timers are skipped when they come due.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use ahash::AHashMap;
+
+use super::{Accumulator, Event, ResultKind, Window, WindowResult};
+use crate::config::AggregateFunction;
+use crate::time::Millis;
+
+#[derive(Debug, Clone)]
+pub(super) struct Session {
+    pub(super) window: Window,
+    pub(super) accumulators: Vec<Accumulator>,
+    pub(super) fired: bool,
+    /// Written to the region (fired, or as an update): a merge that changes
+    /// its bounds must retract it.
+    pub(super) emitted: bool,
+    pub(super) dirty: bool,
+    pub(super) min_offset: i64,
+}
+
+#[derive(Debug)]
+pub(super) struct SessionWindows {
+    gap: Millis,
+    pub(super) sessions: AHashMap<Arc<str>, Vec<Session>>,
+    timers: BTreeSet<(Millis, Arc<str>)>,
+    pub(super) open_slots: usize,
+}
+
+impl SessionWindows {
+    pub(super) fn new(gap: Millis) -> Self {
+        SessionWindows {
+            gap,
+            sessions: AHashMap::new(),
+            timers: BTreeSet::new(),
+            open_slots: 0,
+        }
+    }
+
+    pub(super) fn process(
+        &mut self,
+        event: &Event,
+        functions: &[AggregateFunction],
+        watermark: Millis,
+        lateness: Millis,
+        out: &mut Vec<WindowResult>,
+    ) -> bool {
+        let mut merged = Window {
+            start: event.time,
+            end: event.time.saturating_add(self.gap),
+        };
+        let sessions = self.sessions.entry(event.key.clone()).or_default();
+        let intersects =
+            |s: &Session, w: &Window| s.window.start <= w.end && s.window.end >= w.start;
+        // Sessions of one key never intersect each other, so one pass finds
+        // the extent of the merge.
+        let opened = merged;
+        for s in sessions.iter().filter(|s| intersects(s, &opened)) {
+            merged.start = merged.start.min(s.window.start);
+            merged.end = merged.end.max(s.window.end);
+        }
+        if merged.end.saturating_add(lateness) <= watermark {
+            if sessions.is_empty() {
+                self.sessions.remove(&event.key);
+            }
+            return false;
+        }
+        let mut session = Session {
+            window: merged,
+            accumulators: functions.iter().map(|f| Accumulator::new(*f)).collect(),
+            fired: false,
+            emitted: false,
+            dirty: true,
+            min_offset: event.offset,
+        };
+        let mut i = 0;
+        while i < sessions.len() {
+            if intersects(&sessions[i], &merged) {
+                let old = sessions.swap_remove(i);
+                self.open_slots -= 1;
+                for (acc, other) in session.accumulators.iter_mut().zip(&old.accumulators) {
+                    acc.merge(other);
+                }
+                session.min_offset = session.min_offset.min(old.min_offset);
+                if old.window == merged {
+                    session.emitted |= old.emitted;
+                } else if old.emitted {
+                    out.push(WindowResult {
+                        key: event.key.clone(),
+                        window: old.window,
+                        accumulators: old.accumulators,
+                        kind: ResultKind::Retract,
+                    });
+                }
+            } else {
+                i += 1;
+            }
+        }
+        for (acc, input) in session.accumulators.iter_mut().zip(&event.inputs) {
+            acc.add(input, event.time);
+        }
+        if merged.end <= watermark {
+            // Complete already: a late record within the allowed lateness.
+            session.fired = true;
+            session.emitted = true;
+            session.dirty = false;
+            out.push(WindowResult {
+                key: event.key.clone(),
+                window: merged,
+                accumulators: session.accumulators.clone(),
+                kind: ResultKind::Final,
+            });
+            self.timers
+                .insert((merged.end.saturating_add(lateness), event.key.clone()));
+        } else {
+            self.timers.insert((merged.end, event.key.clone()));
+        }
+        sessions.push(session);
+        self.open_slots += 1;
+        true
+    }
+
+    pub(super) fn advance(
+        &mut self,
+        watermark: Millis,
+        lateness: Millis,
+        out: &mut Vec<WindowResult>,
+    ) {
+        while let Some((time, _)) = self.timers.first() {
+            if *time > watermark {
+                break;
+            }
+            let (_, key) = self.timers.pop_first().expect("first() was Some");
+            let Some(sessions) = self.sessions.get_mut(&key) else {
+                continue;
+            };
+            for s in sessions.iter_mut() {
+                if !s.fired && s.window.end <= watermark {
+                    s.fired = true;
+                    s.emitted = true;
+                    s.dirty = false;
+                    out.push(WindowResult {
+                        key: key.clone(),
+                        window: s.window,
+                        accumulators: s.accumulators.clone(),
+                        kind: ResultKind::Final,
+                    });
+                    if lateness > 0 {
+                        self.timers
+                            .insert((s.window.end.saturating_add(lateness), key.clone()));
+                    }
+                }
+            }
+            let before = sessions.len();
+            sessions.retain(|s| !(s.fired && s.window.end.saturating_add(lateness) <= watermark));
+            self.open_slots -= before - sessions.len();
+            if sessions.is_empty() {
+                self.sessions.remove(&key);
+            }
+        }
+    }
+
+    pub(super) fn updates(&mut self, out: &mut Vec<WindowResult>) {
+        for (key, sessions) in self.sessions.iter_mut() {
+            for s in sessions.iter_mut().filter(|s| s.dirty && !s.fired) {
+                s.dirty = false;
+                s.emitted = true;
+                out.push(WindowResult {
+                    key: key.clone(),
+                    window: s.window,
+                    accumulators: s.accumulators.clone(),
+                    kind: ResultKind::Update,
+                });
+            }
+        }
+    }
+
+    pub(super) fn min_offset(&self) -> Option<i64> {
+        self.sessions.values().flatten().map(|s| s.min_offset).min()
+    }
+}
