@@ -119,9 +119,7 @@ fn default_metrics_listen() -> SocketAddr {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig {
-            listen: default_metrics_listen(),
-        }
+        MetricsConfig { listen: default_metrics_listen() }
     }
 }
 
@@ -183,11 +181,7 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let env: config::Map<String, String> = env.into_iter().collect();
         let source = config::Config::builder()
-            .add_source(
-                config::File::from(path)
-                    .format(config::FileFormat::Toml)
-                    .required(true),
-            )
+            .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
             .add_source(
                 config::Environment::with_prefix(ENV_PREFIX)
                     .prefix_separator("__")
@@ -196,15 +190,9 @@ impl Settings {
                     .source(Some(env)),
             )
             .build()
-            .map_err(|e| ConfigError::Read {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?;
-        let settings: Settings =
-            serde_path_to_error::deserialize(source).map_err(|e| ConfigError::Invalid {
-                key: e.path().to_string(),
-                message: e.inner().to_string(),
-            })?;
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        let settings: Settings = serde_path_to_error::deserialize(source)
+            .map_err(|e| ConfigError::Invalid { key: e.path().to_string(), message: e.inner().to_string() })?;
         settings.validate()?;
         Ok(settings)
     }
@@ -213,35 +201,20 @@ impl Settings {
         let source = config::Config::builder()
             .add_source(config::File::from_str(toml, config::FileFormat::Toml))
             .build()
-            .map_err(|e| ConfigError::Read {
-                path: "<string>".into(),
-                message: e.to_string(),
-            })?;
-        let settings: Settings =
-            serde_path_to_error::deserialize(source).map_err(|e| ConfigError::Invalid {
-                key: e.path().to_string(),
-                message: e.inner().to_string(),
-            })?;
+            .map_err(|e| ConfigError::Read { path: "<string>".into(), message: e.to_string() })?;
+        let settings: Settings = serde_path_to_error::deserialize(source)
+            .map_err(|e| ConfigError::Invalid { key: e.path().to_string(), message: e.inner().to_string() })?;
         settings.validate()?;
         Ok(settings)
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: &str| ConfigError::Invalid {
-            key: key.into(),
-            message: message.into(),
-        };
+        let invalid = |key: &str, message: &str| ConfigError::Invalid { key: key.into(), message: message.into() };
         if self.kafka.brokers.trim().is_empty() {
-            return Err(invalid(
-                "kafka.brokers",
-                "comma-separated host:port list, e.g. \"localhost:9092\"",
-            ));
+            return Err(invalid("kafka.brokers", "comma-separated host:port list, e.g. \"localhost:9092\""));
         }
         if self.redis.nodes.is_empty() {
-            return Err(invalid(
-                "redis.nodes",
-                "at least one seed node, e.g. [\"redis://127.0.0.1:7000\"]",
-            ));
+            return Err(invalid("redis.nodes", "at least one seed node, e.g. [\"redis://127.0.0.1:7000\"]"));
         }
         for (i, node) in self.redis.nodes.iter().enumerate() {
             if !node.starts_with("redis://") && !node.starts_with("rediss://") {
@@ -252,10 +225,7 @@ impl Settings {
             }
         }
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(':') {
-            return Err(invalid(
-                "redis.key_prefix",
-                "a non-empty prefix without ':'",
-            ));
+            return Err(invalid("redis.key_prefix", "a non-empty prefix without ':'"));
         }
         if self.redis.write_concurrency == 0 {
             return Err(invalid("redis.write_concurrency", "at least 1"));
@@ -264,16 +234,10 @@ impl Settings {
             return Err(invalid("connector.poll_batch", "at least 1"));
         }
         if self.connector.flush_interval.is_zero() {
-            return Err(invalid(
-                "connector.flush_interval",
-                "a positive duration, e.g. \"200ms\"",
-            ));
+            return Err(invalid("connector.flush_interval", "a positive duration, e.g. \"200ms\""));
         }
         if self.pipelines.is_empty() {
-            return Err(invalid(
-                "pipelines",
-                "declare at least one pipeline, e.g. [pipelines.pageviews]",
-            ));
+            return Err(invalid("pipelines", "declare at least one pipeline, e.g. [pipelines.pageviews]"));
         }
         let mut regions = BTreeMap::new();
         for (name, pipeline) in &self.pipelines {
@@ -281,7 +245,10 @@ impl Settings {
             if let Some(other) = regions.insert(pipeline.region.name.clone(), name) {
                 return Err(invalid(
                     &format!("pipelines.{name}.region.name"),
-                    &format!("region `{}` is already written by pipeline `{other}`; each region has one pipeline", pipeline.region.name),
+                    &format!(
+                        "region `{}` is already written by pipeline `{other}`; each region has one pipeline",
+                        pipeline.region.name
+                    ),
                 ));
             }
         }
@@ -291,7 +258,9 @@ impl Settings {
                 if let Some(other) = topics.insert(topic.clone(), name) {
                     return Err(invalid(
                         &format!("pipelines.{name}.topics"),
-                        &format!("topic `{topic}` is already consumed by pipeline `{other}`; a topic feeds one pipeline"),
+                        &format!(
+                            "topic `{topic}` is already consumed by pipeline `{other}`; a topic feeds one pipeline"
+                        ),
                     ));
                 }
             }
@@ -314,12 +283,7 @@ where
     }
     Ok(match ListOrString::deserialize(deserializer)? {
         ListOrString::List(list) => list,
-        ListOrString::String(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
+        ListOrString::String(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
     })
 }
 

@@ -133,10 +133,7 @@ fn default_idle_timeout() -> Duration {
 
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        WatermarkConfig {
-            max_out_of_orderness: default_out_of_orderness(),
-            idle_timeout: default_idle_timeout(),
-        }
+        WatermarkConfig { max_out_of_orderness: default_out_of_orderness(), idle_timeout: default_idle_timeout() }
     }
 }
 
@@ -232,10 +229,7 @@ pub struct ErrorsConfig {
 
 impl Default for ErrorsConfig {
     fn default() -> Self {
-        ErrorsConfig {
-            tolerance: Tolerance::All,
-            deadletterqueue_topic_name: None,
-        }
+        ErrorsConfig { tolerance: Tolerance::All, deadletterqueue_topic_name: None }
     }
 }
 
@@ -251,26 +245,19 @@ pub enum Tolerance {
 
 impl PipelineConfig {
     pub fn validate(&self, path: &str) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            key: format!("{path}.{key}"),
-            message,
-        };
+        let invalid = |key: &str, message: String| ConfigError::Invalid { key: format!("{path}.{key}"), message };
         if self.topics.is_empty() {
             return Err(invalid("topics", "list at least one source topic".into()));
         }
         match &self.key {
-            KeySource::Field { pointer } => {
-                check_pointer(pointer).map_err(|m| invalid("key.pointer", m))?
-            }
+            KeySource::Field { pointer } => check_pointer(pointer).map_err(|m| invalid("key.pointer", m))?,
             KeySource::KafkaKey => {}
         }
         if let EventTimeSource::Field { pointer, .. } = &self.event_time {
             check_pointer(pointer).map_err(|m| invalid("event_time.pointer", m))?;
         }
         match self.window {
-            WindowConfig::Tumbling { size } => {
-                positive_millis(size).map_err(|m| invalid("window.size", m))?
-            }
+            WindowConfig::Tumbling { size } => positive_millis(size).map_err(|m| invalid("window.size", m))?,
             WindowConfig::Sliding { size, slide } => {
                 positive_millis(size).map_err(|m| invalid("window.size", m))?;
                 positive_millis(slide).map_err(|m| invalid("window.slide", m))?;
@@ -291,15 +278,12 @@ impl PipelineConfig {
                     ));
                 }
             }
-            WindowConfig::Session { gap } => {
-                positive_millis(gap).map_err(|m| invalid("window.gap", m))?
-            }
+            WindowConfig::Session { gap } => positive_millis(gap).map_err(|m| invalid("window.gap", m))?,
         }
         if self.aggregates.is_empty() {
             return Err(invalid(
                 "aggregates",
-                "declare at least one aggregate, e.g. aggregates.events = { function = \"count\" }"
-                    .into(),
+                "declare at least one aggregate, e.g. aggregates.events = { function = \"count\" }".into(),
             ));
         }
         for (name, agg) in &self.aggregates {
@@ -310,51 +294,42 @@ impl PipelineConfig {
                 ));
             }
             match (&agg.function, &agg.field) {
-                (AggregateFunction::Count, Some(field)) => check_pointer(field)
-                    .map_err(|m| invalid(&format!("aggregates.{name}.field"), m))?,
+                (AggregateFunction::Count, Some(field)) => {
+                    check_pointer(field).map_err(|m| invalid(&format!("aggregates.{name}.field"), m))?
+                }
                 (AggregateFunction::Count, None) => {}
                 (function, None) => {
                     return Err(invalid(
                         &format!("aggregates.{name}.field"),
-                        format!(
-                            "{function:?} needs an input field, a JSON pointer such as \"/amount\""
-                        ),
+                        format!("{function:?} needs an input field, a JSON pointer such as \"/amount\""),
                     ))
                 }
-                (_, Some(field)) => check_pointer(field)
-                    .map_err(|m| invalid(&format!("aggregates.{name}.field"), m))?,
+                (_, Some(field)) => {
+                    check_pointer(field).map_err(|m| invalid(&format!("aggregates.{name}.field"), m))?
+                }
             }
         }
         if let EmitConfig::Updates { interval } = self.emit {
             positive_millis(interval).map_err(|m| invalid("emit.interval", m))?;
         }
         if self.region.name.is_empty() || self.region.name.contains(':') {
-            return Err(invalid(
-                "region.name",
-                "a non-empty name without ':'".into(),
-            ));
+            return Err(invalid("region.name", "a non-empty name without ':'".into()));
         }
-        crate::region::KeyTemplate::parse(&self.region.key)
-            .map_err(|m| invalid("region.key", m))?;
+        crate::region::KeyTemplate::parse(&self.region.key).map_err(|m| invalid("region.key", m))?;
         if self.region.ttl == Some(Duration::ZERO) {
-            return Err(invalid(
-                "region.ttl",
-                "a positive duration, or leave it out for no expiry".into(),
-            ));
+            return Err(invalid("region.ttl", "a positive duration, or leave it out for no expiry".into()));
         }
         if self.max_record_bytes == 0 {
-            return Err(invalid(
-                "max_record_bytes",
-                "a positive number of bytes".into(),
-            ));
+            return Err(invalid("max_record_bytes", "a positive number of bytes".into()));
         }
-        if self.event_time == EventTimeSource::ProcessingTime
-            && self.late_records == LateAction::Amend
-        {
+        if matches!(self.window, WindowConfig::Session { .. }) && self.late_records == LateAction::Amend {
             return Err(invalid(
                 "late_records",
-                "processing-time windows have no late records; use \"drop\"".into(),
+                "session windows cannot amend: a late record's session is unknown once purged; use \"drop\" or \"dead_letter\", or raise allowed_lateness".into(),
             ));
+        }
+        if self.event_time == EventTimeSource::ProcessingTime && self.late_records == LateAction::Amend {
+            return Err(invalid("late_records", "processing-time windows have no late records; use \"drop\"".into()));
         }
         Ok(())
     }
@@ -368,9 +343,7 @@ fn check_pointer(pointer: &str) -> Result<(), String> {
     if pointer.starts_with('/') {
         Ok(())
     } else {
-        Err(format!(
-            "a JSON pointer starting with '/', e.g. \"/{pointer}\""
-        ))
+        Err(format!("a JSON pointer starting with '/', e.g. \"/{pointer}\""))
     }
 }
 

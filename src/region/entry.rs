@@ -36,9 +36,7 @@ impl KeyTemplate {
             if open > 0 {
                 parts.push(Part::Literal(rest[..open].to_string()));
             }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("unclosed '{{' in \"{template}\""))?;
+            let close = rest[open..].find('}').ok_or_else(|| format!("unclosed '{{' in \"{template}\""))?;
             parts.push(match &rest[open + 1..open + close] {
                 "key" => Part::Key,
                 "window_start" => Part::WindowStart,
@@ -99,12 +97,8 @@ mod tests {
 
     #[test]
     fn refuses_unknown_or_ambiguous_templates() {
-        assert!(KeyTemplate::parse("{key}:{start}")
-            .unwrap_err()
-            .contains("unknown placeholder {start}"));
-        assert!(KeyTemplate::parse("{key}")
-            .unwrap_err()
-            .contains("must contain"));
+        assert!(KeyTemplate::parse("{key}:{start}").unwrap_err().contains("unknown placeholder {start}"));
+        assert!(KeyTemplate::parse("{key}").unwrap_err().contains("must contain"));
         assert!(KeyTemplate::parse("{key:{window_end}").is_err());
     }
 }

@@ -85,11 +85,7 @@ mod tests {
     fn trails_max_seen_by_out_of_orderness_and_never_regresses() {
         let mut w = WatermarkTracker::new(Duration::from_millis(100), Duration::from_secs(5));
         assert_eq!(w.observe(1_000, 0), 900);
-        assert_eq!(
-            w.observe(950, 1),
-            900,
-            "an older record must not move it back"
-        );
+        assert_eq!(w.observe(950, 1), 900, "an older record must not move it back");
         assert_eq!(w.observe(1_500, 2), 1_400);
     }
 
@@ -100,11 +96,7 @@ mod tests {
         assert_eq!(w.on_idle(50_500), 9_900, "not idle yet");
         assert_eq!(w.on_idle(51_000), 10_001, "idle: allowance dropped");
         assert_eq!(w.on_idle(53_000), 12_001, "then follows the wall clock");
-        assert_eq!(
-            w.observe(10_500, 53_001),
-            12_001,
-            "a new record does not pull it back"
-        );
+        assert_eq!(w.observe(10_500, 53_001), 12_001, "a new record does not pull it back");
     }
 
     #[test]

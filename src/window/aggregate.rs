@@ -18,8 +18,10 @@ use super::hll::HyperLogLog;
 /// One record's input to one aggregate, extracted by the decoder.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
-    /// `count` needs no value.
+    /// `count` needs no value (or its field is present).
     Unit,
+    /// The optional field of a `count` is missing or null: not counted.
+    Absent,
     Number(f64),
     /// Stable 64-bit hash of the value, for distinct counts.
     Hash(u64),
@@ -57,7 +59,7 @@ impl Accumulator {
     /// matches the aggregate; a mismatch is ignored rather than panicking.
     pub fn add(&mut self, input: &Input, event_time: Millis) {
         match (self, input) {
-            (Accumulator::Count(n), _) => *n += 1,
+            (Accumulator::Count(n), Input::Unit) => *n += 1,
             (Accumulator::Sum(s), Input::Number(v)) => *s += v,
             (Accumulator::Min(m), Input::Number(v)) => *m = Some(m.map_or(*v, |m| m.min(*v))),
             (Accumulator::Max(m), Input::Number(v)) => *m = Some(m.map_or(*v, |m| m.max(*v))),
@@ -77,12 +79,8 @@ impl Accumulator {
         match (self, other) {
             (Accumulator::Count(a), Accumulator::Count(b)) => *a += b,
             (Accumulator::Sum(a), Accumulator::Sum(b)) => *a += b,
-            (Accumulator::Min(a), Accumulator::Min(Some(b))) => {
-                *a = Some(a.map_or(*b, |a| a.min(*b)))
-            }
-            (Accumulator::Max(a), Accumulator::Max(Some(b))) => {
-                *a = Some(a.map_or(*b, |a| a.max(*b)))
-            }
+            (Accumulator::Min(a), Accumulator::Min(Some(b))) => *a = Some(a.map_or(*b, |a| a.min(*b))),
+            (Accumulator::Max(a), Accumulator::Max(Some(b))) => *a = Some(a.map_or(*b, |a| a.max(*b))),
             (Accumulator::Avg { sum, count }, Accumulator::Avg { sum: s, count: c }) => {
                 *sum += s;
                 *count += c;
@@ -103,9 +101,7 @@ impl Accumulator {
             Accumulator::Avg { sum, count } => Json::Array(vec![number(*sum), Json::from(*count)]),
             Accumulator::DistinctCount(h) => Json::String(h.to_hex()),
             Accumulator::First(v) | Accumulator::Last(v) => {
-                v.as_ref().map_or(Json::Null, |(t, v)| {
-                    Json::Array(vec![Json::from(*t), Json::from(&**v)])
-                })
+                v.as_ref().map_or(Json::Null, |(t, v)| Json::Array(vec![Json::from(*t), Json::from(&**v)]))
             }
         }
     }
@@ -126,14 +122,9 @@ impl Accumulator {
             AggregateFunction::Max => Accumulator::Max(partial.as_f64()),
             AggregateFunction::Avg => {
                 let a = partial.as_array()?;
-                Accumulator::Avg {
-                    sum: a.first()?.as_f64()?,
-                    count: a.get(1)?.as_u64()?,
-                }
+                Accumulator::Avg { sum: a.first()?.as_f64()?, count: a.get(1)?.as_u64()? }
             }
-            AggregateFunction::DistinctCount => {
-                Accumulator::DistinctCount(HyperLogLog::from_hex(partial.as_str()?)?)
-            }
+            AggregateFunction::DistinctCount => Accumulator::DistinctCount(HyperLogLog::from_hex(partial.as_str()?)?),
             AggregateFunction::First => Accumulator::First(pair(partial)?),
             AggregateFunction::Last => Accumulator::Last(pair(partial)?),
         })
@@ -146,9 +137,7 @@ impl Accumulator {
             Accumulator::Count(n) => Some(n.to_string()),
             Accumulator::Sum(s) => Some(render_number(*s)),
             Accumulator::Min(m) | Accumulator::Max(m) => m.map(render_number),
-            Accumulator::Avg { sum, count } => {
-                (*count > 0).then(|| render_number(sum / *count as f64))
-            }
+            Accumulator::Avg { sum, count } => (*count > 0).then(|| render_number(sum / *count as f64)),
             Accumulator::DistinctCount(h) => Some(h.estimate().to_string()),
             Accumulator::First(v) | Accumulator::Last(v) => v.as_ref().map(|(_, v)| v.to_string()),
         }
@@ -258,11 +247,7 @@ mod tests {
             AggregateFunction::Last,
         ];
         for (acc, f) in accs.iter().zip(functions) {
-            assert_eq!(
-                Accumulator::from_partial(f, &acc.to_partial()).as_ref(),
-                Some(acc),
-                "{f:?}"
-            );
+            assert_eq!(Accumulator::from_partial(f, &acc.to_partial()).as_ref(), Some(acc), "{f:?}");
         }
     }
 

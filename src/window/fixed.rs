@@ -37,12 +37,7 @@ pub(super) struct FixedWindows {
 
 impl FixedWindows {
     pub(super) fn new(size: Millis, slide: Millis) -> Self {
-        FixedWindows {
-            size,
-            slide,
-            windows: BTreeMap::new(),
-            open_slots: 0,
-        }
+        FixedWindows { size, slide, windows: BTreeMap::new(), open_slots: 0 }
     }
 
     /// Every window containing `time`, earliest first.
@@ -51,10 +46,7 @@ impl FixedWindows {
         let count = self.size / self.slide;
         (0..count).rev().map(move |i| {
             let start = last_start - i * self.slide;
-            Window {
-                start,
-                end: start + self.size,
-            }
+            Window { start, end: start + self.size }
         })
     }
 
@@ -75,21 +67,15 @@ impl FixedWindows {
                 continue;
             }
             accepted = true;
-            let state = self
-                .windows
-                .entry((window.end, window.start))
-                .or_insert_with(|| WindowState {
-                    keys: AHashMap::new(),
-                    fired: window.end <= watermark,
-                    min_offset: event.offset,
-                });
+            let state = self.windows.entry((window.end, window.start)).or_insert_with(|| WindowState {
+                keys: AHashMap::new(),
+                fired: window.end <= watermark,
+                min_offset: event.offset,
+            });
             state.min_offset = state.min_offset.min(event.offset);
             let slot = state.keys.entry(event.key.clone()).or_insert_with(|| {
                 self.open_slots += 1;
-                Slot {
-                    accumulators: functions.iter().map(|f| Accumulator::new(*f)).collect(),
-                    dirty: false,
-                }
+                Slot { accumulators: functions.iter().map(|f| Accumulator::new(*f)).collect(), dirty: false }
             });
             for (acc, input) in slot.accumulators.iter_mut().zip(&event.inputs) {
                 acc.add(input, event.time);
@@ -110,12 +96,7 @@ impl FixedWindows {
 
     /// Fires windows that end at or before the watermark and drops those
     /// past their allowed lateness.
-    pub(super) fn advance(
-        &mut self,
-        watermark: Millis,
-        lateness: Millis,
-        out: &mut Vec<WindowResult>,
-    ) {
+    pub(super) fn advance(&mut self, watermark: Millis, lateness: Millis, out: &mut Vec<WindowResult>) {
         for (&(end, start), state) in self.windows.range_mut(..=(watermark, Millis::MAX)) {
             if state.fired {
                 continue;
@@ -174,9 +155,6 @@ mod tests {
         let w: Vec<_> = f.assign(-5).map(|w| (w.start, w.end)).collect();
         assert_eq!(w, vec![(-30, 0), (-20, 10), (-10, 20)]);
         let t = FixedWindows::new(10, 10);
-        assert_eq!(
-            t.assign(10).collect::<Vec<_>>(),
-            vec![Window { start: 10, end: 20 }]
-        );
+        assert_eq!(t.assign(10).collect::<Vec<_>>(), vec![Window { start: 10, end: 20 }]);
     }
 }

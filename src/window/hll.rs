@@ -19,9 +19,7 @@ impl HyperLogLog {
         let index = (hash >> (64 - PRECISION)) as usize;
         let rest = hash << PRECISION;
         let rank = (rest.leading_zeros() + 1).min(64 - PRECISION + 1) as u8;
-        let registers = self
-            .registers
-            .get_or_insert_with(|| vec![0u8; REGISTERS].into_boxed_slice());
+        let registers = self.registers.get_or_insert_with(|| vec![0u8; REGISTERS].into_boxed_slice());
         registers[index] = registers[index].max(rank);
     }
 
@@ -29,9 +27,7 @@ impl HyperLogLog {
         let Some(theirs) = &other.registers else {
             return;
         };
-        let ours = self
-            .registers
-            .get_or_insert_with(|| vec![0u8; REGISTERS].into_boxed_slice());
+        let ours = self.registers.get_or_insert_with(|| vec![0u8; REGISTERS].into_boxed_slice());
         for (a, b) in ours.iter_mut().zip(theirs.iter()) {
             *a = (*a).max(*b);
         }
@@ -49,11 +45,7 @@ impl HyperLogLog {
             zeros += (r == 0) as u32;
         }
         let raw = alpha * m * m / sum;
-        let estimate = if raw <= 2.5 * m && zeros > 0 {
-            m * (m / zeros as f64).ln()
-        } else {
-            raw
-        };
+        let estimate = if raw <= 2.5 * m && zeros > 0 { m * (m / zeros as f64).ln() } else { raw };
         estimate.round() as u64
     }
 
@@ -78,12 +70,9 @@ impl HyperLogLog {
         if hex.len() != REGISTERS * 2 {
             return None;
         }
-        let registers = (0..REGISTERS)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
-            .collect::<Option<Vec<u8>>>()?;
-        Some(HyperLogLog {
-            registers: Some(registers.into_boxed_slice()),
-        })
+        let registers =
+            (0..REGISTERS).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>()?;
+        Some(HyperLogLog { registers: Some(registers.into_boxed_slice()) })
     }
 }
 
@@ -129,11 +118,7 @@ mod tests {
 
     #[test]
     fn merge_is_union_and_hex_round_trips() {
-        let (mut a, mut b, mut both) = (
-            HyperLogLog::default(),
-            HyperLogLog::default(),
-            HyperLogLog::default(),
-        );
+        let (mut a, mut b, mut both) = (HyperLogLog::default(), HyperLogLog::default(), HyperLogLog::default());
         for i in 0..500u32 {
             let x = stable_hash(&i.to_le_bytes());
             if i % 2 == 0 { &mut a } else { &mut b }.insert_hash(x);

@@ -45,10 +45,7 @@ impl From<WindowConfig> for WindowKind {
         let ms = |d: std::time::Duration| d.as_millis() as Millis;
         match config {
             WindowConfig::Tumbling { size } => WindowKind::Tumbling { size: ms(size) },
-            WindowConfig::Sliding { size, slide } => WindowKind::Sliding {
-                size: ms(size),
-                slide: ms(slide),
-            },
+            WindowConfig::Sliding { size, slide } => WindowKind::Sliding { size: ms(size), slide: ms(slide) },
             WindowConfig::Session { gap } => WindowKind::Session { gap: ms(gap) },
         }
     }

@@ -10,7 +10,7 @@ use crate::time::Millis;
 
 use super::fixed::FixedWindows;
 use super::session::SessionWindows;
-use super::{Event, WindowKind, WindowResult};
+use super::{Accumulator, Event, ResultKind, WindowKind, WindowResult};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowSpec {
@@ -57,11 +57,7 @@ impl WindowOperator {
             WindowKind::Sliding { size, slide } => State::Fixed(FixedWindows::new(size, slide)),
             WindowKind::Session { gap } => State::Session(SessionWindows::new(gap)),
         };
-        WindowOperator {
-            spec,
-            state,
-            results: Vec::new(),
-        }
+        WindowOperator { spec, state, results: Vec::new() }
     }
 
     pub fn spec(&self) -> &WindowSpec {
@@ -73,9 +69,7 @@ impl WindowOperator {
         let (functions, lateness) = (&self.spec.functions, self.spec.allowed_lateness);
         let accepted = match &mut self.state {
             State::Fixed(f) => f.process(event, functions, watermark, lateness, &mut self.results),
-            State::Session(s) => {
-                s.process(event, functions, watermark, lateness, &mut self.results)
-            }
+            State::Session(s) => s.process(event, functions, watermark, lateness, &mut self.results),
         };
         if accepted {
             Accepted::Yes
@@ -92,6 +86,24 @@ impl WindowOperator {
             State::Fixed(f) => f.advance(watermark, lateness, &mut self.results),
             State::Session(s) => s.advance(watermark, lateness, &mut self.results),
         }
+    }
+
+    /// One-record results that amend each window of a late `event` in the
+    /// region (late action `amend`). Session windows have none: a late
+    /// record's session cannot be told from the written entries.
+    pub fn amendments(&self, event: &Event) -> Vec<WindowResult> {
+        let State::Fixed(fixed) = &self.state else { return Vec::new() };
+        fixed
+            .assign(event.time)
+            .map(|window| {
+                let mut accumulators: Vec<Accumulator> =
+                    self.spec.functions.iter().map(|f| Accumulator::new(*f)).collect();
+                for (acc, input) in accumulators.iter_mut().zip(&event.inputs) {
+                    acc.add(input, event.time);
+                }
+                WindowResult { key: event.key.clone(), window, accumulators, kind: ResultKind::Amend }
+            })
+            .collect()
     }
 
     /// Emits the running value of every open window changed since the last call.

@@ -38,12 +38,7 @@ pub(super) struct SessionWindows {
 
 impl SessionWindows {
     pub(super) fn new(gap: Millis) -> Self {
-        SessionWindows {
-            gap,
-            sessions: AHashMap::new(),
-            timers: BTreeSet::new(),
-            open_slots: 0,
-        }
+        SessionWindows { gap, sessions: AHashMap::new(), timers: BTreeSet::new(), open_slots: 0 }
     }
 
     pub(super) fn process(
@@ -54,13 +49,9 @@ impl SessionWindows {
         lateness: Millis,
         out: &mut Vec<WindowResult>,
     ) -> bool {
-        let mut merged = Window {
-            start: event.time,
-            end: event.time.saturating_add(self.gap),
-        };
+        let mut merged = Window { start: event.time, end: event.time.saturating_add(self.gap) };
         let sessions = self.sessions.entry(event.key.clone()).or_default();
-        let intersects =
-            |s: &Session, w: &Window| s.window.start <= w.end && s.window.end >= w.start;
+        let intersects = |s: &Session, w: &Window| s.window.start <= w.end && s.window.end >= w.start;
         // Sessions of one key never intersect each other, so one pass finds
         // the extent of the merge.
         let opened = merged;
@@ -119,8 +110,7 @@ impl SessionWindows {
                 accumulators: session.accumulators.clone(),
                 kind: ResultKind::Final,
             });
-            self.timers
-                .insert((merged.end.saturating_add(lateness), event.key.clone()));
+            self.timers.insert((merged.end.saturating_add(lateness), event.key.clone()));
         } else {
             self.timers.insert((merged.end, event.key.clone()));
         }
@@ -129,12 +119,7 @@ impl SessionWindows {
         true
     }
 
-    pub(super) fn advance(
-        &mut self,
-        watermark: Millis,
-        lateness: Millis,
-        out: &mut Vec<WindowResult>,
-    ) {
+    pub(super) fn advance(&mut self, watermark: Millis, lateness: Millis, out: &mut Vec<WindowResult>) {
         while let Some((time, _)) = self.timers.first() {
             if *time > watermark {
                 break;
@@ -155,8 +140,7 @@ impl SessionWindows {
                         kind: ResultKind::Final,
                     });
                     if lateness > 0 {
-                        self.timers
-                            .insert((s.window.end.saturating_add(lateness), key.clone()));
+                        self.timers.insert((s.window.end.saturating_add(lateness), key.clone()));
                     }
                 }
             }

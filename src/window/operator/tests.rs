@@ -9,11 +9,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::window::{Accumulator, Input, ResultKind, Window, WindowKind};
 
-const FUNCTIONS: [AggregateFunction; 3] = [
-    AggregateFunction::Count,
-    AggregateFunction::Sum,
-    AggregateFunction::Max,
-];
+const FUNCTIONS: [AggregateFunction; 3] = [AggregateFunction::Count, AggregateFunction::Sum, AggregateFunction::Max];
 
 #[derive(Debug, Clone)]
 struct Rec {
@@ -27,18 +23,8 @@ type Table = BTreeMap<(String, Window), (u64, i64, i64)>;
 /// Runs the operator with a per-record bounded-out-of-orderness watermark,
 /// then a final watermark that closes everything; returns the last value
 /// written per (key, window), with retracted entries removed.
-fn run(
-    kind: WindowKind,
-    lateness: Millis,
-    disorder: Millis,
-    records: &[Rec],
-    updates: bool,
-) -> Table {
-    let mut op = WindowOperator::new(WindowSpec {
-        kind,
-        allowed_lateness: lateness,
-        functions: FUNCTIONS.to_vec(),
-    });
+fn run(kind: WindowKind, lateness: Millis, disorder: Millis, records: &[Rec], updates: bool) -> Table {
+    let mut op = WindowOperator::new(WindowSpec { kind, allowed_lateness: lateness, functions: FUNCTIONS.to_vec() });
     let mut watermark = Millis::MIN;
     let mut region = Table::new();
     let mut apply = |results: Vec<crate::window::WindowResult>, region: &mut Table| {
@@ -49,8 +35,7 @@ fn run(
                     region.remove(&entry);
                 }
                 _ => {
-                    let values = match (&r.accumulators[0], &r.accumulators[1], &r.accumulators[2])
-                    {
+                    let values = match (&r.accumulators[0], &r.accumulators[1], &r.accumulators[2]) {
                         (Accumulator::Count(c), Accumulator::Sum(s), Accumulator::Max(Some(m))) => {
                             (*c, *s as i64, *m as i64)
                         }
@@ -65,11 +50,7 @@ fn run(
         let event = Event {
             key: Arc::from(format!("k{}", rec.key)),
             time: rec.time,
-            inputs: vec![
-                Input::Unit,
-                Input::Number(rec.value as f64),
-                Input::Number(rec.value as f64),
-            ],
+            inputs: vec![Input::Unit, Input::Number(rec.value as f64), Input::Number(rec.value as f64)],
             offset: offset as i64,
         };
         op.process(&event, watermark);
@@ -82,18 +63,12 @@ fn run(
     }
     op.advance(Millis::MAX);
     apply(op.take_results(), &mut region);
-    assert_eq!(
-        op.open_windows(),
-        0,
-        "everything purged after the final watermark"
-    );
+    assert_eq!(op.open_windows(), 0, "everything purged after the final watermark");
     region
 }
 
 fn add(table: &mut Table, key: u8, window: Window, value: i64) {
-    let e = table
-        .entry((format!("k{key}"), window))
-        .or_insert((0, 0, i64::MIN));
+    let e = table.entry((format!("k{key}"), window)).or_insert((0, 0, i64::MIN));
     e.0 += 1;
     e.1 += value;
     e.2 = e.2.max(value);
@@ -101,22 +76,13 @@ fn add(table: &mut Table, key: u8, window: Window, value: i64) {
 
 /// Fixed windows, naively: a record counts in each window containing it
 /// whose end plus the lateness is still ahead of the watermark at arrival.
-fn reference_fixed(
-    size: Millis,
-    slide: Millis,
-    lateness: Millis,
-    disorder: Millis,
-    records: &[Rec],
-) -> Table {
+fn reference_fixed(size: Millis, slide: Millis, lateness: Millis, disorder: Millis, records: &[Rec]) -> Table {
     let mut table = Table::new();
     let mut watermark = Millis::MIN;
     for rec in records {
         let mut start = (rec.time - size).div_euclid(slide) * slide;
         while start <= rec.time {
-            let window = Window {
-                start,
-                end: start + size,
-            };
+            let window = Window { start, end: start + size };
             if start <= rec.time && rec.time < window.end && window.end + lateness > watermark {
                 add(&mut table, rec.key, window, rec.value);
             }
@@ -140,10 +106,7 @@ fn reference_sessions(gap: Millis, records: &[Rec]) -> Table {
         let mut group: Vec<&Rec> = Vec::new();
         let mut flush = |group: &mut Vec<&Rec>, table: &mut Table| {
             if let (Some(first), Some(last)) = (group.first(), group.last()) {
-                let window = Window {
-                    start: first.time,
-                    end: last.time + gap,
-                };
+                let window = Window { start: first.time, end: last.time + gap };
                 for r in group.iter() {
                     add(table, key, window, r.value);
                 }
@@ -164,20 +127,12 @@ fn reference_sessions(gap: Millis, records: &[Rec]) -> Table {
 /// A stream whose event time advances ~`step` per record, each record up to
 /// `disorder` behind, plus (optionally) some records far behind.
 fn stream(disorder: Millis, with_late: bool) -> impl Strategy<Value = Vec<Rec>> {
-    prop::collection::vec(
-        (0u8..5, 0..=disorder, -50i64..50, 0u8..20, 0..40i64),
-        1..300,
-    )
-    .prop_map(move |raw| {
+    prop::collection::vec((0u8..5, 0..=disorder, -50i64..50, 0u8..20, 0..40i64), 1..300).prop_map(move |raw| {
         let mut clock = 1_000_000;
         raw.into_iter()
             .map(|(key, behind, value, late_roll, step)| {
                 clock += step;
-                let time = if with_late && late_roll == 0 {
-                    clock - 5 * disorder - 2_000
-                } else {
-                    clock - behind
-                };
+                let time = if with_late && late_roll == 0 { clock - 5 * disorder - 2_000 } else { clock - behind };
                 Rec { key, time, value }
             })
             .collect()
@@ -214,12 +169,7 @@ fn late_record_within_lateness_refires_and_beyond_is_refused() {
         allowed_lateness: 20,
         functions: vec![AggregateFunction::Count],
     });
-    let event = |time, offset| Event {
-        key: Arc::from("a"),
-        time,
-        inputs: vec![Input::Unit],
-        offset,
-    };
+    let event = |time, offset| Event { key: Arc::from("a"), time, inputs: vec![Input::Unit], offset };
     assert_eq!(op.process(&event(5, 0), Millis::MIN), Accepted::Yes);
     op.advance(15);
     let fired = op.take_results();
@@ -242,27 +192,16 @@ fn late_merge_of_fired_sessions_retracts_the_old_entries() {
         allowed_lateness: 100,
         functions: vec![AggregateFunction::Count],
     });
-    let event = |time| Event {
-        key: Arc::from("a"),
-        time,
-        inputs: vec![Input::Unit],
-        offset: time,
-    };
+    let event = |time| Event { key: Arc::from("a"), time, inputs: vec![Input::Unit], offset: time };
     op.process(&event(0), Millis::MIN);
     op.process(&event(18), Millis::MIN);
     op.advance(50);
     assert_eq!(op.take_results().len(), 2, "two sessions fired");
     op.process(&event(9), 50);
     let results = op.take_results();
-    let kinds: Vec<_> = results
-        .iter()
-        .map(|r| (r.kind, r.window.start, r.window.end))
-        .collect();
+    let kinds: Vec<_> = results.iter().map(|r| (r.kind, r.window.start, r.window.end)).collect();
     assert!(kinds.contains(&(ResultKind::Retract, 0, 10)), "{kinds:?}");
     assert!(kinds.contains(&(ResultKind::Retract, 18, 28)), "{kinds:?}");
     assert!(kinds.contains(&(ResultKind::Final, 0, 28)), "{kinds:?}");
-    assert_eq!(
-        results.last().map(|r| r.accumulators.clone()),
-        Some(vec![Accumulator::Count(3)])
-    );
+    assert_eq!(results.last().map(|r| r.accumulators.clone()), Some(vec![Accumulator::Count(3)]));
 }

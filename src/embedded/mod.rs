@@ -1,0 +1,126 @@
+//! The embedded quick-start: the production connector with embedded
+//! endpoints.
+//!
+//! It starts librdkafka's mock cluster (a Kafka-protocol broker in process,
+//! on a real TCP port), a page-view generator, and runs
+//! [`crate::connector::run`] on `config/quickstart.toml` with an in-memory
+//! region in place of Redis, printing a live summary and serving `/metrics`.
+
+mod generator;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::metrics::{Health, Metrics};
+use crate::region::{MemoryRegion, Region, RegionLayout};
+
+pub use generator::PageViews;
+
+pub const QUICKSTART_CONFIG: &str = include_str!("../../config/quickstart.toml");
+
+pub struct Options {
+    pub rate: u64,
+    pub metrics_listen: SocketAddr,
+}
+
+pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut settings = Settings::from_toml_str(QUICKSTART_CONFIG).context("config/quickstart.toml")?;
+    let mock = MockCluster::new(1).context("starting the embedded Kafka-protocol broker")?;
+    for pipeline in settings.pipelines.values() {
+        for topic in pipeline.topics.iter().chain(pipeline.dead_letter_topic().map(String::from).as_ref()) {
+            mock.create_topic(topic, 4, 1).with_context(|| format!("creating topic {topic}"))?;
+        }
+    }
+    settings.kafka.brokers = mock.bootstrap_servers();
+    settings.metrics.listen = options.metrics_listen;
+
+    let mut memory = Vec::new();
+    let mut regions: HashMap<String, Arc<dyn Region>> = HashMap::new();
+    for (name, config) in &settings.pipelines {
+        let layout = RegionLayout::new(&settings.redis.key_prefix, config);
+        let region =
+            Arc::new(MemoryRegion::new(&layout.functions, &config.aggregates.keys().cloned().collect::<Vec<_>>()));
+        memory.push((name.clone(), region.clone()));
+        regions.insert(name.clone(), region);
+    }
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let addr = crate::metrics::serve(settings.metrics.listen, metrics.clone(), health.clone(), shutdown.clone())
+        .await
+        .with_context(|| format!("cannot listen on {} (pass --metrics-listen)", settings.metrics.listen))?;
+    println!("regionflow quick-start: embedded broker at {}, metrics at http://{addr}/metrics", settings.kafka.brokers);
+    println!("Ctrl-C stops it gracefully.\n");
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("linger.ms", "10")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .context("creating the generator's producer")?;
+    let generator_stop = shutdown.child_token();
+    let generator =
+        tokio::spawn(generator::produce(producer, "pageviews".into(), options.rate, generator_stop.clone()));
+    let summary = tokio::spawn(print_summaries(metrics.clone(), memory, shutdown.clone()));
+
+    let result = crate::connector::run(settings, regions, metrics.clone(), health, shutdown.clone()).await;
+    generator_stop.cancel();
+    shutdown.cancel();
+    let _ = generator.await;
+    let _ = summary.await;
+    result.context("connector failed")?;
+    Ok(())
+}
+
+fn counter_sum(metrics: &Metrics, name: &str) -> f64 {
+    let text = metrics.render();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn print_summaries(metrics: Arc<Metrics>, regions: Vec<(String, Arc<MemoryRegion>)>, stop: CancellationToken) {
+    let started = Instant::now();
+    let mut last = (0.0, Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_secs(3));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let records = counter_sum(&metrics, "regionflow_records_in_total");
+        let rate = (records - last.0) / last.1.elapsed().as_secs_f64();
+        last = (records, Instant::now());
+        println!(
+            "[{:>4}s] in: {records:.0} records ({rate:.0}/s) | windows fired: {:.0} | late: {:.0} | dead letters: {:.0}",
+            started.elapsed().as_secs(),
+            counter_sum(&metrics, "regionflow_windows_fired_total"),
+            counter_sum(&metrics, "regionflow_late_records_total"),
+            counter_sum(&metrics, "regionflow_dlq_records_total"),
+        );
+        for (name, region) in &regions {
+            let entries = region.snapshot();
+            println!("  region for pipeline `{name}`: {} entries; latest windows, busiest pages:", entries.len());
+            let latest = entries.iter().filter_map(|(_, f)| f.get("window_start")).max().cloned();
+            let mut top: Vec<_> = entries.iter().filter(|(_, f)| f.get("window_start") == latest.as_ref()).collect();
+            top.sort_by_key(|(_, f)| {
+                std::cmp::Reverse(f.get("views").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+            });
+            for (key, fields) in top.iter().take(3) {
+                let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("    HGETALL {key} → {}", fields.join(" "));
+            }
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Metrics: every `regionflow_*` series, defined in this one place.
+//!
+//! One [`Metrics`] per connector owns its own registry (no globals), so
+//! several connectors can live in one process (tests, the quick-start).
+//! Names use base units and `_total` on counters; labels are bounded:
+//! pipeline, topic, partition, region, stage, action, outcome.
+
+mod server;
+
+pub use server::{serve, Health};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub records_in: IntCounterVec,
+    pub bytes_in: IntCounterVec,
+    pub records_out: IntCounterVec,
+    pub decode_failures: IntCounterVec,
+    pub dlq_records: IntCounterVec,
+    pub late_records: IntCounterVec,
+    pub windows_fired: IntCounterVec,
+    pub open_windows: IntGaugeVec,
+    pub watermark_lag: prometheus::GaugeVec,
+    pub redis_write_duration: HistogramVec,
+    pub redis_errors: IntCounterVec,
+    pub redis_retries: IntCounterVec,
+    pub region_writes: IntCounterVec,
+    pub fenced_writes: IntCounterVec,
+    pub partitions_owned: IntGaugeVec,
+    pub rebalances: IntCounterVec,
+    pub event_to_region_latency: HistogramVec,
+    pub build_info: IntGaugeVec,
+    pub flush_duration: Histogram,
+    pub up: IntGauge,
+    pub errors_total: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h =
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric definition");
+    registry.register(Box::new(h.clone())).expect("metric registered once");
+    h
+}
+
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let p = &["pipeline"];
+        let pt = &["pipeline", "topic"];
+        let ptp = &["pipeline", "topic", "partition"];
+        let metrics = Metrics {
+            records_in: counter(&r, "regionflow_records_in_total", "Records consumed from Kafka.", pt),
+            bytes_in: counter(&r, "regionflow_bytes_in_total", "Key and value bytes consumed from Kafka.", pt),
+            records_out: counter(
+                &r,
+                "regionflow_records_out_total",
+                "Window results written to a region.",
+                &["pipeline", "region"],
+            ),
+            decode_failures: counter(
+                &r,
+                "regionflow_decode_failures_total",
+                "Records that could not be decoded, by stage.",
+                &["pipeline", "stage"],
+            ),
+            dlq_records: counter(
+                &r,
+                "regionflow_dlq_records_total",
+                "Records sent to the dead-letter topic, by stage.",
+                &["pipeline", "stage"],
+            ),
+            late_records: counter(
+                &r,
+                "regionflow_late_records_total",
+                "Records past their windows' allowed lateness, by action.",
+                &["pipeline", "action"],
+            ),
+            windows_fired: counter(
+                &r,
+                "regionflow_windows_fired_total",
+                "Window results produced, by kind (final, update, retract, amend).",
+                &["pipeline", "kind"],
+            ),
+            open_windows: gauge(&r, "regionflow_open_windows", "(key, window) pairs held in state.", ptp),
+            watermark_lag: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new("regionflow_watermark_lag_seconds", "Wall clock minus the partition's watermark."),
+                    ptp,
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            redis_write_duration: histogram(
+                &r,
+                "regionflow_redis_write_duration_seconds",
+                "Time to write one batch of entries to the region.",
+                &["region"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            redis_errors: counter(
+                &r,
+                "regionflow_redis_errors_total",
+                "Region writes that failed for good, by kind.",
+                &["region", "kind"],
+            ),
+            redis_retries: counter(
+                &r,
+                "regionflow_redis_retries_total",
+                "Redis commands retried after a transient error.",
+                &["region"],
+            ),
+            region_writes: counter(
+                &r,
+                "regionflow_region_writes_total",
+                "Entry writes by outcome (applied, fenced, stale).",
+                &["region", "outcome"],
+            ),
+            fenced_writes: counter(
+                &r,
+                "regionflow_fenced_writes_total",
+                "Entry writes refused because a newer owner holds the partition.",
+                p,
+            ),
+            partitions_owned: gauge(&r, "regionflow_partitions_owned", "Kafka partitions this connector owns.", p),
+            rebalances: counter(
+                &r,
+                "regionflow_rebalances_total",
+                "Consumer-group rebalance events, by kind (assign, revoke).",
+                &["kind"],
+            ),
+            event_to_region_latency: histogram(
+                &r,
+                "regionflow_event_to_region_latency_seconds",
+                "From a window's end (event time) to its result acknowledged by the region.",
+                p,
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+            ),
+            build_info: gauge(&r, "regionflow_build_info", "Always 1; labels carry the version.", &["version"]),
+            flush_duration: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "regionflow_flush_duration_seconds",
+                        "Time for a task to flush results, dead letters and offsets.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(h.clone())).expect("metric registered once");
+                h
+            },
+            up: {
+                let g = IntGauge::new("regionflow_up", "1 while the connector runs.").expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            errors_total: {
+                let c = IntCounter::new("regionflow_task_failures_total", "Partition tasks that stopped on an error.")
+                    .expect("valid metric definition");
+                r.register(Box::new(c.clone())).expect("metric registered once");
+                c
+            },
+            registry: r,
+        };
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        metrics.up.set(1);
+        metrics
+    }
+
+    /// The Prometheus text exposition of every series.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding never fails");
+        String::from_utf8(out).expect("Prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

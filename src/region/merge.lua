@@ -1,0 +1,598 @@
+--[[
+merge.lua: writes one source partition's partial into a region entry and
+recomputes the entry's public fields from all partials, atomically.
+
+An entry is a Redis hash holding one window's aggregate for one group key.
+Each writer (one per Kafka source partition) owns a partial in the field
+`_p:<topic>:<partition>`, stored as JSON {"e":<epoch>,"o":<offset>,"a":[...]}
+with one element per aggregate, exactly as `Accumulator::to_partial`
+(src/window/aggregate.rs) encodes it:
+  count           integer
+  sum             number
+  min, max        number or null
+  avg             [sum, count]
+  distinct_count  1024 one-byte HyperLogLog registers as 2048 lower-case hex
+                  characters, or "" when empty
+  first, last     [event_time_ms, "value"] or null
+The public fields (`window_start`, `window_end` and one per aggregate name)
+are the merge of all partials.
+
+KEYS[1]   entry key
+ARGV[1]   partial field name (`_p:<topic>:<partition>`)
+ARGV[2]   epoch (integer)
+ARGV[3]   offset (integer): the source position this write was produced at
+ARGV[4]   mode: `r` replace the partial with ARGV[5]; `m` merge ARGV[5] into
+          the stored partial (amend one late record; like `r` when there is
+          none); `d` delete the partial (retract)
+ARGV[5]   partial JSON {"e":..,"o":..,"a":[...]}: stored verbatim by `r`;
+          for `m` its "a" is merged elementwise into the stored "a" and the
+          result is stored with e/o from ARGV[2]/ARGV[3]; ignored by `d`
+ARGV[6]   window_start (integer ms)
+ARGV[7]   window_end (integer ms)
+ARGV[8]   ttl mode: `n` none, `r` relative (PEXPIRE ARGV[9]), `a` absolute
+          (PEXPIREAT ARGV[9])
+ARGV[9]   ttl milliseconds (integer)
+ARGV[10]  aggregate spec: comma-separated `function:name` in the order of the
+          "a" array; function is one of count, sum, min, max, avg,
+          distinct_count, first, last
+
+Rules, in this order:
+1. The field holds a partial with "e" > ARGV[2]: change nothing, return -1
+   (fenced: a newer owner of that source partition wrote).
+2. Else it holds a partial with "o" > ARGV[3]: change nothing, return 0
+   (stale replay). An equal offset is applied.
+3. Apply the mode. Merging: count/sum add; min/max keep the min/max (null is
+   absent); avg adds both; distinct_count takes the register-wise max;
+   first keeps the smaller (time, value) pair, last the larger, comparing
+   time first, then the value's bytes.
+4. Recompute the public fields by merging all `_p:*` partials, in bytewise
+   order of their field names so that the floating-point result does not
+   depend on the hash's iteration order; HSET window_start, window_end and
+   each aggregate's rendered value, HDEL an aggregate whose merged value is
+   absent (min of nothing, avg of count 0, first/last null). When no partial
+   remains (after `d`), DEL the key and return 2.
+5. Rendering equals `Accumulator::render` byte for byte: count as an integer;
+   sum/min/max/avg (= sum / count) as Rust's `render_number`: integral with
+   abs < 1e15 as an integer, otherwise Rust's `{}` form of an f64 (shortest
+   round-trip digits, never in exponent notation); distinct_count as
+   `HyperLogLog::estimate` (src/window/hll.rs); first/last as the value.
+6. Apply the TTL, return 1.
+
+Malformed arguments or stored partials are refused with an error reply
+starting `ERR merge script:`, before anything is written. The script only
+uses cjson to decode: its encoder loses precision beyond 14 digits, so a
+partial written by `m` is built as text here.
+]]
+
+local PARTIAL_PREFIX = '_p:'
+local HLL_REGISTERS = 1024
+
+local function fail(message)
+  error(message, 0)
+end
+
+-- Comparisons --------------------------------------------------------------
+
+-- Lua compares strings with strcoll, which depends on the server's locale;
+-- Rust compares bytes.
+local function bytes_less(a, b)
+  if a == b then
+    return false
+  end
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then
+      return x < y
+    end
+  end
+  return #a < #b
+end
+
+-- (time, value) pairs of first/last, as Rust's tuple ordering.
+local function pair_less(a, b)
+  if a.t ~= b.t then
+    return a.t < b.t
+  end
+  return bytes_less(a.v, b.v)
+end
+
+-- Numbers ------------------------------------------------------------------
+
+local function is_integral(v)
+  return v == math.floor(v) and math.abs(v) < 1e15
+end
+
+local function is_finite(v)
+  return v == v and v ~= math.huge and v ~= -math.huge
+end
+
+-- The shortest round-trip significant digits of a finite, non-zero v:
+-- sign ('' or '-'), digits without trailing zeros, and the decimal exponent
+-- of the first digit (v = d.ddd * 10^exponent).
+local function shortest_digits(v)
+  local text
+  for precision = 15, 17 do
+    text = string.format('%.' .. (precision - 1) .. 'e', v)
+    if tonumber(text) == v then
+      break
+    end
+  end
+  local sign, first, rest, exponent = string.match(text, '^(-?)(%d)%.?(%d*)e([-+]%d+)$')
+  local digits = string.gsub(first .. rest, '0+$', '')
+  return sign, digits, tonumber(exponent)
+end
+
+-- Rust's `render_number`: integers without a fraction, everything else as
+-- f64's Display (plain decimal notation, never an exponent).
+local function render_number(v)
+  if is_integral(v) then
+    return string.format('%d', v)
+  elseif v ~= v then
+    return 'NaN'
+  elseif v == math.huge then
+    return 'inf'
+  elseif v == -math.huge then
+    return '-inf'
+  end
+  local sign, digits, exponent = shortest_digits(v)
+  local point = exponent + 1 -- digits before the decimal point
+  if point <= 0 then
+    return sign .. '0.' .. string.rep('0', -point) .. digits
+  elseif point >= #digits then
+    return sign .. digits .. string.rep('0', point - #digits)
+  end
+  return sign .. string.sub(digits, 1, point) .. '.' .. string.sub(digits, point + 1)
+end
+
+-- JSON text of a number: integers exactly, others in the shortest of
+-- %.15g/%.16g/%.17g that reads back as the same double. Non-finite numbers
+-- are null, as serde_json writes them.
+local function json_number(v)
+  if not is_finite(v) then
+    return 'null'
+  elseif is_integral(v) then
+    return string.format('%d', v)
+  end
+  local text
+  for precision = 15, 17 do
+    text = string.format('%.' .. precision .. 'g', v)
+    if tonumber(text) == v then
+      break
+    end
+  end
+  return text
+end
+
+-- JSON text of an integer that may exceed 1e15 (counts, event times).
+local function json_integer(v)
+  return string.format('%d', v)
+end
+
+-- Rust's f64::round for the non-negative estimates: half away from zero.
+local function round_half_up(v)
+  local floor = math.floor(v)
+  if v - floor >= 0.5 then
+    return floor + 1
+  end
+  return floor
+end
+
+-- HyperLogLog --------------------------------------------------------------
+
+local function hll_decode(hex)
+  if hex == '' then
+    return nil
+  end
+  if #hex ~= 2 * HLL_REGISTERS or not string.find(hex, '^%x+$') then
+    return false
+  end
+  local registers = {}
+  for i = 1, HLL_REGISTERS do
+    registers[i] = tonumber(string.sub(hex, 2 * i - 1, 2 * i), 16)
+  end
+  return registers
+end
+
+local function hll_encode(registers)
+  if registers == nil then
+    return ''
+  end
+  local out = {}
+  for i = 1, HLL_REGISTERS do
+    out[i] = string.format('%02x', registers[i])
+  end
+  return table.concat(out)
+end
+
+-- Exactly `HyperLogLog::estimate`, summing in register order.
+local function hll_estimate(registers)
+  if registers == nil then
+    return 0
+  end
+  local m = HLL_REGISTERS
+  local alpha = 0.7213 / (1 + 1.079 / m)
+  local sum, zeros = 0, 0
+  for i = 1, m do
+    local r = registers[i]
+    sum = sum + 2 ^ (-r)
+    if r == 0 then
+      zeros = zeros + 1
+    end
+  end
+  local raw = alpha * m * m / sum
+  local estimate = raw
+  if raw <= 2.5 * m and zeros > 0 then
+    estimate = m * math.log(m / zeros)
+  end
+  return round_half_up(estimate)
+end
+
+-- Aggregate functions --------------------------------------------------------
+-- A merged value is: count/sum a number; min/max a number or nil; avg
+-- {sum, count}; distinct_count a register table or nil; first/last {t=, v=}
+-- or nil. `decode` returns false for a malformed partial element.
+
+local function decode_number(p)
+  return type(p) == 'number' and p
+end
+
+local function decode_optional_number(p)
+  if p == cjson.null then
+    return nil
+  end
+  return decode_number(p)
+end
+
+local function decode_pair(p)
+  if p == cjson.null then
+    return nil
+  end
+  if type(p) ~= 'table' or type(p[1]) ~= 'number' or type(p[2]) ~= 'string' then
+    return false
+  end
+  return { t = p[1], v = p[2] }
+end
+
+local function add(a, b)
+  return a + b
+end
+
+local function keep_min(a, b)
+  if a == nil or (b ~= nil and b < a) then
+    return b
+  end
+  return a
+end
+
+local function keep_max(a, b)
+  if a == nil or (b ~= nil and b > a) then
+    return b
+  end
+  return a
+end
+
+local function keep_first(a, b)
+  if a == nil or (b ~= nil and pair_less(b, a)) then
+    return b
+  end
+  return a
+end
+
+local function keep_last(a, b)
+  if a == nil or (b ~= nil and pair_less(a, b)) then
+    return b
+  end
+  return a
+end
+
+local function encode_optional_number(v)
+  if v == nil then
+    return 'null'
+  end
+  return json_number(v)
+end
+
+local function render_optional_number(v)
+  return v and render_number(v)
+end
+
+local function encode_pair(p)
+  if p == nil then
+    return 'null'
+  end
+  return '[' .. json_integer(p.t) .. ',' .. cjson.encode(p.v) .. ']'
+end
+
+local function render_pair(p)
+  return p and p.v
+end
+
+local FIRST_LAST = {
+  empty = function() return nil end,
+  decode = decode_pair,
+  encode = encode_pair,
+  render = render_pair,
+}
+
+local FUNCTIONS = {
+  count = {
+    empty = function() return 0 end,
+    decode = decode_number,
+    merge = add,
+    encode = json_integer,
+    render = json_integer,
+  },
+  sum = {
+    empty = function() return 0 end,
+    decode = decode_number,
+    merge = add,
+    encode = json_number,
+    render = render_number,
+  },
+  min = {
+    empty = function() return nil end,
+    decode = decode_optional_number,
+    merge = keep_min,
+    encode = encode_optional_number,
+    render = render_optional_number,
+  },
+  max = {
+    empty = function() return nil end,
+    decode = decode_optional_number,
+    merge = keep_max,
+    encode = encode_optional_number,
+    render = render_optional_number,
+  },
+  avg = {
+    empty = function() return { 0, 0 } end,
+    decode = function(p)
+      if type(p) ~= 'table' or type(p[1]) ~= 'number' or type(p[2]) ~= 'number' then
+        return false
+      end
+      return { p[1], p[2] }
+    end,
+    merge = function(a, b) return { a[1] + b[1], a[2] + b[2] } end,
+    encode = function(v) return '[' .. json_number(v[1]) .. ',' .. json_integer(v[2]) .. ']' end,
+    render = function(v)
+      if v[2] > 0 then
+        return render_number(v[1] / v[2])
+      end
+    end,
+  },
+  distinct_count = {
+    empty = function() return nil end,
+    decode = function(p)
+      if type(p) ~= 'string' then
+        return false
+      end
+      return hll_decode(p)
+    end,
+    merge = function(a, b)
+      if a == nil then
+        return b
+      elseif b == nil then
+        return a
+      end
+      local max = {}
+      for i = 1, HLL_REGISTERS do
+        max[i] = math.max(a[i], b[i])
+      end
+      return max
+    end,
+    encode = function(v) return '"' .. hll_encode(v) .. '"' end,
+    render = function(v) return json_integer(hll_estimate(v)) end,
+  },
+  first = {
+    empty = FIRST_LAST.empty,
+    decode = FIRST_LAST.decode,
+    merge = keep_first,
+    encode = FIRST_LAST.encode,
+    render = FIRST_LAST.render,
+  },
+  last = {
+    empty = FIRST_LAST.empty,
+    decode = FIRST_LAST.decode,
+    merge = keep_last,
+    encode = FIRST_LAST.encode,
+    render = FIRST_LAST.render,
+  },
+}
+
+-- Arguments ------------------------------------------------------------------
+
+local function integer_arg(index, what)
+  local text = ARGV[index]
+  if type(text) ~= 'string' or not string.find(text, '^-?%d+$') or string.find(text, '^-?0%d') then
+    fail(what .. ' (ARGV[' .. index .. ']) must be an integer, got ' .. tostring(text))
+  end
+  return tonumber(text)
+end
+
+local function choice_arg(index, what, allowed)
+  local text = ARGV[index]
+  if not allowed[text] then
+    fail('unknown ' .. what .. ' (ARGV[' .. index .. ']) ' .. tostring(text))
+  end
+  return text
+end
+
+-- `function:name,...` into a list of {fn = FUNCTIONS entry, name = ...}.
+local function parse_spec(text)
+  local spec = {}
+  if text == nil or text == '' then
+    return spec
+  end
+  for item in string.gmatch(text, '[^,]+') do
+    local function_name, name = string.match(item, '^([%a_]+):(.+)$')
+    local fn = function_name and FUNCTIONS[function_name]
+    if not fn then
+      fail('bad aggregate "' .. item .. '" in spec (ARGV[10]); expected function:name')
+    end
+    if name == 'window_start' or name == 'window_end'
+        or string.sub(name, 1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
+      fail('aggregate name "' .. name .. '" clashes with the entry layout')
+    end
+    spec[#spec + 1] = { fn = fn, name = name }
+  end
+  return spec
+end
+
+-- Partials -------------------------------------------------------------------
+
+-- {e =, o =, values = {one merged value per aggregate}}
+local function decode_partial(spec, field, text)
+  local ok, json = pcall(cjson.decode, text)
+  if not ok or type(json) ~= 'table' or type(json.e) ~= 'number' or type(json.o) ~= 'number'
+      or type(json.a) ~= 'table' then
+    fail('malformed partial in field ' .. field .. ': ' .. string.sub(tostring(text), 1, 200))
+  end
+  local values = {}
+  for i, aggregate in ipairs(spec) do
+    local element = json.a[i]
+    if element == nil then
+      values[i] = aggregate.fn.empty()
+    else
+      local value = aggregate.fn.decode(element)
+      if value == false then
+        fail('malformed ' .. aggregate.name .. ' (element ' .. i .. ') in the partial of field ' .. field)
+      end
+      values[i] = value
+    end
+  end
+  return { e = json.e, o = json.o, values = values }
+end
+
+local function merge_values(spec, a, b)
+  local merged = {}
+  for i, aggregate in ipairs(spec) do
+    merged[i] = aggregate.fn.merge(a[i], b[i])
+  end
+  return merged
+end
+
+-- The JSON text of a partial; epoch and offset are the (validated) integer
+-- arguments, copied as text so that no digit is lost.
+local function encode_partial(spec, epoch_text, offset_text, values)
+  local parts = {}
+  for i, aggregate in ipairs(spec) do
+    parts[i] = aggregate.fn.encode(values[i])
+  end
+  return '{"e":' .. epoch_text .. ',"o":' .. offset_text .. ',"a":[' .. table.concat(parts, ',') .. ']}'
+end
+
+-- The script ---------------------------------------------------------------------
+
+local function main()
+  local key = KEYS[1]
+  local field = ARGV[1]
+  if type(field) ~= 'string' or string.sub(field, 1, #PARTIAL_PREFIX) ~= PARTIAL_PREFIX then
+    fail('partial field (ARGV[1]) must start with ' .. PARTIAL_PREFIX .. ', got ' .. tostring(field))
+  end
+  local epoch = integer_arg(2, 'epoch')
+  local offset = integer_arg(3, 'offset')
+  local mode = choice_arg(4, 'mode', { r = true, m = true, d = true })
+  local text = ARGV[5]
+  integer_arg(6, 'window_start')
+  integer_arg(7, 'window_end')
+  local ttl_mode = choice_arg(8, 'ttl mode', { n = true, r = true, a = true })
+  local ttl = integer_arg(9, 'ttl')
+  local spec = parse_spec(ARGV[10])
+
+  -- Every partial of the entry, as text and (lazily) decoded.
+  local texts, decoded = {}, {}
+  local hash = redis.call('HGETALL', key)
+  for i = 1, #hash, 2 do
+    if string.sub(hash[i], 1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
+      texts[hash[i]] = hash[i + 1]
+    end
+  end
+  local function partial(name)
+    if decoded[name] == nil then
+      decoded[name] = decode_partial(spec, name, texts[name])
+    end
+    return decoded[name]
+  end
+
+  -- 1, 2: fencing and stale replays.
+  if texts[field] ~= nil then
+    local current = partial(field)
+    if current.e > epoch then
+      return -1
+    elseif current.o > offset then
+      return 0
+    end
+  end
+
+  -- 3: the new partial of this field.
+  if mode == 'd' then
+    texts[field], decoded[field] = nil, nil
+  elseif mode == 'm' and texts[field] ~= nil then
+    local amend = decode_partial(spec, 'ARGV[5]', text)
+    local values = merge_values(spec, partial(field).values, amend.values)
+    texts[field] = encode_partial(spec, ARGV[2], ARGV[3], values)
+    decoded[field] = { e = epoch, o = offset, values = values }
+  else
+    if type(text) ~= 'string' then
+      fail('mode ' .. mode .. ' needs the partial (ARGV[5])')
+    end
+    texts[field], decoded[field] = text, nil
+    partial(field) -- validates it before anything is written
+  end
+
+  -- 4: the public fields, merging in a fixed order.
+  local names = {}
+  for name in pairs(texts) do
+    names[#names + 1] = name
+  end
+  if #names == 0 then
+    redis.call('DEL', key)
+    return 2
+  end
+  table.sort(names, bytes_less)
+  local merged = {}
+  for i, aggregate in ipairs(spec) do
+    merged[i] = aggregate.fn.empty()
+  end
+  for _, name in ipairs(names) do
+    merged = merge_values(spec, merged, partial(name).values)
+  end
+
+  local set = { key, 'window_start', ARGV[6], 'window_end', ARGV[7] }
+  local absent = { key }
+  if mode ~= 'd' then
+    set[#set + 1], set[#set + 2] = field, texts[field]
+  end
+  for i, aggregate in ipairs(spec) do
+    -- 5: rendering
+    local value = aggregate.fn.render(merged[i])
+    if value == nil then
+      absent[#absent + 1] = aggregate.name
+    else
+      set[#set + 1], set[#set + 2] = aggregate.name, value
+    end
+  end
+
+  if mode == 'd' then
+    redis.call('HDEL', key, field)
+  end
+  redis.call('HSET', unpack(set))
+  if #absent > 1 then
+    redis.call('HDEL', unpack(absent))
+  end
+
+  -- 6: expiry
+  if ttl_mode == 'r' then
+    redis.call('PEXPIRE', key, ttl)
+  elseif ttl_mode == 'a' then
+    redis.call('PEXPIREAT', key, ttl)
+  end
+  return 1
+end
+
+local ok, result = pcall(main)
+if ok then
+  return result
+elseif type(result) == 'table' then
+  return result -- an error reply raised by redis.call
+end
+return redis.error_reply('ERR merge script: ' .. tostring(result))
