@@ -322,6 +322,16 @@ impl PipelineConfig {
         if self.max_record_bytes == 0 {
             return Err(invalid("max_record_bytes", "a positive number of bytes".into()));
         }
+        if matches!(self.window, WindowConfig::Session { .. }) && self.key != KeySource::KafkaKey {
+            // A task sees one partition; a session spanning partitions would be
+            // cut into per-partition sessions with different bounds.
+            return Err(invalid(
+                "key",
+                "session windows need every record of a key in one partition: use key = { from = \"kafka_key\" } \
+                 (Kafka's partitioner keeps one key in one partition), and produce with the session key as message key"
+                    .into(),
+            ));
+        }
         if matches!(self.window, WindowConfig::Session { .. }) && self.late_records == LateAction::Amend {
             return Err(invalid(
                 "late_records",

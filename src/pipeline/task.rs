@@ -200,6 +200,11 @@ impl PartitionTask {
             Err(error) => return self.reject(record, error),
         };
         let before = self.watermark.current();
+        if self.pipeline.config.late_records == LateAction::Amend {
+            // Windows of the record already purged take it in the region.
+            let amendments = self.operator.amendments(&event, before);
+            self.pending.extend(amendments.into_iter().map(|r| (r, position)));
+        }
         if self.operator.process(&event, before) == Accepted::Late {
             self.on_late(&event, record);
         }
@@ -241,7 +246,7 @@ impl PartitionTask {
         };
         self.pipeline.metrics.late_records.with_label_values(&[&*self.pipeline.name, label]).inc();
         match action {
-            LateAction::Drop => {}
+            LateAction::Drop | LateAction::Amend => {}
             LateAction::DeadLetter => self.dead_letters.push(DeadLetter {
                 reason: format!(
                     "late: event time {} is behind watermark {} by more than the allowed lateness",
@@ -251,10 +256,6 @@ impl PartitionTask {
                 record,
                 stage: "late",
             }),
-            LateAction::Amend => {
-                let position = event.offset + 1;
-                self.pending.extend(self.operator.amendments(event).into_iter().map(|r| (r, position)));
-            }
         }
     }
 
@@ -316,23 +317,26 @@ impl PartitionTask {
         Ok(())
     }
 
-    /// One write per entry: the last replace of an entry supersedes earlier
-    /// ones in the same flush; merges and deletes are kept in order.
+    /// The flush's writes, grouped by entry with each entry's writes in
+    /// production order (the region applies one entry's writes in order).
+    /// Within an entry, a replace or delete supersedes the replace or delete
+    /// just before it, so a busy window costs one write per flush.
     fn entry_writes(&self) -> Vec<EntryWrite> {
-        let mut writes: Vec<EntryWrite> = Vec::with_capacity(self.pending.len());
-        let mut last_replace: HashMap<String, usize> = HashMap::new();
+        let mut by_entry: Vec<Vec<EntryWrite>> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         for (result, position) in &self.pending {
             let write = self.pipeline.layout.write(result, &self.field, self.epoch, *position);
-            if write.mode == WriteMode::Replace {
-                if let Some(&i) = last_replace.get(&write.key) {
-                    writes[i] = write;
-                    continue;
-                }
-                last_replace.insert(write.key.clone(), writes.len());
+            let i = *index.entry(write.key.clone()).or_insert_with(|| {
+                by_entry.push(Vec::new());
+                by_entry.len() - 1
+            });
+            let writes = &mut by_entry[i];
+            match writes.last_mut() {
+                Some(last) if last.mode != WriteMode::Merge && write.mode != WriteMode::Merge => *last = write,
+                _ => writes.push(write),
             }
-            writes.push(write);
         }
-        writes
+        by_entry.into_iter().flatten().collect()
     }
 
     fn record_fired(&mut self) {

@@ -39,12 +39,16 @@ ARGV[10]  aggregate spec: comma-separated `function:name` in the order of the
 Rules, in this order:
 1. The field holds a partial with "e" > ARGV[2]: change nothing, return -1
    (fenced: a newer owner of that source partition wrote).
-2. Else it holds a partial with "o" > ARGV[3]: change nothing, return 0
-   (stale replay). An equal offset is applied.
+2. Else it holds a partial with "o" > ARGV[3] (or, for `m`, >= ARGV[3]: an
+   amendment at a position already applied is a retried or replayed one):
+   return 0 (stale replay) without changing values; a newer epoch is still
+   recorded, which fences the previous owner. An equal offset is applied
+   for `r` and `d`.
 3. Apply the mode. Merging: count/sum add; min/max keep the min/max (null is
    absent); avg adds both; distinct_count takes the register-wise max;
    first keeps the smaller (time, value) pair, last the larger, comparing
-   time first, then the value's bytes.
+   time first, then the value's bytes (not Lua's `<`, which collates by
+   the server's locale).
 4. Recompute the public fields by merging all `_p:*` partials, in bytewise
    order of their field names so that the floating-point result does not
    depend on the hash's iteration order; HSET window_start, window_end and
@@ -54,7 +58,9 @@ Rules, in this order:
 5. Rendering equals `Accumulator::render` byte for byte: count as an integer;
    sum/min/max/avg (= sum / count) as Rust's `render_number`: integral with
    abs < 1e15 as an integer, otherwise Rust's `{}` form of an f64 (shortest
-   round-trip digits, never in exponent notation); distinct_count as
+   round-trip digits, the closer of two candidates and the larger on a tie,
+   never in exponent notation: 1e-7 is "0.0000001", 1e21 is
+   "1000000000000000000000"; see shortest_digits); distinct_count as
    `HyperLogLog::estimate` (src/window/hll.rs); first/last as the value.
 6. Apply the TTL, return 1.
 
@@ -106,20 +112,47 @@ local function is_finite(v)
   return v == v and v ~= math.huge and v ~= -math.huge
 end
 
--- The shortest round-trip significant digits of a finite, non-zero v:
--- sign ('' or '-'), digits without trailing zeros, and the decimal exponent
--- of the first digit (v = d.ddd * 10^exponent).
+-- A decimal digit string plus one in its last place ('199' -> '200',
+-- '99' -> '100').
+local function increment(digits)
+  local i = #digits
+  while i > 0 and string.sub(digits, i, i) == '9' do
+    i = i - 1
+  end
+  if i == 0 then
+    return '1' .. string.rep('0', #digits)
+  end
+  return string.sub(digits, 1, i - 1) .. string.char(string.byte(digits, i) + 1) .. string.rep('0', #digits - i)
+end
+
+-- The digits Rust prints for a finite, positive v: the fewest significant
+-- digits that read back as v; of two such candidates the closer one, and
+-- on an exact tie the larger one (Rust's shortest formatting rounds half
+-- up, where printf's %.17g rounds half to even: 1501199875790043.25 is
+-- "1501199875790043.3" in Rust but 1501199875790043.2 with %.17g).
+-- Returns a digit string D and a scale s with v = D * 10^s.
 local function shortest_digits(v)
-  local text
-  for precision = 15, 17 do
-    text = string.format('%.' .. (precision - 1) .. 'e', v)
-    if tonumber(text) == v then
-      break
+  -- The exact expansion (glibc prints exact digits), enough for the
+  -- rounding decision at any of the first 17 digits.
+  local first, rest, exponent = string.match(string.format('%.99e', v), '^(%d)%.(%d+)e([-+]%d+)$')
+  local exact = first .. rest
+  exponent = tonumber(exponent)
+  for n = 1, 17 do
+    local scale = exponent - n + 1
+    local truncated = string.sub(exact, 1, n)
+    local closer, farther = truncated, increment(truncated)
+    if string.byte(exact, n + 1) >= string.byte('5') then -- ties too
+      closer, farther = farther, closer
+    end
+    -- The farther one can read back when the closer does not: at a power
+    -- of two the next double below is twice as close as the next above.
+    for _, digits in ipairs({ closer, farther }) do
+      if tonumber(digits .. 'e' .. scale) == v then
+        return digits, scale
+      end
     end
   end
-  local sign, first, rest, exponent = string.match(text, '^(-?)(%d)%.?(%d*)e([-+]%d+)$')
-  local digits = string.gsub(first .. rest, '0+$', '')
-  return sign, digits, tonumber(exponent)
+  error('no round-trip digits for ' .. string.format('%.17g', v))
 end
 
 -- Rust's `render_number`: integers without a fraction, everything else as
@@ -134,8 +167,14 @@ local function render_number(v)
   elseif v == -math.huge then
     return '-inf'
   end
-  local sign, digits, exponent = shortest_digits(v)
-  local point = exponent + 1 -- digits before the decimal point
+  local sign = ''
+  if v < 0 then
+    sign = '-'
+  end
+  local digits, scale = shortest_digits(math.abs(v))
+  local trailing = #string.match(digits, '0*$')
+  digits, scale = string.sub(digits, 1, #digits - trailing), scale + trailing
+  local point = #digits + scale -- digits before the decimal point
   if point <= 0 then
     return sign .. '0.' .. string.rep('0', -point) .. digits
   elseif point >= #digits then
@@ -307,37 +346,29 @@ local function render_pair(p)
   return p and p.v
 end
 
-local FIRST_LAST = {
-  empty = function() return nil end,
-  decode = decode_pair,
-  encode = encode_pair,
-  render = render_pair,
-}
+local function none()
+  return nil
+end
 
+local function zero()
+  return 0
+end
+
+-- Per function: the empty value, decode (partial element -> value, false
+-- when malformed), merge, encode (value -> partial element JSON) and render
+-- (value -> public field, nil when absent).
 local FUNCTIONS = {
-  count = {
-    empty = function() return 0 end,
-    decode = decode_number,
-    merge = add,
-    encode = json_integer,
-    render = json_integer,
-  },
-  sum = {
-    empty = function() return 0 end,
-    decode = decode_number,
-    merge = add,
-    encode = json_number,
-    render = render_number,
-  },
+  count = { empty = zero, decode = decode_number, merge = add, encode = json_integer, render = json_integer },
+  sum = { empty = zero, decode = decode_number, merge = add, encode = json_number, render = render_number },
   min = {
-    empty = function() return nil end,
+    empty = none,
     decode = decode_optional_number,
     merge = keep_min,
     encode = encode_optional_number,
     render = render_optional_number,
   },
   max = {
-    empty = function() return nil end,
+    empty = none,
     decode = decode_optional_number,
     merge = keep_max,
     encode = encode_optional_number,
@@ -360,7 +391,7 @@ local FUNCTIONS = {
     end,
   },
   distinct_count = {
-    empty = function() return nil end,
+    empty = none,
     decode = function(p)
       if type(p) ~= 'string' then
         return false
@@ -382,20 +413,8 @@ local FUNCTIONS = {
     encode = function(v) return '"' .. hll_encode(v) .. '"' end,
     render = function(v) return json_integer(hll_estimate(v)) end,
   },
-  first = {
-    empty = FIRST_LAST.empty,
-    decode = FIRST_LAST.decode,
-    merge = keep_first,
-    encode = FIRST_LAST.encode,
-    render = FIRST_LAST.render,
-  },
-  last = {
-    empty = FIRST_LAST.empty,
-    decode = FIRST_LAST.decode,
-    merge = keep_last,
-    encode = FIRST_LAST.encode,
-    render = FIRST_LAST.render,
-  },
+  first = { empty = none, decode = decode_pair, merge = keep_first, encode = encode_pair, render = render_pair },
+  last = { empty = none, decode = decode_pair, merge = keep_last, encode = encode_pair, render = render_pair },
 }
 
 -- Arguments ------------------------------------------------------------------
@@ -518,7 +537,13 @@ local function main()
     local current = partial(field)
     if current.e > epoch then
       return -1
-    elseif current.o > offset then
+    elseif current.o > offset or (mode == 'm' and current.o == offset) then
+      if epoch > current.e then
+        -- Take the new owner's epoch even though its replay changes
+        -- nothing, so the previous owner is fenced from here on.
+        redis.call('HSET', KEYS[1], field,
+          encode_partial(spec, ARGV[2], string.format('%d', current.o), current.values))
+      end
       return 0
     end
   end

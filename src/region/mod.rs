@@ -92,6 +92,8 @@ pub enum RegionError {
 
 pub trait Region: Send + Sync {
     /// Applies a batch of writes; resolves once every write is acknowledged.
+    /// Writes to the same entry are adjacent and must be applied in order;
+    /// different entries may be written concurrently.
     fn write<'a>(&'a self, writes: &'a [EntryWrite]) -> BoxFuture<'a, Result<WriteOutcome, RegionError>>;
 
     /// Takes a new ownership epoch for a source partition.

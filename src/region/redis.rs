@@ -93,6 +93,15 @@ impl RedisRegion {
         self.connection.clone()
     }
 
+    /// One entry's writes, in order.
+    async fn write_entry(&self, writes: &[EntryWrite]) -> Result<Vec<i64>, RegionError> {
+        let mut replies = Vec::with_capacity(writes.len());
+        for write in writes {
+            replies.push(self.write_one(write).await?);
+        }
+        Ok(replies)
+    }
+
     async fn write_one(&self, write: &EntryWrite) -> Result<i64, RegionError> {
         let (ttl_mode, ttl) = match write.expiry {
             Expiry::Never => ("n", 0),
@@ -143,15 +152,17 @@ impl Region for RedisRegion {
             let mut outcome = WriteOutcome::default();
             // Boxed up front: a lazily mapped iterator trips the compiler's
             // higher-ranked `Send` inference for the returned future.
-            let commands: Vec<BoxFuture<'_, Result<i64, RegionError>>> =
-                writes.iter().map(|w| self.write_one(w).boxed()).collect();
+            let commands: Vec<BoxFuture<'_, Result<Vec<i64>, RegionError>>> =
+                writes.chunk_by(|a, b| a.key == b.key).map(|entry| self.write_entry(entry).boxed()).collect();
             let mut replies = futures::stream::iter(commands).buffer_unordered(self.concurrency);
-            while let Some(reply) = replies.next().await {
-                match reply? {
-                    -1 => outcome.fenced += 1,
-                    0 => outcome.stale += 1,
-                    1 | 2 => outcome.applied += 1,
-                    other => return Err(RegionError::Protocol(format!("merge script returned {other}"))),
+            while let Some(replies) = replies.next().await {
+                for reply in replies? {
+                    match reply {
+                        -1 => outcome.fenced += 1,
+                        0 => outcome.stale += 1,
+                        1 | 2 => outcome.applied += 1,
+                        other => return Err(RegionError::Protocol(format!("merge script returned {other}"))),
+                    }
                 }
             }
             Ok(outcome)

@@ -88,13 +88,16 @@ impl WindowOperator {
         }
     }
 
-    /// One-record results that amend each window of a late `event` in the
-    /// region (late action `amend`). Session windows have none: a late
-    /// record's session cannot be told from the written entries.
-    pub fn amendments(&self, event: &Event) -> Vec<WindowResult> {
+    /// One-record results that amend, in the region, each window of `event`
+    /// already purged at `watermark` (late action `amend`); a record can be
+    /// late for some of its sliding windows only. Session windows have none:
+    /// a late record's session cannot be told from the written entries.
+    pub fn amendments(&self, event: &Event, watermark: Millis) -> Vec<WindowResult> {
         let State::Fixed(fixed) = &self.state else { return Vec::new() };
+        let lateness = self.spec.allowed_lateness;
         fixed
             .assign(event.time)
+            .filter(|w| w.end.saturating_add(lateness) <= watermark)
             .map(|window| {
                 let mut accumulators: Vec<Accumulator> =
                     self.spec.functions.iter().map(|f| Accumulator::new(*f)).collect();

@@ -1,0 +1,112 @@
+//! A real Kafka-protocol broker for tests: librdkafka's mock cluster,
+//! listening on loopback TCP ports, with helpers to produce a data set and
+//! read a topic back.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::{Message, TopicPartitionList};
+
+pub struct Kafka {
+    pub cluster: MockCluster<'static, DefaultProducerContext>,
+    pub brokers: String,
+}
+
+/// One record to produce, to an explicit partition so tests know each
+/// partition's order.
+#[derive(Debug, Clone)]
+pub struct Produce {
+    pub partition: i32,
+    pub key: Option<String>,
+    pub value: Vec<u8>,
+}
+
+impl Kafka {
+    /// Starts a three-broker mock cluster with the given topics.
+    pub fn start(topics: &[(&str, i32)]) -> Kafka {
+        let cluster = MockCluster::new(3).expect("librdkafka mock cluster starts");
+        for (topic, partitions) in topics {
+            cluster.create_topic(topic, *partitions, 1).expect("topic created");
+        }
+        let brokers = cluster.bootstrap_servers();
+        Kafka { cluster, brokers }
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
+            .create()
+            .expect("producer created")
+    }
+
+    /// Produces every record and waits for all acknowledgements.
+    pub async fn produce(&self, topic: &str, records: &[Produce]) {
+        let producer = self.producer();
+        let mut deliveries = Vec::with_capacity(records.len());
+        for r in records {
+            let mut record: FutureRecord<'_, str, [u8]> =
+                FutureRecord::to(topic).partition(r.partition).payload(&r.value);
+            if let Some(key) = &r.key {
+                record = record.key(key.as_str());
+            }
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        deliveries.push(delivery);
+                        break;
+                    }
+                    Err((_, returned)) => {
+                        record = returned;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        for d in deliveries {
+            d.await.expect("delivery not cancelled").expect("record acknowledged by the broker");
+        }
+    }
+
+    /// Reads `topic` from the beginning until `expected` records arrived or
+    /// `timeout` passed; returns what it read.
+    pub fn read_topic(&self, topic: &str, partitions: i32, expected: usize, timeout: Duration) -> Vec<OwnedMessage> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", format!("reader-{topic}-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer created");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("partition added");
+        }
+        consumer.assign(&tpl).expect("assigned");
+        let started = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < expected && started.elapsed() < timeout {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(m.detach());
+            }
+        }
+        // A little longer, to catch records beyond the expected count.
+        let extra = Instant::now();
+        while extra.elapsed() < Duration::from_millis(500) {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                out.push(m.detach());
+            }
+        }
+        out
+    }
+}
+
+pub fn header(message: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+}
