@@ -139,7 +139,10 @@ pub async fn run(
                             };
                             buffers.entry((m.topic().to_string(), m.partition())).or_default().push(record);
                         }
-                        Err(e) => tracing::warn!(error = %e, "Kafka consumer error; librdkafka retries"),
+                        Err(e) => {
+                            metrics.kafka_errors.with_label_values(&["consumer"]).inc();
+                            tracing::warn!(error = %e, "Kafka consumer error; librdkafka retries");
+                        }
                     }
                     polled += 1;
                     if polled < poll_batch {

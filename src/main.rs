@@ -40,6 +40,29 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Produce generated page views into a Kafka topic (load for demos and benchmarks).
+    Generate {
+        #[arg(long, default_value = "localhost:9092")]
+        brokers: String,
+        #[arg(long, default_value = "pageviews")]
+        topic: String,
+        /// Events per second (0 = as fast as the producer takes them).
+        #[arg(long, default_value_t = 5_000)]
+        rate: u64,
+        /// Stop after this long; runs until Ctrl-C without it.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Probe a connector's health endpoint (for container health checks):
+    /// exits 0 when it answers 200.
+    Probe {
+        /// host:port of the metrics endpoint.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        address: String,
+        /// Probe /readyz instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+    },
     /// Run a complete pipeline with no external services: an in-process
     /// Kafka-protocol broker, a page-view generator and an in-memory region.
     Quickstart {
@@ -91,6 +114,38 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
+/// A shutdown token cancelled by signals, or after `duration` when given.
+fn shutdown_after(duration: Option<Duration>) -> CancellationToken {
+    let shutdown = shutdown_on_signals();
+    if let Some(duration) = duration {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.cancel();
+        });
+    }
+    shutdown
+}
+
+/// A minimal HTTP/1.0 GET: the runtime image carries no curl.
+async fn probe(address: &str, path: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .context("no answer within 5s")?
+        .with_context(|| format!("cannot reach {address}"))?;
+    let status = response.lines().next().unwrap_or_default();
+    anyhow::ensure!(status.contains(" 200 "), "{path} answered {status:?}");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -119,15 +174,19 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Quickstart { duration, rate, metrics_listen } => {
-            let shutdown = shutdown_on_signals();
-            if let Some(duration) = duration {
-                let stop = shutdown.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(duration).await;
-                    stop.cancel();
-                });
-            }
+            let shutdown = shutdown_after(duration);
             regionflow::embedded::run(regionflow::embedded::Options { rate, metrics_listen }, shutdown).await
         }
+        Command::Generate { brokers, topic, rate, duration } => {
+            let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("linger.ms", "10")
+                .create()
+                .context("creating the producer")?;
+            tracing::info!(%brokers, %topic, rate, "generating page views");
+            regionflow::embedded::produce(producer, topic, rate, shutdown_after(duration)).await;
+            Ok(())
+        }
+        Command::Probe { address, ready } => probe(&address, if ready { "/readyz" } else { "/healthz" }).await,
     }
 }

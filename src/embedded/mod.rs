@@ -23,7 +23,7 @@ use crate::config::Settings;
 use crate::metrics::{Health, Metrics};
 use crate::region::{MemoryRegion, Region, RegionLayout};
 
-pub use generator::PageViews;
+pub use generator::{produce, PageViews};
 
 pub const QUICKSTART_CONFIG: &str = include_str!("../../config/quickstart.toml");
 

@@ -35,6 +35,16 @@ pub struct Metrics {
     pub event_to_region_latency: HistogramVec,
     pub build_info: IntGaugeVec,
     pub flush_duration: Histogram,
+    pub checkpoint_duration: HistogramVec,
+    pub checkpoint_bytes: HistogramVec,
+    pub checkpoint_bytes_total: IntCounterVec,
+    pub checkpoints: IntCounterVec,
+    pub checkpoint_age: prometheus::GaugeVec,
+    pub partition_takeovers: IntCounterVec,
+    pub recovery_duration: HistogramVec,
+    pub redis_operations: IntCounterVec,
+    pub redis_failovers: IntCounterVec,
+    pub kafka_errors: IntCounterVec,
     pub up: IntGauge,
     pub errors_total: IntCounter,
 }
@@ -168,6 +178,20 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("metric registered once");
                 h
             },
+            checkpoint_duration: histogram(&r, "regionflow_checkpoint_duration_seconds", "Time to store one task checkpoint (after its results are acknowledged).", p, LATENCY_BUCKETS.to_vec()),
+            checkpoint_bytes: histogram(&r, "regionflow_checkpoint_size_bytes", "Size of one stored checkpoint.", p, prometheus::exponential_buckets(64.0, 4.0, 12).expect("valid buckets")),
+            checkpoint_bytes_total: counter(&r, "regionflow_checkpoint_bytes_total", "Checkpoint bytes stored (state sync volume).", p),
+            checkpoints: counter(&r, "regionflow_checkpoints_total", "Checkpoints by outcome (ok, failed, fenced).", &["pipeline", "outcome"]),
+            checkpoint_age: {
+                let g = prometheus::GaugeVec::new(Opts::new("regionflow_checkpoint_age_seconds", "Time since the partition's last stored checkpoint."), ptp).expect("valid metric definition");
+                r.register(Box::new(g.clone())).expect("metric registered once");
+                g
+            },
+            partition_takeovers: counter(&r, "regionflow_partition_takeovers_total", "Partitions assigned to this connector and restored, by source (checkpoint, fresh).", &["pipeline", "restored_from"]),
+            recovery_duration: histogram(&r, "regionflow_recovery_duration_seconds", "From partition assignment to its first record processed after restore.", p, vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
+            redis_operations: counter(&r, "regionflow_redis_operations_total", "Redis operations (entry writes, checkpoints, epochs) by outcome (ok, retried, failed); failover rate = retried+failed over all.", &["region", "outcome"]),
+            redis_failovers: counter(&r, "regionflow_redis_failovers_total", "Periods of failing Redis operations ridden through until writes succeeded again.", &["region"]),
+            kafka_errors: counter(&r, "regionflow_kafka_errors_total", "Errors reported by the Kafka client (it retries them).", &["kind"]),
             up: {
                 let g = IntGauge::new("regionflow_up", "1 while the connector runs.").expect("valid metric definition");
                 r.register(Box::new(g.clone())).expect("metric registered once");
@@ -184,6 +208,55 @@ impl Metrics {
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         metrics.up.set(1);
         metrics
+    }
+
+    /// Creates a pipeline's series at zero, so dashboards and alerts see
+    /// them (and `rate()` works) before the first event of each kind.
+    pub fn init_pipeline(&self, pipeline: &str, region: &str, topics: &[String]) {
+        for topic in topics {
+            self.records_in.with_label_values(&[pipeline, topic]);
+            self.bytes_in.with_label_values(&[pipeline, topic]);
+        }
+        self.records_out.with_label_values(&[pipeline, region]);
+        for stage in ["size", "parse", "key", "event_time", "aggregate", "late"] {
+            if stage != "late" {
+                self.decode_failures.with_label_values(&[pipeline, stage]);
+            }
+            self.dlq_records.with_label_values(&[pipeline, stage]);
+        }
+        for action in ["drop", "dead_letter", "amend"] {
+            self.late_records.with_label_values(&[pipeline, action]);
+        }
+        for kind in ["final", "update", "retract", "amend"] {
+            self.windows_fired.with_label_values(&[pipeline, kind]);
+        }
+        self.redis_write_duration.with_label_values(&[region]);
+        self.redis_errors.with_label_values(&[region, "write"]);
+        self.redis_retries.with_label_values(&[region]);
+        for outcome in ["applied", "fenced", "stale"] {
+            self.region_writes.with_label_values(&[region, outcome]);
+        }
+        for outcome in ["ok", "retried", "failed"] {
+            self.redis_operations.with_label_values(&[region, outcome]);
+        }
+        self.redis_failovers.with_label_values(&[region]);
+        self.fenced_writes.with_label_values(&[pipeline]);
+        self.partitions_owned.with_label_values(&[pipeline]);
+        self.event_to_region_latency.with_label_values(&[pipeline]);
+        self.checkpoint_duration.with_label_values(&[pipeline]);
+        self.checkpoint_bytes.with_label_values(&[pipeline]);
+        self.checkpoint_bytes_total.with_label_values(&[pipeline]);
+        for outcome in ["ok", "failed", "fenced"] {
+            self.checkpoints.with_label_values(&[pipeline, outcome]);
+        }
+        for from in ["checkpoint", "fresh"] {
+            self.partition_takeovers.with_label_values(&[pipeline, from]);
+        }
+        self.recovery_duration.with_label_values(&[pipeline]);
+        for kind in ["assign", "revoke"] {
+            self.rebalances.with_label_values(&[kind]);
+        }
+        self.kafka_errors.with_label_values(&["consumer"]);
     }
 
     /// The Prometheus text exposition of every series.

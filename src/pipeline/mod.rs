@@ -42,6 +42,7 @@ impl Pipeline {
         metrics: Arc<Metrics>,
     ) -> Pipeline {
         let config = settings.pipelines[name].clone();
+        metrics.init_pipeline(name, &config.region.name, &config.topics);
         Pipeline {
             name: name.into(),
             decoder: decoder_for(&config),

@@ -292,9 +292,17 @@ impl PartitionTask {
             let timer = m.redis_write_duration.with_label_values(&[region_name]).start_timer();
             let outcome = self.pipeline.region.write(&writes).await.map_err(|source| {
                 m.redis_errors.with_label_values(&[region_name, "write"]).inc();
+                m.redis_operations.with_label_values(&[region_name, "failed"]).inc();
                 TaskError::Region { topic: self.topic.to_string(), partition: self.partition, source }
             })?;
             timer.observe_duration();
+            m.redis_operations.with_label_values(&[region_name, "ok"]).inc_by(writes.len() as u64);
+            if outcome.retried > 0 {
+                m.redis_retries.with_label_values(&[region_name]).inc_by(outcome.retried);
+                m.redis_operations.with_label_values(&[region_name, "retried"]).inc_by(outcome.retried);
+                m.redis_failovers.with_label_values(&[region_name]).inc();
+                tracing::warn!(region = %region_name, retried = outcome.retried, "Redis errors ridden through; writes succeeded");
+            }
             m.records_out.with_label_values(&[&*self.pipeline.name, region_name]).inc_by(outcome.applied);
             for (outcome_label, n) in
                 [("applied", outcome.applied), ("fenced", outcome.fenced), ("stale", outcome.stale)]

@@ -78,6 +78,8 @@ pub struct WriteOutcome {
     pub fenced: u64,
     /// Skipped: the entry already holds a later state of this source.
     pub stale: u64,
+    /// Commands that failed transiently and were retried.
+    pub retried: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -34,7 +34,6 @@ pub struct RedisRegion {
     spec: Arc<str>,
     concurrency: usize,
     write_deadline: Duration,
-    retries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RedisRegion {
@@ -64,7 +63,6 @@ impl RedisRegion {
                         spec: "".into(),
                         concurrency: config.write_concurrency,
                         write_deadline: config.write_deadline,
-                        retries: Default::default(),
                     })
                 }
                 Ok(Err(e)) if started.elapsed() >= config.startup_timeout => return Err(unreachable(e.to_string())),
@@ -84,25 +82,25 @@ impl RedisRegion {
         RedisRegion { spec, ..self.clone() }
     }
 
-    /// Commands retried so far (transient errors ridden through).
-    pub fn retries(&self) -> u64 {
-        self.retries.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     pub fn connection(&self) -> ClusterConnection {
         self.connection.clone()
     }
 
     /// One entry's writes, in order.
-    async fn write_entry(&self, writes: &[EntryWrite]) -> Result<Vec<i64>, RegionError> {
+    async fn write_entry(&self, writes: &[EntryWrite]) -> Result<(Vec<i64>, u64), RegionError> {
         let mut replies = Vec::with_capacity(writes.len());
+        let mut retried = 0;
         for write in writes {
-            replies.push(self.write_one(write).await?);
+            let (reply, retries) = self.write_one(write).await?;
+            replies.push(reply);
+            retried += retries;
         }
-        Ok(replies)
+        Ok((replies, retried))
     }
 
-    async fn write_one(&self, write: &EntryWrite) -> Result<i64, RegionError> {
+    /// One write, retried until the deadline; returns the script's reply
+    /// and how many retries it took.
+    async fn write_one(&self, write: &EntryWrite) -> Result<(i64, u64), RegionError> {
         let (ttl_mode, ttl) = match write.expiry {
             Expiry::Never => ("n", 0),
             Expiry::After(ms) => ("r", ms as i64),
@@ -122,16 +120,17 @@ impl RedisRegion {
             .arg(&*self.spec);
         let started = Instant::now();
         let mut backoff = MIN_BACKOFF;
+        let mut retries = 0;
         loop {
             let mut connection = self.connection.clone();
             match invocation.invoke_async::<i64>(&mut connection).await {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => return Ok((reply, retries)),
                 Err(e) if is_script_error(&e) => return Err(RegionError::Protocol(e.to_string())),
                 Err(e) if started.elapsed() >= self.write_deadline => {
                     return Err(RegionError::WriteFailed { elapsed: started.elapsed(), message: e.to_string() })
                 }
                 Err(e) => {
-                    self.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    retries += 1;
                     tracing::warn!(key = %write.key, error = %e, "Redis write failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -152,11 +151,13 @@ impl Region for RedisRegion {
             let mut outcome = WriteOutcome::default();
             // Boxed up front: a lazily mapped iterator trips the compiler's
             // higher-ranked `Send` inference for the returned future.
-            let commands: Vec<BoxFuture<'_, Result<Vec<i64>, RegionError>>> =
+            let commands: Vec<BoxFuture<'_, Result<(Vec<i64>, u64), RegionError>>> =
                 writes.chunk_by(|a, b| a.key == b.key).map(|entry| self.write_entry(entry).boxed()).collect();
             let mut replies = futures::stream::iter(commands).buffer_unordered(self.concurrency);
             while let Some(replies) = replies.next().await {
-                for reply in replies? {
+                let (replies, retried) = replies?;
+                outcome.retried += retried;
+                for reply in replies {
                     match reply {
                         -1 => outcome.fenced += 1,
                         0 => outcome.stale += 1,
