@@ -27,6 +27,9 @@ pub const MERGE_SCRIPT: &str = include_str!("merge.lua");
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// The script's replies for one entry's writes, and the retries they took.
+type EntryReplies = Result<(Vec<i64>, u64), RegionError>;
+
 #[derive(Clone)]
 pub struct RedisRegion {
     connection: ClusterConnection,
@@ -87,7 +90,7 @@ impl RedisRegion {
     }
 
     /// One entry's writes, in order.
-    async fn write_entry(&self, writes: &[EntryWrite]) -> Result<(Vec<i64>, u64), RegionError> {
+    async fn write_entry(&self, writes: &[EntryWrite]) -> EntryReplies {
         let mut replies = Vec::with_capacity(writes.len());
         let mut retried = 0;
         for write in writes {
@@ -151,7 +154,7 @@ impl Region for RedisRegion {
             let mut outcome = WriteOutcome::default();
             // Boxed up front: a lazily mapped iterator trips the compiler's
             // higher-ranked `Send` inference for the returned future.
-            let commands: Vec<BoxFuture<'_, Result<(Vec<i64>, u64), RegionError>>> =
+            let commands: Vec<BoxFuture<'_, EntryReplies>> =
                 writes.chunk_by(|a, b| a.key == b.key).map(|entry| self.write_entry(entry).boxed()).collect();
             let mut replies = futures::stream::iter(commands).buffer_unordered(self.concurrency);
             while let Some(replies) = replies.next().await {

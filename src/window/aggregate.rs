@@ -219,7 +219,7 @@ mod tests {
 
     #[test]
     fn partials_round_trip() {
-        let mut accs = vec![
+        let mut accs = [
             Accumulator::new(AggregateFunction::Count),
             Accumulator::new(AggregateFunction::Sum),
             Accumulator::new(AggregateFunction::Min),

@@ -27,7 +27,7 @@ fn run(kind: WindowKind, lateness: Millis, disorder: Millis, records: &[Rec], up
     let mut op = WindowOperator::new(WindowSpec { kind, allowed_lateness: lateness, functions: FUNCTIONS.to_vec() });
     let mut watermark = Millis::MIN;
     let mut region = Table::new();
-    let mut apply = |results: Vec<crate::window::WindowResult>, region: &mut Table| {
+    let apply = |results: Vec<crate::window::WindowResult>, region: &mut Table| {
         for r in results {
             let entry = (r.key.to_string(), r.window);
             match r.kind {
@@ -104,7 +104,7 @@ fn reference_sessions(gap: Millis, records: &[Rec]) -> Table {
     for (key, mut recs) in by_key {
         recs.sort_by_key(|r| r.time);
         let mut group: Vec<&Rec> = Vec::new();
-        let mut flush = |group: &mut Vec<&Rec>, table: &mut Table| {
+        let flush = |group: &mut Vec<&Rec>, table: &mut Table| {
             if let (Some(first), Some(last)) = (group.first(), group.last()) {
                 let window = Window { start: first.time, end: last.time + gap };
                 for r in group.iter() {
