@@ -3,15 +3,16 @@
 //!
 //! Its dispatch loop polls the consumer, groups records by partition and
 //! hands each group to that partition's task over a bounded channel (a full
-//! channel stops the loop from polling: backpressure reaches Kafka). It
-//! starts a task when a partition is assigned and, on revoke, closes the
-//! task's channel and waits inside the rebalance until the task has flushed
-//! and stored its offset, so the next owner starts where this one stopped.
-//! On shutdown it does the same for every partition, commits, and leaves
-//! the group.
+//! channel stops the loop from polling: backpressure reaches Kafka). Inside
+//! the rebalance callback it starts a task for each assigned partition
+//! (epoch, checkpoint restore, start offset) and, on revoke, closes the
+//! task's channel and waits until the task has flushed and checkpointed, so
+//! the next owner starts where this one stopped and replays nothing. On
+//! shutdown it does the same for every partition, commits, and leaves the
+//! group.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -20,12 +21,13 @@ use rdkafka::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::{CheckpointStore, RedisCheckpointStore};
 use crate::config::Settings;
 use crate::metrics::{Health, Metrics};
-use crate::pipeline::{PartitionTask, Pipeline, TaskError, TaskHandle};
+use crate::pipeline::{PartitionTask, Pipeline, Started, TaskError, TaskHandle};
 use crate::region::{RedisRegion, Region, RegionError, RegionLayout};
 use crate::source::decode::SourceRecord;
-use crate::source::kafka::{self, RebalanceEvent, SourceConsumer};
+use crate::source::kafka::{self, Partition, SourceConsumer};
 
 /// Batches queued per task before the dispatch loop waits.
 const TASK_QUEUE_BATCHES: usize = 8;
@@ -42,53 +44,51 @@ pub enum ConnectorError {
     Task(#[from] TaskError),
 }
 
-type Partition = (String, i32);
 type Tasks = Arc<Mutex<HashMap<Partition, TaskHandle>>>;
+/// The consumer, once created, for the tasks' offset commits (weak: the
+/// consumer owns the callbacks that hold this).
+type ConsumerSlot = Arc<OnceLock<Weak<SourceConsumer>>>;
 
-/// Connects one Redis region per pipeline (sharing one cluster connection).
-pub async fn redis_regions(settings: &Settings) -> Result<HashMap<String, Arc<dyn Region>>, RegionError> {
+/// Where a connector's results and checkpoints go.
+pub struct Sinks {
+    /// One region per pipeline, by pipeline name.
+    pub regions: HashMap<String, Arc<dyn Region>>,
+    pub checkpoints: Arc<dyn CheckpointStore>,
+}
+
+/// Connects to the Redis Cluster: one region per pipeline and the checkpoint
+/// store, all on one cluster connection (so `WAIT` covers region writes).
+pub async fn redis_sinks(settings: &Settings) -> Result<Sinks, RegionError> {
     let redis = RedisRegion::connect(&settings.redis).await?;
-    Ok(settings
+    let regions = settings
         .pipelines
         .iter()
         .map(|(name, config)| {
             let layout = RegionLayout::new(&settings.redis.key_prefix, config);
             (name.clone(), Arc::new(redis.for_spec(layout.spec.clone())) as Arc<dyn Region>)
         })
-        .collect())
+        .collect();
+    let checkpoints = Arc::new(RedisCheckpointStore::new(
+        redis.connection(),
+        &settings.redis.key_prefix,
+        settings.redis.write_deadline,
+        settings.redis.replica_timeout,
+    ));
+    Ok(Sinks { regions, checkpoints })
 }
 
 /// Runs until `shutdown` fires (then stops gracefully) or a task fails.
 pub async fn run(
     settings: Settings,
-    regions: HashMap<String, Arc<dyn Region>>,
+    sinks: Sinks,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectorError> {
     let tasks: Tasks = Arc::default();
     let shutdown_timeout = settings.connector.shutdown_timeout;
-    let on_revoke = {
-        let tasks = tasks.clone();
-        let metrics = metrics.clone();
-        Arc::new(move |partitions: &[Partition]| {
-            metrics.rebalances.with_label_values(&["revoke"]).inc();
-            let handles: Vec<TaskHandle> = {
-                let mut tasks = tasks.lock().expect("task table lock");
-                partitions.iter().filter_map(|p| tasks.remove(p)).collect()
-            };
-            if !handles.is_empty() {
-                // Inside librdkafka's rebalance callback on a runtime worker:
-                // hand the worker over while the tasks flush.
-                tokio::task::block_in_place(|| {
-                    tokio::runtime::Handle::current().block_on(stop_tasks(handles, shutdown_timeout))
-                });
-            }
-        })
-    };
-    let (consumer, mut assignments) = kafka::consumer(&settings.kafka, on_revoke)?;
-    let topics: Vec<String> = settings.pipelines.values().flat_map(|p| p.topics.clone()).collect();
-    kafka::wait_for_brokers(&consumer, &settings.kafka, &topics).await?;
+    let (failures, mut failed) = mpsc::unbounded_channel::<TaskError>();
+    let abort = CancellationToken::new();
 
     let dead_letter_producer = if settings.pipelines.values().any(|p| p.dead_letter_topic().is_some()) {
         Some(kafka::producer(&settings.kafka)?)
@@ -101,30 +101,56 @@ pub async fn run(
             let producer = dead_letter_producer.clone().expect("created when any pipeline has a dead-letter topic");
             crate::source::dead_letter::DeadLetters::new(producer, topic.to_string(), name.clone())
         });
-        let region = regions.get(name).cloned().expect("one region per pipeline");
-        let pipeline = Arc::new(Pipeline::new(name, &settings, region, dead_letters, metrics.clone()));
+        let region = sinks.regions.get(name).cloned().expect("one region per pipeline");
+        let pipeline =
+            Arc::new(Pipeline::new(name, &settings, region, sinks.checkpoints.clone(), dead_letters, metrics.clone()));
         for topic in &config.topics {
             by_topic.insert(topic.clone(), pipeline.clone());
         }
     }
 
+    let slot: ConsumerSlot = Arc::default();
+    let runtime = tokio::runtime::Handle::current();
+    let on_assign = {
+        let (tasks, metrics, slot, runtime) = (tasks.clone(), metrics.clone(), slot.clone(), runtime.clone());
+        let (failures, abort) = (failures.clone(), abort.clone());
+        Arc::new(move |partitions: &[Partition]| {
+            metrics.rebalances.with_label_values(&["assign"]).inc();
+            // Inside librdkafka's rebalance callback on a runtime worker:
+            // hand the worker over while the tasks restore.
+            tokio::task::block_in_place(|| {
+                runtime.block_on(start_tasks(partitions, &by_topic, &slot, &tasks, &failures, &abort))
+            })
+        })
+    };
+    let on_revoke = {
+        let (tasks, metrics) = (tasks.clone(), metrics.clone());
+        Arc::new(move |partitions: &[Partition]| {
+            metrics.rebalances.with_label_values(&["revoke"]).inc();
+            let handles: Vec<TaskHandle> = {
+                let mut tasks = tasks.lock().expect("task table lock");
+                partitions.iter().filter_map(|p| tasks.remove(p)).collect()
+            };
+            if !handles.is_empty() {
+                tokio::task::block_in_place(|| runtime.block_on(stop_tasks(handles, shutdown_timeout)));
+            }
+        })
+    };
+    let consumer = kafka::consumer(&settings.kafka, on_assign, on_revoke)?;
+    let _ = slot.set(Arc::downgrade(&consumer));
+    let topics: Vec<String> = settings.pipelines.values().flat_map(|p| p.topics.clone()).collect();
+    kafka::wait_for_brokers(&consumer, &settings.kafka, &topics).await?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
     health.set_ready(true);
     tracing::info!(group = %settings.kafka.group_id, topics = ?topics, "connector running");
 
-    let (failures, mut failed) = mpsc::unbounded_channel::<TaskError>();
-    let abort = CancellationToken::new();
     let poll_batch = settings.connector.poll_batch;
     let mut buffers: HashMap<Partition, Vec<SourceRecord>> = HashMap::new();
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             Some(error) = failed.recv() => break Err(ConnectorError::Task(error)),
-            Some(RebalanceEvent::Assigned(partitions)) = assignments.recv() => {
-                metrics.rebalances.with_label_values(&["assign"]).inc();
-                start_tasks(&partitions, &by_topic, &consumer, &tasks, &failures, &abort).await?;
-            }
             message = consumer.recv() => {
                 let mut polled = 0;
                 let mut next = Some(message);
@@ -149,12 +175,6 @@ pub async fn run(
                         next = consumer.recv().now_or_never();
                     }
                 }
-                // Assignments seen while polling start their tasks before
-                // any of their records are handed out.
-                while let Ok(RebalanceEvent::Assigned(partitions)) = assignments.try_recv() {
-                    metrics.rebalances.with_label_values(&["assign"]).inc();
-                    start_tasks(&partitions, &by_topic, &consumer, &tasks, &failures, &abort).await?;
-                }
                 dispatch(&mut buffers, &tasks).await;
             }
         }
@@ -162,7 +182,7 @@ pub async fn run(
     health.set_ready(false);
     let handles: Vec<TaskHandle> = tasks.lock().expect("task table lock").drain().map(|(_, h)| h).collect();
     if result.is_ok() {
-        tracing::info!(partitions = handles.len(), "shutting down: flushing partition tasks");
+        tracing::info!(partitions = handles.len(), "shutting down: flushing and checkpointing partition tasks");
         stop_tasks(handles, shutdown_timeout).await;
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::debug!(error = %e, "final offset commit");
@@ -176,26 +196,45 @@ pub async fn run(
     result
 }
 
+/// Starts (restores) the tasks of newly assigned partitions; returns the
+/// offset each partition must be read from. A partition whose task cannot
+/// start is reported as a failure (which stops the connector) and left out.
 async fn start_tasks(
     partitions: &[Partition],
     by_topic: &HashMap<String, Arc<Pipeline>>,
-    consumer: &Arc<SourceConsumer>,
+    slot: &ConsumerSlot,
     tasks: &Tasks,
     failures: &mpsc::UnboundedSender<TaskError>,
     abort: &CancellationToken,
-) -> Result<(), ConnectorError> {
-    for (topic, partition) in partitions {
-        let Some(pipeline) = by_topic.get(topic) else { continue };
+) -> Vec<(Partition, Option<i64>)> {
+    let starts = partitions.iter().filter_map(|(topic, partition)| {
+        let pipeline = by_topic.get(topic)?.clone();
         let commit = {
-            let (consumer, topic, partition) = (consumer.clone(), topic.clone(), *partition);
-            Box::new(move |next: i64| kafka::store_offset(&consumer, &topic, partition, next))
+            let (slot, topic, partition) = (slot.clone(), topic.clone(), *partition);
+            Box::new(move |next: i64| {
+                if let Some(consumer) = slot.get().and_then(Weak::upgrade) {
+                    kafka::store_offset(&consumer, &topic, partition, next);
+                }
+            })
         };
-        let task = PartitionTask::start(pipeline.clone(), topic, *partition, commit).await?;
+        Some(async move {
+            let started = PartitionTask::start(pipeline.clone(), topic, *partition, commit).await;
+            ((topic.clone(), *partition), pipeline, started)
+        })
+    });
+    let mut offsets = Vec::new();
+    for (key, pipeline, started) in futures::future::join_all(starts).await {
+        let Started { task, seek_to } = match started {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = failures.send(e);
+                continue;
+            }
+        };
         let (sender, receiver) = mpsc::channel(TASK_QUEUE_BATCHES);
         let owned = pipeline.metrics.partitions_owned.with_label_values(&[&*pipeline.name]);
         owned.inc();
-        let failures = failures.clone();
-        let abort = abort.clone();
+        let (failures, abort) = (failures.clone(), abort.clone());
         let join = tokio::spawn(async move {
             let result = task.run(receiver, abort).await;
             owned.dec();
@@ -203,12 +242,10 @@ async fn start_tasks(
                 let _ = failures.send(e);
             }
         });
-        tasks
-            .lock()
-            .expect("task table lock")
-            .insert((topic.clone(), *partition), TaskHandle { records: sender, join });
+        tasks.lock().expect("task table lock").insert(key.clone(), TaskHandle { records: sender, join });
+        offsets.push((key, seek_to));
     }
-    Ok(())
+    offsets
 }
 
 async fn dispatch(buffers: &mut HashMap<Partition, Vec<SourceRecord>>, tasks: &Tasks) {

@@ -169,8 +169,8 @@ async fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("cannot listen on metrics.listen = {}", settings.metrics.listen))?;
             tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-            let regions = regionflow::connector::redis_regions(&settings).await?;
-            regionflow::connector::run(settings, regions, metrics, health, shutdown).await?;
+            let sinks = regionflow::connector::redis_sinks(&settings).await?;
+            regionflow::connector::run(settings, sinks, metrics, health, shutdown).await?;
             Ok(())
         }
         Command::Quickstart { duration, rate, metrics_listen } => {

@@ -104,10 +104,10 @@ async fn bad_records_go_to_the_dead_letter_topic_and_good_ones_are_exact() {
     let settings = settings(&kafka.brokers, &cluster.urls(), "all", "20s");
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let regions = regionflow::connector::redis_regions(&settings).await.expect("Redis reachable");
+    let sinks = regionflow::connector::redis_sinks(&settings).await.expect("Redis reachable");
     let connector = tokio::spawn(regionflow::connector::run(
         settings,
-        regions,
+        sinks,
         metrics.clone(),
         Arc::new(Health::default()),
         shutdown.clone(),
@@ -176,10 +176,10 @@ async fn tolerance_none_stops_at_the_first_bad_record_with_its_position() {
         records.iter().map(|r| Produce { partition: 0, key: None, value: r.as_bytes().to_vec() }).collect();
     kafka.produce("payments", &records).await;
     let settings = settings(&kafka.brokers, &cluster.urls(), "none", "20s");
-    let regions = regionflow::connector::redis_regions(&settings).await.expect("Redis reachable");
+    let sinks = regionflow::connector::redis_sinks(&settings).await.expect("Redis reachable");
     let run = regionflow::connector::run(
         settings,
-        regions,
+        sinks,
         Arc::new(Metrics::new()),
         Arc::new(Health::default()),
         CancellationToken::new(),

@@ -204,10 +204,10 @@ async fn regions_equal_reference_for_every_window_kind() {
     let settings = settings(&kafka, &cluster, "e2e");
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    let regions = regionflow::connector::redis_regions(&settings).await.expect("Redis Cluster reachable");
+    let sinks = regionflow::connector::redis_sinks(&settings).await.expect("Redis Cluster reachable");
     let connector = tokio::spawn(regionflow::connector::run(
         settings,
-        regions,
+        sinks,
         metrics.clone(),
         Arc::new(Health::default()),
         shutdown.clone(),

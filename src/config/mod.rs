@@ -87,6 +87,9 @@ pub struct RedisConfig {
     /// Entry writes in flight at once per task.
     #[serde(default = "default_write_concurrency")]
     pub write_concurrency: usize,
+    /// How long a checkpoint waits for `region.redundancy` replicas.
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub replica_timeout: Duration,
 }
 
 fn default_key_prefix() -> String {
@@ -135,6 +138,9 @@ pub struct ConnectorConfig {
     /// Fired results a task buffers before it flushes early.
     #[serde(default = "default_max_pending")]
     pub max_pending_results: usize,
+    /// How often each task stores a checkpoint (also on revoke and shutdown).
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
     /// How long graceful shutdown waits for tasks to flush.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -152,6 +158,10 @@ fn default_max_pending() -> usize {
     10_000
 }
 
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -162,6 +172,7 @@ impl Default for ConnectorConfig {
             poll_batch: default_poll_batch(),
             flush_interval: default_flush_interval(),
             max_pending_results: default_max_pending(),
+            checkpoint_interval: default_checkpoint_interval(),
             shutdown_timeout: default_shutdown_timeout(),
         }
     }
@@ -232,6 +243,12 @@ impl Settings {
         }
         if self.connector.poll_batch == 0 {
             return Err(invalid("connector.poll_batch", "at least 1"));
+        }
+        if self.connector.checkpoint_interval < self.connector.flush_interval {
+            return Err(invalid(
+                "connector.checkpoint_interval",
+                "at least connector.flush_interval (a checkpoint includes a flush)",
+            ));
         }
         if self.connector.flush_interval.is_zero() {
             return Err(invalid("connector.flush_interval", "a positive duration, e.g. \"200ms\""));

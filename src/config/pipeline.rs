@@ -199,6 +199,10 @@ pub struct RegionConfig {
     pub ttl: Option<Duration>,
     #[serde(default)]
     pub ttl_from: TtlFrom,
+    /// Replicas that must acknowledge a task's writes (Redis `WAIT`) before
+    /// its checkpoint is stored; 0 trusts asynchronous replication.
+    #[serde(default)]
+    pub redundancy: usize,
 }
 
 fn default_key_template() -> String {

@@ -19,7 +19,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint::MemoryCheckpointStore;
 use crate::config::Settings;
+use crate::connector::Sinks;
 use crate::metrics::{Health, Metrics};
 use crate::region::{MemoryRegion, Region, RegionLayout};
 
@@ -72,7 +74,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         tokio::spawn(generator::produce(producer, "pageviews".into(), options.rate, generator_stop.clone()));
     let summary = tokio::spawn(print_summaries(metrics.clone(), memory, shutdown.clone()));
 
-    let result = crate::connector::run(settings, regions, metrics.clone(), health, shutdown.clone()).await;
+    let sinks = Sinks { regions, checkpoints: Arc::new(MemoryCheckpointStore::default()) };
+    let result = crate::connector::run(settings, sinks, metrics.clone(), health, shutdown.clone()).await;
     generator_stop.cancel();
     shutdown.cancel();
     let _ = generator.await;

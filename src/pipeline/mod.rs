@@ -9,6 +9,7 @@ pub mod task;
 
 use std::sync::Arc;
 
+use crate::checkpoint::CheckpointStore;
 use crate::config::{EmitConfig, EventTimeSource, PipelineConfig, Settings, Tolerance};
 use crate::metrics::Metrics;
 use crate::region::{Region, RegionLayout};
@@ -16,7 +17,7 @@ use crate::source::dead_letter::DeadLetters;
 use crate::source::decode::{decoder_for, Decoder};
 use crate::window::WindowSpec;
 
-pub use task::{PartitionTask, TaskError, TaskHandle};
+pub use task::{PartitionTask, Started, TaskError, TaskHandle};
 
 pub struct Pipeline {
     pub name: Arc<str>,
@@ -27,8 +28,8 @@ pub struct Pipeline {
     pub region: Arc<dyn Region>,
     pub dead_letters: Option<DeadLetters>,
     pub metrics: Arc<Metrics>,
-    /// `<prefix>:_epoch:<pipeline>:` — one counter per source partition follows.
-    pub epoch_prefix: String,
+    pub checkpoints: Arc<dyn CheckpointStore>,
+    pub checkpoint_interval: std::time::Duration,
     pub flush_interval: std::time::Duration,
     pub max_pending_results: usize,
 }
@@ -38,6 +39,7 @@ impl Pipeline {
         name: &str,
         settings: &Settings,
         region: Arc<dyn Region>,
+        checkpoints: Arc<dyn CheckpointStore>,
         dead_letters: Option<DeadLetters>,
         metrics: Arc<Metrics>,
     ) -> Pipeline {
@@ -51,7 +53,8 @@ impl Pipeline {
             region,
             dead_letters,
             metrics,
-            epoch_prefix: format!("{}:_epoch:{name}:", settings.redis.key_prefix),
+            checkpoints,
+            checkpoint_interval: settings.connector.checkpoint_interval,
             flush_interval: settings.connector.flush_interval,
             max_pending_results: settings.connector.max_pending_results,
             config,

@@ -1,19 +1,22 @@
-//! One partition's task: decode, watermark, window, write.
+//! One partition's task: decode, watermark, window, write, checkpoint.
 //!
 //! The task receives batches of records over a bounded channel (the Kafka
 //! source waits when it is full, which is the backpressure), runs them
 //! through its [`WindowOperator`], and every `flush_interval` (or when
-//! enough results are pending) writes the results to the region, awaits
-//! the dead letters, and only then moves the partition's committed offset.
-//! The committed offset is the lowest offset still held in window state, so
-//! a restart rebuilds open windows by replay; each write carries the source
-//! position it was produced at and the region skips positions it has
-//! already passed, so replayed results never overwrite newer ones.
+//! enough results are pending) writes the results to the region and awaits
+//! the dead letters. Every `checkpoint_interval`, and when it stops, it
+//! flushes, then stores a checkpoint (next offset, watermark, window state)
+//! under its epoch; only then does it move the partition's committed Kafka
+//! offset, which is informational.
 //!
-//! The task ends when its channel closes (revoke, shutdown): it flushes
-//! first. It fails, and stops the connector, on a bad record under
-//! `errors.tolerance = "none"`, or when the region stays unwritable past
-//! the write deadline.
+//! On start it takes a new epoch and restores the last checkpoint, and the
+//! source seeks the partition to the checkpoint's offset. Each write carries
+//! the source position it was produced at, so replayed results never
+//! overwrite newer ones, and the epoch, so a zombie's writes are refused.
+//! A task that finds itself fenced stops quietly: its successor owns the
+//! partition. It fails, and stops the connector, on a bad record under
+//! `errors.tolerance = "none"`, or when Redis stays unavailable past the
+//! write deadline.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Pipeline;
+use crate::checkpoint::{encode, Checkpoint, CheckpointError, CommitOutcome, TaskId};
 use crate::config::LateAction;
 use crate::region::{partial_field, EntryWrite, RegionError, WriteMode};
 use crate::source::dead_letter::Origin;
@@ -51,6 +55,26 @@ pub enum TaskError {
     },
     #[error("{topic}[{partition}]: dead-letter topic {dlq} is not writable: {message}")]
     DeadLetter { topic: String, partition: i32, dlq: String, message: String },
+    #[error("{task}: {source}")]
+    Checkpoint {
+        task: TaskId,
+        #[source]
+        source: CheckpointError,
+    },
+    #[error(
+        "{task}: the checkpoint was written for {stored}, but the pipeline now is {current}; \
+         window state cannot carry over: reset it deliberately with `regionflow checkpoints reset --pipeline {pipeline}`",
+        pipeline = task.pipeline
+    )]
+    IncompatibleState { task: TaskId, stored: String, current: String },
+}
+
+/// Whether the task still owns its partition after a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ownership {
+    Owner,
+    /// A newer epoch wrote: stop without touching anything else.
+    Fenced,
 }
 
 /// A running task, as the source sees it.
@@ -71,10 +95,12 @@ struct TaskMetrics {
     bytes_in: IntCounter,
     open_windows: IntGauge,
     watermark_lag: Gauge,
+    checkpoint_age: Gauge,
 }
 
 pub struct PartitionTask {
     pipeline: Arc<Pipeline>,
+    id: TaskId,
     topic: Arc<str>,
     partition: i32,
     field: Arc<str>,
@@ -88,29 +114,67 @@ pub struct PartitionTask {
     commit: CommitOffset,
     metrics: TaskMetrics,
     last_update: Instant,
+    last_checkpoint: Instant,
+    /// Records processed or results written since the last checkpoint.
+    changed_since_checkpoint: bool,
+    /// Set until the first record after the start: for the recovery time.
+    assigned_at: Option<Instant>,
+}
+
+/// A started task and where its partition must be read from.
+pub struct Started {
+    pub task: PartitionTask,
+    /// The checkpoint's offset; `None` means the group's committed offset.
+    pub seek_to: Option<i64>,
 }
 
 impl PartitionTask {
     /// Prepares the task for a newly assigned partition: takes a new
-    /// ownership epoch from the region.
+    /// ownership epoch and restores the partition's last checkpoint.
     pub async fn start(
         pipeline: Arc<Pipeline>,
         topic: &str,
         partition: i32,
         commit: CommitOffset,
-    ) -> Result<PartitionTask, TaskError> {
-        let scope = format!("{}{topic}:{partition}", pipeline.epoch_prefix);
-        let epoch = pipeline.region.next_epoch(&scope).await.map_err(|source| TaskError::Region {
-            topic: topic.into(),
-            partition,
-            source,
-        })?;
+    ) -> Result<Started, TaskError> {
+        let assigned_at = Instant::now();
+        let id = TaskId { pipeline: pipeline.name.to_string(), topic: topic.to_string(), partition };
+        let checkpoint_error = |source| TaskError::Checkpoint { task: id.clone(), source };
+        let epoch = pipeline.checkpoints.acquire(&id).await.map_err(checkpoint_error)?;
+        let checkpoint = pipeline.checkpoints.load(&id).await.map_err(checkpoint_error)?;
         let (out_of_orderness, idle_timeout) = if pipeline.processing_time() {
             (std::time::Duration::ZERO, std::time::Duration::ZERO)
         } else {
             (pipeline.config.watermark.max_out_of_orderness, pipeline.config.watermark.idle_timeout)
         };
+        let mut watermark = WatermarkTracker::new(out_of_orderness, idle_timeout);
+        let mut operator = WindowOperator::new(pipeline.window.clone());
         let m = &pipeline.metrics;
+        let seek_to = match checkpoint {
+            Some(checkpoint) => {
+                let corrupt =
+                    |message: String| checkpoint_error(CheckpointError::Corrupt { task: id.to_string(), message });
+                let state = encode::decode(&checkpoint.state).map_err(|e| corrupt(e.to_string()))?;
+                if state.fingerprint != operator.fingerprint() {
+                    return Err(TaskError::IncompatibleState {
+                        task: id,
+                        stored: state.fingerprint,
+                        current: operator.fingerprint(),
+                    });
+                }
+                operator = WindowOperator::restore(pipeline.window.clone(), state.operator)
+                    .ok_or_else(|| corrupt("window kind of the state does not match".into()))?;
+                watermark.restore(checkpoint.watermark, state.max_seen, now_millis());
+                m.partition_takeovers.with_label_values(&[&*pipeline.name, "checkpoint"]).inc();
+                tracing::info!(task = %id, epoch, offset = checkpoint.offset, watermark = checkpoint.watermark, open_windows = operator.open_windows(), "restored from checkpoint");
+                Some(checkpoint.offset)
+            }
+            None => {
+                m.partition_takeovers.with_label_values(&[&*pipeline.name, "fresh"]).inc();
+                tracing::info!(task = %id, epoch, "no checkpoint: starting from the group's committed offset");
+                None
+            }
+        };
         let partition_label = partition.to_string();
         let ptp = [&*pipeline.name, topic, &partition_label];
         let metrics = TaskMetrics {
@@ -118,27 +182,34 @@ impl PartitionTask {
             bytes_in: m.bytes_in.with_label_values(&[&*pipeline.name, topic]),
             open_windows: m.open_windows.with_label_values(&ptp),
             watermark_lag: m.watermark_lag.with_label_values(&ptp),
+            checkpoint_age: m.checkpoint_age.with_label_values(&ptp),
         };
-        tracing::info!(pipeline = %pipeline.name, topic, partition, epoch, "partition task started");
-        Ok(PartitionTask {
-            operator: WindowOperator::new(pipeline.window.clone()),
-            watermark: WatermarkTracker::new(out_of_orderness, idle_timeout),
+        metrics.open_windows.set(operator.open_windows() as i64);
+        let task = PartitionTask {
+            operator,
+            watermark,
             field: partial_field(topic, partition).into(),
+            id,
             topic: topic.into(),
             partition,
             epoch,
             pending: Vec::new(),
             dead_letters: Vec::new(),
-            next_offset: None,
+            next_offset: seek_to,
             commit,
             metrics,
             last_update: Instant::now(),
+            last_checkpoint: Instant::now(),
+            changed_since_checkpoint: false,
+            assigned_at: Some(assigned_at),
             pipeline,
-        })
+        };
+        Ok(Started { task, seek_to })
     }
 
-    /// Runs until the channel closes (then flushes) or `cancel` fires (then
-    /// stops at once, leaving unflushed results to replay).
+    /// Runs until the channel closes (then flushes and checkpoints), the
+    /// task finds itself fenced, or `cancel` fires (then stops at once,
+    /// leaving unflushed results to replay).
     pub async fn run(
         mut self,
         mut records: mpsc::Receiver<Vec<SourceRecord>>,
@@ -148,37 +219,46 @@ impl PartitionTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = async {
             loop {
-                tokio::select! {
+                let ownership = tokio::select! {
                     biased;
-                    _ = cancel.cancelled() => return Ok(()),
+                    _ = cancel.cancelled() => return Ok(Ownership::Owner),
                     batch = records.recv() => match batch {
                         Some(batch) => {
                             self.process(batch)?;
                             if self.pending.len() >= self.pipeline.max_pending_results {
-                                self.flush().await?;
+                                self.flush().await?
+                            } else {
+                                Ownership::Owner
                             }
                         }
                         None => break,
                     },
                     _ = tick.tick() => {
                         self.on_tick();
-                        self.flush().await?;
+                        if self.last_checkpoint.elapsed() >= self.pipeline.checkpoint_interval {
+                            self.checkpoint().await?
+                        } else {
+                            self.flush().await?
+                        }
                     }
+                };
+                if ownership == Ownership::Fenced {
+                    return Ok(Ownership::Fenced);
                 }
             }
-            self.flush().await
+            self.checkpoint().await
         }
         .await;
         self.remove_partition_series();
+        let (pipeline, topic, partition) = (&self.pipeline.name, &self.topic, self.partition);
         match &result {
-            Ok(()) => {
-                tracing::info!(pipeline = %self.pipeline.name, topic = %self.topic, partition = self.partition, "partition task stopped")
+            Ok(Ownership::Owner) => tracing::info!(%pipeline, %topic, partition, "partition task stopped"),
+            Ok(Ownership::Fenced) => {
+                tracing::warn!(%pipeline, %topic, partition, epoch = self.epoch, "fenced by a newer owner: partition task stopped")
             }
-            Err(e) => {
-                tracing::error!(pipeline = %self.pipeline.name, topic = %self.topic, partition = self.partition, error = %e, "partition task failed")
-            }
+            Err(e) => tracing::error!(%pipeline, %topic, partition, error = %e, "partition task failed"),
         }
-        result
+        result.map(|_| ())
     }
 
     fn process(&mut self, batch: Vec<SourceRecord>) -> Result<(), TaskError> {
@@ -193,6 +273,15 @@ impl PartitionTask {
     }
 
     fn process_record(&mut self, record: SourceRecord, now: Millis) -> Result<(), TaskError> {
+        if self.next_offset.is_some_and(|next| record.offset < next) {
+            // Already in the restored state (fetched before the seek).
+            return Ok(());
+        }
+        if let Some(assigned_at) = self.assigned_at.take() {
+            let m = &self.pipeline.metrics;
+            m.recovery_duration.with_label_values(&[&*self.pipeline.name]).observe(assigned_at.elapsed().as_secs_f64());
+        }
+        self.changed_since_checkpoint = true;
         let position = record.offset + 1;
         self.next_offset = Some(position);
         let event = match self.pipeline.decoder.decode(&record, now) {
@@ -276,16 +365,19 @@ impl PartitionTask {
         let position = self.next_offset.unwrap_or(0);
         self.pending.extend(self.operator.take_results().into_iter().map(|r| (r, position)));
         self.metrics.open_windows.set(self.operator.open_windows() as i64);
+        self.metrics.checkpoint_age.set(self.last_checkpoint.elapsed().as_secs_f64());
         if watermark > Millis::MIN {
             self.metrics.watermark_lag.set((now - watermark) as f64 / 1000.0);
         }
     }
 
-    /// Writes pending results and dead letters, then moves the committed offset.
-    async fn flush(&mut self) -> Result<(), TaskError> {
+    /// Writes pending results and dead letters.
+    async fn flush(&mut self) -> Result<Ownership, TaskError> {
         let started = Instant::now();
         self.send_dead_letters().await?;
+        let mut ownership = Ownership::Owner;
         if !self.pending.is_empty() {
+            self.changed_since_checkpoint = true;
             let writes = self.entry_writes();
             let region_name = &self.pipeline.config.region.name;
             let m = &self.pipeline.metrics;
@@ -314,15 +406,67 @@ impl PartitionTask {
             if outcome.fenced > 0 {
                 m.fenced_writes.with_label_values(&[&*self.pipeline.name]).inc_by(outcome.fenced);
                 tracing::warn!(topic = %self.topic, partition = self.partition, epoch = self.epoch, fenced = outcome.fenced, "writes fenced: a newer owner holds this partition");
+                ownership = Ownership::Fenced;
             }
             self.record_fired();
         }
-        if let Some(next) = self.next_offset {
-            let safe = self.operator.min_offset().map_or(next, |held| held.min(next));
-            (self.commit)(safe);
-        }
         self.pipeline.metrics.flush_duration.observe(started.elapsed().as_secs_f64());
-        Ok(())
+        Ok(ownership)
+    }
+
+    /// Flushes, then stores the checkpoint (waiting for replicas when the
+    /// region asks for redundancy), then moves the committed Kafka offset.
+    async fn checkpoint(&mut self) -> Result<Ownership, TaskError> {
+        if self.flush().await? == Ownership::Fenced {
+            return Ok(Ownership::Fenced);
+        }
+        let Some(offset) = self.next_offset else { return Ok(Ownership::Owner) };
+        self.last_checkpoint = Instant::now();
+        if !self.changed_since_checkpoint {
+            self.metrics.checkpoint_age.set(0.0);
+            return Ok(Ownership::Owner);
+        }
+        let started = Instant::now();
+        let state = encode::encode(&encode::TaskState {
+            fingerprint: self.operator.fingerprint(),
+            max_seen: self.watermark.max_seen(),
+            operator: self.operator.snapshot(),
+        });
+        let checkpoint = Checkpoint {
+            epoch: self.epoch,
+            offset,
+            watermark: self.watermark.current(),
+            state,
+            written_at: now_millis(),
+        };
+        let m = &self.pipeline.metrics;
+        let name = &*self.pipeline.name;
+        let replicas = self.pipeline.config.region.redundancy;
+        match self.pipeline.checkpoints.commit(&self.id, &checkpoint, replicas).await {
+            Ok(CommitOutcome::Stored) => {
+                m.checkpoints.with_label_values(&[name, "ok"]).inc();
+                m.checkpoint_duration.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+                m.checkpoint_bytes.with_label_values(&[name]).observe(checkpoint.state.len() as f64);
+                m.checkpoint_bytes_total.with_label_values(&[name]).inc_by(checkpoint.state.len() as u64);
+                self.metrics.checkpoint_age.set(0.0);
+                self.changed_since_checkpoint = false;
+                (self.commit)(offset);
+                Ok(Ownership::Owner)
+            }
+            Ok(CommitOutcome::Fenced) => {
+                m.checkpoints.with_label_values(&[name, "fenced"]).inc();
+                Ok(Ownership::Fenced)
+            }
+            Err(e @ CheckpointError::NotReplicated { .. }) => {
+                m.checkpoints.with_label_values(&[name, "failed"]).inc();
+                tracing::warn!(task = %self.id, error = %e, "checkpoint postponed");
+                Ok(Ownership::Owner)
+            }
+            Err(source) => {
+                m.checkpoints.with_label_values(&[name, "failed"]).inc();
+                Err(TaskError::Checkpoint { task: self.id.clone(), source })
+            }
+        }
     }
 
     /// The flush's writes, grouped by entry with each entry's writes in
@@ -403,5 +547,6 @@ impl PartitionTask {
         let labels = [&*self.pipeline.name, &*self.topic, &partition];
         let _ = m.open_windows.remove_label_values(&labels);
         let _ = m.watermark_lag.remove_label_values(&labels);
+        let _ = m.checkpoint_age.remove_label_values(&labels);
     }
 }

@@ -31,7 +31,6 @@ pub type Fields = BTreeMap<String, String>;
 struct State {
     entries: BTreeMap<String, BTreeMap<String, Partial>>,
     public: BTreeMap<String, Fields>,
-    epochs: BTreeMap<String, u64>,
 }
 
 pub struct MemoryRegion {
@@ -136,16 +135,6 @@ impl Region for MemoryRegion {
                 }
             }
             Ok(outcome)
-        }
-        .boxed()
-    }
-
-    fn next_epoch<'a>(&'a self, scope: &'a str) -> BoxFuture<'a, Result<u64, RegionError>> {
-        async move {
-            let mut state = self.state.lock().expect("region lock poisoned");
-            let epoch = state.epochs.entry(scope.to_string()).or_default();
-            *epoch += 1;
-            Ok(*epoch)
         }
         .boxed()
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+pub(crate) use self::redis::with_retry;
 pub use self::redis::{RedisRegion, MERGE_SCRIPT};
 pub use entry::{partial_field, KeyTemplate};
 pub use memory::MemoryRegion;
@@ -97,9 +98,6 @@ pub trait Region: Send + Sync {
     /// Writes to the same entry are adjacent and must be applied in order;
     /// different entries may be written concurrently.
     fn write<'a>(&'a self, writes: &'a [EntryWrite]) -> BoxFuture<'a, Result<WriteOutcome, RegionError>>;
-
-    /// Takes a new ownership epoch for a source partition.
-    fn next_epoch<'a>(&'a self, scope: &'a str) -> BoxFuture<'a, Result<u64, RegionError>>;
 }
 
 /// Turns window results into entry writes for one pipeline's region.

@@ -121,23 +121,50 @@ impl RedisRegion {
             .arg(ttl_mode)
             .arg(ttl)
             .arg(&*self.spec);
-        let started = Instant::now();
-        let mut backoff = MIN_BACKOFF;
-        let mut retries = 0;
-        loop {
+        with_retry(self.write_deadline, "entry write", || {
             let mut connection = self.connection.clone();
-            match invocation.invoke_async::<i64>(&mut connection).await {
-                Ok(reply) => return Ok((reply, retries)),
-                Err(e) if is_script_error(&e) => return Err(RegionError::Protocol(e.to_string())),
-                Err(e) if started.elapsed() >= self.write_deadline => {
-                    return Err(RegionError::WriteFailed { elapsed: started.elapsed(), message: e.to_string() })
-                }
-                Err(e) => {
-                    retries += 1;
-                    tracing::warn!(key = %write.key, error = %e, "Redis write failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
+            let invocation = &invocation;
+            async move { invocation.invoke_async::<i64>(&mut connection).await }
+        })
+        .await
+        .map_err(|(elapsed, message)| {
+            if message.contains("merge script") {
+                RegionError::Protocol(message)
+            } else {
+                RegionError::WriteFailed { elapsed, message }
+            }
+        })
+    }
+}
+
+/// Runs a Redis operation, retrying transient failures (connection loss,
+/// MOVED/ASK, CLUSTERDOWN, TRYAGAIN, timeouts) with exponential backoff
+/// until `deadline` has passed. Script errors fail at once: they would fail
+/// the same way again. Returns the result and the number of retries, or the
+/// time spent and the last error.
+pub(crate) async fn with_retry<T, F, Fut>(
+    deadline: Duration,
+    what: &str,
+    mut op: F,
+) -> Result<(T, u64), (Duration, String)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let started = Instant::now();
+    let mut backoff = MIN_BACKOFF;
+    let mut retries = 0;
+    loop {
+        match op().await {
+            Ok(value) => return Ok((value, retries)),
+            Err(e) if is_script_error(&e) || started.elapsed() >= deadline => {
+                return Err((started.elapsed(), e.to_string()))
+            }
+            Err(e) => {
+                retries += 1;
+                tracing::warn!(operation = what, error = %e, retries, "Redis operation failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -170,28 +197,6 @@ impl Region for RedisRegion {
                 }
             }
             Ok(outcome)
-        }
-        .boxed()
-    }
-
-    fn next_epoch<'a>(&'a self, scope: &'a str) -> BoxFuture<'a, Result<u64, RegionError>> {
-        async move {
-            let started = Instant::now();
-            let mut backoff = MIN_BACKOFF;
-            loop {
-                let mut connection = self.connection.clone();
-                match redis::cmd("INCR").arg(scope).query_async::<u64>(&mut connection).await {
-                    Ok(epoch) => return Ok(epoch),
-                    Err(e) if started.elapsed() >= self.write_deadline => {
-                        return Err(RegionError::WriteFailed { elapsed: started.elapsed(), message: e.to_string() })
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "taking an epoch failed; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                    }
-                }
-            }
         }
         .boxed()
     }

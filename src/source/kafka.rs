@@ -7,35 +7,39 @@
 //! once the results they cover are written, and committed by librdkafka's
 //! auto-commit, plus synchronously on revoke and shutdown.
 //!
-//! librdkafka calls the rebalance callbacks from inside `poll`, i.e. from the
-//! connector's dispatch loop. On revoke, [`SourceContext`] runs the
-//! connector's revoke handler there, before the partitions are released,
-//! so tasks can flush first; assignments are passed on to the dispatch loop,
-//! which starts their tasks before it dispatches any of their records.
+//! librdkafka calls the rebalance callback from inside `poll`, i.e. from
+//! the connector's dispatch loop. [`SourceContext`] replaces rdkafka's
+//! default callback so the connector can act *inside* the rebalance: on
+//! assign it starts the tasks (each takes an epoch and restores its
+//! checkpoint) and sets each partition's start offset to its checkpoint's
+//! before the partitions are assigned, so fetching starts exactly there; on
+//! revoke it lets the tasks flush and checkpoint before the partitions are
+//! released. Only the partitions that move are touched.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
 use rdkafka::producer::FutureProducer;
-use rdkafka::TopicPartitionList;
-use tokio::sync::mpsc;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 
-/// A rebalance, as the dispatch loop sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RebalanceEvent {
-    Assigned(Vec<(String, i32)>),
-}
+pub type Partition = (String, i32);
+
+/// Called on assign, inside the rebalance: starts the partitions' tasks and
+/// returns the offset each must start from (`None`: the committed offset).
+/// Partitions it leaves out are not assigned.
+pub type AssignHandler = Arc<dyn Fn(&[Partition]) -> Vec<(Partition, Option<i64>)> + Send + Sync>;
 
 /// Called on revoke, inside the rebalance, with the partitions about to go.
-pub type RevokeHandler = Arc<dyn Fn(&[(String, i32)]) + Send + Sync>;
+pub type RevokeHandler = Arc<dyn Fn(&[Partition]) + Send + Sync>;
 
 pub struct SourceContext {
-    events: mpsc::UnboundedSender<RebalanceEvent>,
+    on_assign: AssignHandler,
     on_revoke: RevokeHandler,
 }
 
@@ -44,27 +48,52 @@ pub type SourceConsumer = StreamConsumer<SourceContext>;
 impl ClientContext for SourceContext {}
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let partitions = partitions_of(tpl);
-            tracing::info!(?partitions, "partitions revoked");
-            (self.on_revoke)(&partitions);
-            if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
-                // Nothing stored yet is a normal case for a fresh group.
-                tracing::debug!(error = %e, "offset commit on revoke");
-            }
-        }
-    }
-
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions = partitions_of(tpl);
                 tracing::info!(?partitions, "partitions assigned");
-                let _ = self.events.send(RebalanceEvent::Assigned(partitions));
+                let mut assigned = TopicPartitionList::new();
+                for ((topic, partition), offset) in (self.on_assign)(&partitions) {
+                    let offset = offset.map_or(Offset::Stored, Offset::Offset);
+                    if let Err(e) = assigned.add_partition_offset(&topic, partition, offset) {
+                        tracing::error!(topic, partition, error = %e, "cannot set start offset");
+                    }
+                }
+                if cooperative {
+                    consumer.incremental_assign(&assigned)
+                } else {
+                    consumer.assign(&assigned)
+                }
             }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance error"),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let partitions = partitions_of(tpl);
+                tracing::info!(?partitions, "partitions revoked");
+                (self.on_revoke)(&partitions);
+                if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                    // Nothing stored yet is a normal case for a fresh group.
+                    tracing::debug!(error = %e, "offset commit on revoke");
+                }
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error; dropping the assignment");
+                let partitions = partitions_of(tpl);
+                (self.on_revoke)(&partitions);
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "applying the rebalance failed");
         }
     }
 }
@@ -82,12 +111,12 @@ fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
-/// Creates the group consumer and the channel its assignments arrive on.
+/// Creates the group consumer with the connector's rebalance handlers.
 pub fn consumer(
     kafka: &KafkaConfig,
+    on_assign: AssignHandler,
     on_revoke: RevokeHandler,
-) -> Result<(Arc<SourceConsumer>, mpsc::UnboundedReceiver<RebalanceEvent>), rdkafka::error::KafkaError> {
-    let (events, receiver) = mpsc::unbounded_channel();
+) -> Result<Arc<SourceConsumer>, rdkafka::error::KafkaError> {
     let mut config = ClientConfig::new();
     config
         .set("group.id", &kafka.group_id)
@@ -99,8 +128,8 @@ pub fn consumer(
     for (key, value) in client_config(kafka).config_map() {
         config.set(key, value);
     }
-    let consumer: SourceConsumer = config.create_with_context(SourceContext { events, on_revoke })?;
-    Ok((Arc::new(consumer), receiver))
+    let consumer: SourceConsumer = config.create_with_context(SourceContext { on_assign, on_revoke })?;
+    Ok(Arc::new(consumer))
 }
 
 /// A producer for dead letters (idempotent, so retries do not duplicate).

@@ -29,7 +29,7 @@ pub enum Input {
     Text(Box<str>),
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Accumulator {
     Count(u64),
     Sum(f64),

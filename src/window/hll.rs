@@ -9,7 +9,7 @@
 pub const PRECISION: u32 = 10;
 pub const REGISTERS: usize = 1 << PRECISION;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HyperLogLog {
     registers: Option<Box<[u8]>>,
 }

@@ -16,9 +16,11 @@ mod fixed;
 pub mod hll;
 mod operator;
 mod session;
+mod snapshot;
 
 pub use aggregate::{render_number, Accumulator, Input};
 pub use operator::{Accepted, WindowOperator, WindowSpec};
+pub use snapshot::{KeySessions, OperatorSnapshot, SessionSnapshot, WindowSnapshot};
 
 use std::sync::Arc;
 

@@ -10,7 +10,7 @@ use crate::time::Millis;
 
 use super::fixed::FixedWindows;
 use super::session::SessionWindows;
-use super::{Accumulator, Event, ResultKind, WindowKind, WindowResult};
+use super::{Accumulator, Event, OperatorSnapshot, ResultKind, WindowKind, WindowResult};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowSpec {
@@ -124,6 +124,33 @@ impl WindowOperator {
 
     pub fn pending_results(&self) -> usize {
         self.results.len()
+    }
+
+    pub fn snapshot(&self) -> OperatorSnapshot {
+        match &self.state {
+            State::Fixed(f) => OperatorSnapshot::Fixed(f.snapshot()),
+            State::Session(s) => OperatorSnapshot::Session(s.snapshot()),
+        }
+    }
+
+    /// An operator holding a snapshot's state; `None` when the snapshot is
+    /// of another window kind than `spec`.
+    pub fn restore(spec: WindowSpec, snapshot: OperatorSnapshot) -> Option<WindowOperator> {
+        let mut operator = WindowOperator::new(spec);
+        let lateness = operator.spec.allowed_lateness;
+        match (&mut operator.state, snapshot) {
+            (State::Fixed(f), OperatorSnapshot::Fixed(windows)) => f.restore(windows),
+            (State::Session(s), OperatorSnapshot::Session(keys)) => s.restore(keys, lateness),
+            _ => return None,
+        }
+        Some(operator)
+    }
+
+    /// A description of what the state means (window shape and aggregate
+    /// functions): state written under one fingerprint cannot be restored
+    /// under another.
+    pub fn fingerprint(&self) -> String {
+        format!("{:?}/{:?}", self.spec.kind, self.spec.functions)
     }
 
     /// Open (key, window) pairs held in state.

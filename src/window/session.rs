@@ -153,6 +153,10 @@ impl SessionWindows {
         }
     }
 
+    pub(super) fn schedule(&mut self, time: Millis, key: Arc<str>) {
+        self.timers.insert((time, key));
+    }
+
     pub(super) fn updates(&mut self, out: &mut Vec<WindowResult>) {
         for (key, sessions) in self.sessions.iter_mut() {
             for s in sessions.iter_mut().filter(|s| s.dirty && !s.fired) {

@@ -1,0 +1,84 @@
+//! Checkpoints and ownership epochs, per task (pipeline, topic, partition).
+//!
+//! A checkpoint is `{epoch, offset, watermark, state}`: the next offset to
+//! read, the watermark, and the encoded window state, stored only after
+//! every result the task emitted before it is acknowledged (and replicated,
+//! when the region asks for redundancy). An epoch is taken (atomically
+//! incremented) each time a connector becomes a partition's owner; the store
+//! refuses a checkpoint from an older epoch, so a zombie cannot overwrite its
+//! successor's.
+//!
+//! [`CheckpointStore`] has the Redis implementation (production) and an
+//! in-memory one (the embedded quick-start).
+
+pub mod encode;
+mod memory;
+mod redis;
+
+use futures::future::BoxFuture;
+
+pub use self::redis::RedisCheckpointStore;
+pub use memory::MemoryCheckpointStore;
+
+use crate::time::Millis;
+
+/// Identifies one task's checkpoint and epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    pub pipeline: String,
+    pub topic: String,
+    pub partition: i32,
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}[{}]", self.pipeline, self.topic, self.partition)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub epoch: u64,
+    /// The next offset to read.
+    pub offset: i64,
+    pub watermark: Millis,
+    /// [`encode::encode`]d [`encode::TaskState`].
+    pub state: Vec<u8>,
+    /// Wall-clock time of the commit, epoch millis.
+    pub written_at: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Stored,
+    /// A newer epoch owns the partition.
+    Fenced,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint store unavailable after retrying for {elapsed:?}: {message}")]
+    Unavailable { elapsed: std::time::Duration, message: String },
+    #[error(
+        "only {acked} of {wanted} replicas acknowledged the task's writes within {timeout:?}; checkpoint postponed"
+    )]
+    NotReplicated { acked: usize, wanted: usize, timeout: std::time::Duration },
+    #[error("checkpoint of {task} is unreadable: {message}")]
+    Corrupt { task: String, message: String },
+}
+
+pub trait CheckpointStore: Send + Sync {
+    /// Takes a new ownership epoch for the task.
+    fn acquire<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<u64, CheckpointError>>;
+
+    fn load<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<Option<Checkpoint>, CheckpointError>>;
+
+    /// Waits until `replicas` replicas acknowledged the writes made so far
+    /// (0: no wait), then stores the checkpoint unless a newer epoch exists.
+    fn commit<'a>(
+        &'a self,
+        task: &'a TaskId,
+        checkpoint: &'a Checkpoint,
+        replicas: usize,
+    ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>>;
+}

@@ -1,0 +1,229 @@
+//! Checkpoints and epochs in the Redis Cluster.
+//!
+//! Per task, two keys share a hash tag, so they live on one shard and one
+//! script can check both atomically:
+//! `<prefix>:_epoch:{<pipeline>:<topic>:<partition>}` (the epoch counter,
+//! `INCR`ed on every takeover) and `<prefix>:_ckpt:{...}` (a hash with
+//! `epoch`, `offset`, `watermark`, `state`, `written_at`). The commit script
+//! writes the whole hash in one step, or nothing when the counter has moved
+//! past the writer's epoch. A set per pipeline, `<prefix>:_ckpt_index:<pipeline>`,
+//! lists the tasks that have checkpoints, for the operations CLI.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use redis::cluster_async::ClusterConnection;
+use redis::Script;
+
+use super::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, TaskId};
+use crate::region::with_retry;
+
+const COMMIT_SCRIPT: &str = r#"
+local owner = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) < owner then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'epoch', ARGV[1], 'offset', ARGV[2], 'watermark', ARGV[3], 'state', ARGV[4], 'written_at', ARGV[5])
+return 1
+"#;
+
+#[derive(Clone)]
+pub struct RedisCheckpointStore {
+    connection: ClusterConnection,
+    prefix: String,
+    deadline: Duration,
+    replica_timeout: Duration,
+    script: std::sync::Arc<Script>,
+}
+
+impl RedisCheckpointStore {
+    /// `connection` should be the one region writes use: `WAIT` only covers
+    /// writes made on the same connections.
+    pub fn new(connection: ClusterConnection, prefix: &str, deadline: Duration, replica_timeout: Duration) -> Self {
+        RedisCheckpointStore {
+            connection,
+            prefix: prefix.to_string(),
+            deadline,
+            replica_timeout,
+            script: std::sync::Arc::new(Script::new(COMMIT_SCRIPT)),
+        }
+    }
+
+    fn tag(task: &TaskId) -> String {
+        format!("{{{}:{}:{}}}", task.pipeline, task.topic, task.partition)
+    }
+
+    pub fn epoch_key(&self, task: &TaskId) -> String {
+        format!("{}:_epoch:{}", self.prefix, Self::tag(task))
+    }
+
+    pub fn checkpoint_key(&self, task: &TaskId) -> String {
+        format!("{}:_ckpt:{}", self.prefix, Self::tag(task))
+    }
+
+    fn index_key(&self, pipeline: &str) -> String {
+        format!("{}:_ckpt_index:{pipeline}", self.prefix)
+    }
+
+    fn unavailable((elapsed, message): (Duration, String)) -> CheckpointError {
+        CheckpointError::Unavailable { elapsed, message }
+    }
+
+    /// Every stored checkpoint of a pipeline, by task.
+    pub async fn list(&self, pipeline: &str) -> Result<Vec<(TaskId, Option<Checkpoint>)>, CheckpointError> {
+        let members: Vec<String> = with_retry(self.deadline, "list checkpoints", || {
+            let mut c = self.connection.clone();
+            let key = self.index_key(pipeline);
+            async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }
+        })
+        .await
+        .map_err(Self::unavailable)?
+        .0;
+        let mut out = Vec::new();
+        for member in members {
+            let Some((topic, partition)) = member.rsplit_once(':') else { continue };
+            let Ok(partition) = partition.parse() else { continue };
+            let task = TaskId { pipeline: pipeline.to_string(), topic: topic.to_string(), partition };
+            let checkpoint = self.load(&task).await?;
+            out.push((task, checkpoint));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Deletes a pipeline's checkpoints (not its epochs: they keep fencing
+    /// old owners). Returns how many were deleted.
+    pub async fn reset(&self, pipeline: &str) -> Result<usize, CheckpointError> {
+        let tasks = self.list(pipeline).await?;
+        for (task, _) in &tasks {
+            let key = self.checkpoint_key(task);
+            with_retry(self.deadline, "delete checkpoint", || {
+                let (mut c, key) = (self.connection.clone(), key.clone());
+                async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await }
+            })
+            .await
+            .map_err(Self::unavailable)?;
+        }
+        let index = self.index_key(pipeline);
+        with_retry(self.deadline, "delete checkpoint index", || {
+            let (mut c, key) = (self.connection.clone(), index.clone());
+            async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await }
+        })
+        .await
+        .map_err(Self::unavailable)?;
+        Ok(tasks.len())
+    }
+}
+
+fn parse(task: &TaskId, mut fields: HashMap<String, Vec<u8>>) -> Result<Checkpoint, CheckpointError> {
+    let corrupt = |message: String| CheckpointError::Corrupt { task: task.to_string(), message };
+    let mut number = |name: &str| -> Result<i64, CheckpointError> {
+        let raw = fields.remove(name).ok_or_else(|| corrupt(format!("field {name} missing")))?;
+        std::str::from_utf8(&raw)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| corrupt(format!("field {name} is not a number")))
+    };
+    let epoch = number("epoch")? as u64;
+    let offset = number("offset")?;
+    let watermark = number("watermark")?;
+    let written_at = number("written_at")?;
+    let state = fields.remove("state").ok_or_else(|| corrupt("field state missing".into()))?;
+    Ok(Checkpoint { epoch, offset, watermark, state, written_at })
+}
+
+impl CheckpointStore for RedisCheckpointStore {
+    fn acquire<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<u64, CheckpointError>> {
+        async move {
+            let key = self.epoch_key(task);
+            let (epoch, _) = with_retry(self.deadline, "take epoch", || {
+                let (mut c, key) = (self.connection.clone(), key.clone());
+                async move { redis::cmd("INCR").arg(key).query_async::<u64>(&mut c).await }
+            })
+            .await
+            .map_err(Self::unavailable)?;
+            Ok(epoch)
+        }
+        .boxed()
+    }
+
+    fn load<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<Option<Checkpoint>, CheckpointError>> {
+        async move {
+            let key = self.checkpoint_key(task);
+            let (fields, _) = with_retry(self.deadline, "load checkpoint", || {
+                let (mut c, key) = (self.connection.clone(), key.clone());
+                async move { redis::cmd("HGETALL").arg(key).query_async::<HashMap<String, Vec<u8>>>(&mut c).await }
+            })
+            .await
+            .map_err(Self::unavailable)?;
+            if fields.is_empty() {
+                return Ok(None);
+            }
+            parse(task, fields).map(Some)
+        }
+        .boxed()
+    }
+
+    fn commit<'a>(
+        &'a self,
+        task: &'a TaskId,
+        checkpoint: &'a Checkpoint,
+        replicas: usize,
+    ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>> {
+        async move {
+            if replicas > 0 {
+                let timeout = self.replica_timeout;
+                let (acked, _) = with_retry(self.deadline, "wait for replicas", || {
+                    let mut c = self.connection.clone();
+                    async move {
+                        redis::cmd("WAIT")
+                            .arg(replicas)
+                            .arg(timeout.as_millis() as u64)
+                            .query_async::<i64>(&mut c)
+                            .await
+                    }
+                })
+                .await
+                .map_err(Self::unavailable)?;
+                if (acked.max(0) as usize) < replicas {
+                    return Err(CheckpointError::NotReplicated {
+                        acked: acked.max(0) as usize,
+                        wanted: replicas,
+                        timeout,
+                    });
+                }
+            }
+            let (epoch_key, checkpoint_key) = (self.epoch_key(task), self.checkpoint_key(task));
+            let (stored, _) = with_retry(self.deadline, "store checkpoint", || {
+                let mut c = self.connection.clone();
+                let mut invocation = self.script.key(&epoch_key);
+                invocation
+                    .key(&checkpoint_key)
+                    .arg(checkpoint.epoch)
+                    .arg(checkpoint.offset)
+                    .arg(checkpoint.watermark)
+                    .arg(&checkpoint.state[..])
+                    .arg(checkpoint.written_at);
+                async move { invocation.invoke_async::<i64>(&mut c).await }
+            })
+            .await
+            .map_err(Self::unavailable)?;
+            if stored == 0 {
+                return Ok(CommitOutcome::Fenced);
+            }
+            let index = self.index_key(&task.pipeline);
+            let member = format!("{}:{}", task.topic, task.partition);
+            with_retry(self.deadline, "index checkpoint", || {
+                let (mut c, index, member) = (self.connection.clone(), index.clone(), member.clone());
+                async move { redis::cmd("SADD").arg(index).arg(member).query_async::<i64>(&mut c).await }
+            })
+            .await
+            .map_err(Self::unavailable)?;
+            Ok(CommitOutcome::Stored)
+        }
+        .boxed()
+    }
+}
