@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{CheckpointStore, RedisCheckpointStore};
 use crate::config::Settings;
 use crate::metrics::{Health, Metrics};
-use crate::pipeline::{PartitionTask, Pipeline, Started, TaskError, TaskHandle};
-use crate::region::{RedisRegion, Region, RegionError, RegionLayout};
+use crate::pipeline::{PartitionSource, PartitionTask, Pipeline, Started, TaskError, TaskHandle};
+use crate::region::{RedisRegion, Region, RegionError, RegionLayout, SharedConnection};
 use crate::source::decode::SourceRecord;
 use crate::source::kafka::{self, Partition, SourceConsumer};
 
@@ -59,17 +59,23 @@ pub struct Sinks {
 /// Connects to the Redis Cluster: one region per pipeline and the checkpoint
 /// store, all on one cluster connection (so `WAIT` covers region writes).
 pub async fn redis_sinks(settings: &Settings) -> Result<Sinks, RegionError> {
-    let redis = RedisRegion::connect(&settings.redis).await?;
+    let connection = Arc::new(SharedConnection::connect(&settings.redis).await?);
     let regions = settings
         .pipelines
         .iter()
         .map(|(name, config)| {
             let layout = RegionLayout::new(&settings.redis.key_prefix, config);
-            (name.clone(), Arc::new(redis.for_spec(layout.spec.clone())) as Arc<dyn Region>)
+            let region = RedisRegion::new(
+                connection.clone(),
+                layout.spec.clone(),
+                settings.redis.write_concurrency,
+                settings.redis.write_deadline,
+            );
+            (name.clone(), Arc::new(region) as Arc<dyn Region>)
         })
         .collect();
     let checkpoints = Arc::new(RedisCheckpointStore::new(
-        redis.connection(),
+        connection,
         &settings.redis.key_prefix,
         settings.redis.write_deadline,
         settings.redis.replica_timeout,
@@ -209,16 +215,23 @@ async fn start_tasks(
 ) -> Vec<(Partition, Option<i64>)> {
     let starts = partitions.iter().filter_map(|(topic, partition)| {
         let pipeline = by_topic.get(topic)?.clone();
-        let commit = {
-            let (slot, topic, partition) = (slot.clone(), topic.clone(), *partition);
-            Box::new(move |next: i64| {
-                if let Some(consumer) = slot.get().and_then(Weak::upgrade) {
-                    kafka::store_offset(&consumer, &topic, partition, next);
-                }
-            })
+        let source = {
+            let (commit_slot, commit_topic, partition) = (slot.clone(), topic.clone(), *partition);
+            let (hw_slot, hw_topic) = (slot.clone(), topic.clone());
+            PartitionSource {
+                commit: Box::new(move |next: i64| {
+                    if let Some(consumer) = commit_slot.get().and_then(Weak::upgrade) {
+                        kafka::store_offset(&consumer, &commit_topic, partition, next);
+                    }
+                }),
+                high_watermark: Box::new(move || {
+                    let consumer = hw_slot.get().and_then(Weak::upgrade)?;
+                    kafka::cached_high_watermark(&consumer, &hw_topic, partition)
+                }),
+            }
         };
         Some(async move {
-            let started = PartitionTask::start(pipeline.clone(), topic, *partition, commit).await;
+            let started = PartitionTask::start(pipeline.clone(), topic, *partition, source).await;
             ((topic.clone(), *partition), pipeline, started)
         })
     });

@@ -40,6 +40,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List or reset the checkpoints stored in Redis.
+    Checkpoints {
+        #[command(subcommand)]
+        action: CheckpointAction,
+    },
     /// Produce generated page views into a Kafka topic (load for demos and benchmarks).
     Generate {
         #[arg(long, default_value = "localhost:9092")]
@@ -76,6 +81,90 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics_listen: std::net::SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum CheckpointAction {
+    /// Show each task's checkpoint: offset, watermark, epoch, state size, age.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this pipeline (default: every pipeline in the file).
+        #[arg(long)]
+        pipeline: Option<String>,
+    },
+    /// Delete a pipeline's checkpoints, so its tasks start from the group's
+    /// committed offsets with empty window state. Stop its connectors first.
+    Reset {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        pipeline: String,
+        /// Confirm: this discards window state.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+async fn checkpoints(action: CheckpointAction) -> anyhow::Result<()> {
+    let config = match &action {
+        CheckpointAction::List { config, .. } | CheckpointAction::Reset { config, .. } => config.clone(),
+    };
+    let settings = Settings::load(&config).with_context(|| format!("invalid configuration {}", config.display()))?;
+    let connection = regionflow::region::SharedConnection::connect(&settings.redis).await?;
+    let store = regionflow::checkpoint::RedisCheckpointStore::new(
+        std::sync::Arc::new(connection),
+        &settings.redis.key_prefix,
+        settings.redis.write_deadline,
+        settings.redis.replica_timeout,
+    );
+    match action {
+        CheckpointAction::List { pipeline, .. } => {
+            let now = regionflow::time::now_millis();
+            println!(
+                "{:<16} {:<24} {:>9} {:>12} {:<24} {:>6} {:>10} {:>9}",
+                "pipeline", "topic", "partition", "offset", "watermark", "epoch", "state", "age"
+            );
+            for name in settings.pipelines.keys().filter(|n| pipeline.as_ref().is_none_or(|p| p == *n)) {
+                for (task, checkpoint) in store.list(name).await? {
+                    let Some(c) = checkpoint else { continue };
+                    let watermark = chrono::DateTime::from_timestamp_millis(c.watermark)
+                        .map_or_else(|| "-".to_string(), |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+                    let age = humantime::format_duration(std::time::Duration::from_secs(
+                        ((now - c.written_at).max(0) / 1000) as u64,
+                    ));
+                    println!(
+                        "{:<16} {:<24} {:>9} {:>12} {:<24} {:>6} {:>9}B {:>9}",
+                        task.pipeline,
+                        task.topic,
+                        task.partition,
+                        c.offset,
+                        watermark,
+                        c.epoch,
+                        c.state.len(),
+                        age.to_string()
+                    );
+                }
+            }
+            Ok(())
+        }
+        CheckpointAction::Reset { pipeline, yes, .. } => {
+            anyhow::ensure!(
+                settings.pipelines.contains_key(&pipeline),
+                "no pipeline `{pipeline}` in {}",
+                config.display()
+            );
+            anyhow::ensure!(
+                yes,
+                "resetting discards the window state of pipeline `{pipeline}`; stop its connectors and pass --yes"
+            );
+            let n = store.reset(&pipeline).await?;
+            println!(
+                "deleted {n} checkpoints of pipeline `{pipeline}`; its tasks start from the group's committed offsets"
+            );
+            Ok(())
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -187,6 +276,7 @@ async fn main() -> anyhow::Result<()> {
             regionflow::embedded::produce(producer, topic, rate, shutdown_after(duration)).await;
             Ok(())
         }
+        Command::Checkpoints { action } => checkpoints(action).await,
         Command::Probe { address, ready } => probe(&address, if ready { "/readyz" } else { "/healthz" }).await,
     }
 }

@@ -10,15 +10,15 @@
 //! lists the tasks that have checkpoints, for the operations CLI.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use redis::cluster_async::ClusterConnection;
 use redis::Script;
 
 use super::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, TaskId};
-use crate::region::with_retry;
+use crate::region::SharedConnection;
 
 const COMMIT_SCRIPT: &str = r#"
 local owner = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -32,23 +32,23 @@ return 1
 
 #[derive(Clone)]
 pub struct RedisCheckpointStore {
-    connection: ClusterConnection,
+    connection: Arc<SharedConnection>,
     prefix: String,
     deadline: Duration,
     replica_timeout: Duration,
-    script: std::sync::Arc<Script>,
+    script: Arc<Script>,
 }
 
 impl RedisCheckpointStore {
     /// `connection` should be the one region writes use: `WAIT` only covers
     /// writes made on the same connections.
-    pub fn new(connection: ClusterConnection, prefix: &str, deadline: Duration, replica_timeout: Duration) -> Self {
+    pub fn new(connection: Arc<SharedConnection>, prefix: &str, deadline: Duration, replica_timeout: Duration) -> Self {
         RedisCheckpointStore {
             connection,
             prefix: prefix.to_string(),
             deadline,
             replica_timeout,
-            script: std::sync::Arc::new(Script::new(COMMIT_SCRIPT)),
+            script: Arc::new(Script::new(COMMIT_SCRIPT)),
         }
     }
 
@@ -74,14 +74,15 @@ impl RedisCheckpointStore {
 
     /// Every stored checkpoint of a pipeline, by task.
     pub async fn list(&self, pipeline: &str) -> Result<Vec<(TaskId, Option<Checkpoint>)>, CheckpointError> {
-        let members: Vec<String> = with_retry(self.deadline, "list checkpoints", || {
-            let mut c = self.connection.clone();
-            let key = self.index_key(pipeline);
-            async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }
-        })
-        .await
-        .map_err(Self::unavailable)?
-        .0;
+        let members: Vec<String> = self
+            .connection
+            .with_retry(self.deadline, "list checkpoints", |mut c| {
+                let key = self.index_key(pipeline);
+                async move { redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await }
+            })
+            .await
+            .map_err(Self::unavailable)?
+            .0;
         let mut out = Vec::new();
         for member in members {
             let Some((topic, partition)) = member.rsplit_once(':') else { continue };
@@ -100,20 +101,22 @@ impl RedisCheckpointStore {
         let tasks = self.list(pipeline).await?;
         for (task, _) in &tasks {
             let key = self.checkpoint_key(task);
-            with_retry(self.deadline, "delete checkpoint", || {
-                let (mut c, key) = (self.connection.clone(), key.clone());
+            self.connection
+                .with_retry(self.deadline, "delete checkpoint", |mut c| {
+                    let key = key.clone();
+                    async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await }
+                })
+                .await
+                .map_err(Self::unavailable)?;
+        }
+        let index = self.index_key(pipeline);
+        self.connection
+            .with_retry(self.deadline, "delete checkpoint index", |mut c| {
+                let key = index.clone();
                 async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await }
             })
             .await
             .map_err(Self::unavailable)?;
-        }
-        let index = self.index_key(pipeline);
-        with_retry(self.deadline, "delete checkpoint index", || {
-            let (mut c, key) = (self.connection.clone(), index.clone());
-            async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await }
-        })
-        .await
-        .map_err(Self::unavailable)?;
         Ok(tasks.len())
     }
 }
@@ -139,12 +142,14 @@ impl CheckpointStore for RedisCheckpointStore {
     fn acquire<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<u64, CheckpointError>> {
         async move {
             let key = self.epoch_key(task);
-            let (epoch, _) = with_retry(self.deadline, "take epoch", || {
-                let (mut c, key) = (self.connection.clone(), key.clone());
-                async move { redis::cmd("INCR").arg(key).query_async::<u64>(&mut c).await }
-            })
-            .await
-            .map_err(Self::unavailable)?;
+            let (epoch, _) = self
+                .connection
+                .with_retry(self.deadline, "take epoch", |mut c| {
+                    let key = key.clone();
+                    async move { redis::cmd("INCR").arg(key).query_async::<u64>(&mut c).await }
+                })
+                .await
+                .map_err(Self::unavailable)?;
             Ok(epoch)
         }
         .boxed()
@@ -153,12 +158,14 @@ impl CheckpointStore for RedisCheckpointStore {
     fn load<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<Option<Checkpoint>, CheckpointError>> {
         async move {
             let key = self.checkpoint_key(task);
-            let (fields, _) = with_retry(self.deadline, "load checkpoint", || {
-                let (mut c, key) = (self.connection.clone(), key.clone());
-                async move { redis::cmd("HGETALL").arg(key).query_async::<HashMap<String, Vec<u8>>>(&mut c).await }
-            })
-            .await
-            .map_err(Self::unavailable)?;
+            let (fields, _) = self
+                .connection
+                .with_retry(self.deadline, "load checkpoint", |mut c| {
+                    let key = key.clone();
+                    async move { redis::cmd("HGETALL").arg(key).query_async::<HashMap<String, Vec<u8>>>(&mut c).await }
+                })
+                .await
+                .map_err(Self::unavailable)?;
             if fields.is_empty() {
                 return Ok(None);
             }
@@ -176,18 +183,17 @@ impl CheckpointStore for RedisCheckpointStore {
         async move {
             if replicas > 0 {
                 let timeout = self.replica_timeout;
-                let (acked, _) = with_retry(self.deadline, "wait for replicas", || {
-                    let mut c = self.connection.clone();
-                    async move {
+                let (acked, _) = self
+                    .connection
+                    .with_retry(self.deadline, "wait for replicas", |mut c| async move {
                         redis::cmd("WAIT")
                             .arg(replicas)
                             .arg(timeout.as_millis() as u64)
                             .query_async::<i64>(&mut c)
                             .await
-                    }
-                })
-                .await
-                .map_err(Self::unavailable)?;
+                    })
+                    .await
+                    .map_err(Self::unavailable)?;
                 if (acked.max(0) as usize) < replicas {
                     return Err(CheckpointError::NotReplicated {
                         acked: acked.max(0) as usize,
@@ -197,31 +203,33 @@ impl CheckpointStore for RedisCheckpointStore {
                 }
             }
             let (epoch_key, checkpoint_key) = (self.epoch_key(task), self.checkpoint_key(task));
-            let (stored, _) = with_retry(self.deadline, "store checkpoint", || {
-                let mut c = self.connection.clone();
-                let mut invocation = self.script.key(&epoch_key);
-                invocation
-                    .key(&checkpoint_key)
-                    .arg(checkpoint.epoch)
-                    .arg(checkpoint.offset)
-                    .arg(checkpoint.watermark)
-                    .arg(&checkpoint.state[..])
-                    .arg(checkpoint.written_at);
-                async move { invocation.invoke_async::<i64>(&mut c).await }
-            })
-            .await
-            .map_err(Self::unavailable)?;
+            let (stored, _) = self
+                .connection
+                .with_retry(self.deadline, "store checkpoint", |mut c| {
+                    let mut invocation = self.script.key(&epoch_key);
+                    invocation
+                        .key(&checkpoint_key)
+                        .arg(checkpoint.epoch)
+                        .arg(checkpoint.offset)
+                        .arg(checkpoint.watermark)
+                        .arg(&checkpoint.state[..])
+                        .arg(checkpoint.written_at);
+                    async move { invocation.invoke_async::<i64>(&mut c).await }
+                })
+                .await
+                .map_err(Self::unavailable)?;
             if stored == 0 {
                 return Ok(CommitOutcome::Fenced);
             }
             let index = self.index_key(&task.pipeline);
             let member = format!("{}:{}", task.topic, task.partition);
-            with_retry(self.deadline, "index checkpoint", || {
-                let (mut c, index, member) = (self.connection.clone(), index.clone(), member.clone());
-                async move { redis::cmd("SADD").arg(index).arg(member).query_async::<i64>(&mut c).await }
-            })
-            .await
-            .map_err(Self::unavailable)?;
+            self.connection
+                .with_retry(self.deadline, "index checkpoint", |mut c| {
+                    let (index, member) = (index.clone(), member.clone());
+                    async move { redis::cmd("SADD").arg(index).arg(member).query_async::<i64>(&mut c).await }
+                })
+                .await
+                .map_err(Self::unavailable)?;
             Ok(CommitOutcome::Stored)
         }
         .boxed()

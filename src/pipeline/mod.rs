@@ -17,7 +17,7 @@ use crate::source::dead_letter::DeadLetters;
 use crate::source::decode::{decoder_for, Decoder};
 use crate::window::WindowSpec;
 
-pub use task::{PartitionTask, Started, TaskError, TaskHandle};
+pub use task::{PartitionSource, PartitionTask, Started, TaskError, TaskHandle};
 
 pub struct Pipeline {
     pub name: Arc<str>,

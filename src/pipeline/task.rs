@@ -36,8 +36,13 @@ use crate::source::decode::{DecodeError, SourceRecord, Stage};
 use crate::time::{now_millis, Millis, WatermarkTracker};
 use crate::window::{Accepted, ResultKind, WindowOperator, WindowResult};
 
-/// Moves the partition's committed offset (the next record to read after a restart).
-pub type CommitOffset = Box<dyn Fn(i64) + Send + Sync>;
+/// What a task asks of its partition's source.
+pub struct PartitionSource {
+    /// Moves the partition's committed offset (informational: lag monitoring).
+    pub commit: Box<dyn Fn(i64) + Send + Sync>,
+    /// The partition's high watermark as last fetched, when known.
+    pub high_watermark: Box<dyn Fn() -> Option<i64> + Send + Sync>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
@@ -67,6 +72,11 @@ pub enum TaskError {
         pipeline = task.pipeline
     )]
     IncompatibleState { task: TaskId, stored: String, current: String },
+    #[error(
+        "{task}: the Redis connection was replaced (failover) while results since the last checkpoint were in \
+         flight; WAIT cannot vouch for them, so the task stops and its successor replays from the last checkpoint"
+    )]
+    ReplicationUnverifiable { task: TaskId },
 }
 
 /// Whether the task still owns its partition after a write.
@@ -111,12 +121,15 @@ pub struct PartitionTask {
     pending: Vec<(WindowResult, i64)>,
     dead_letters: Vec<DeadLetter>,
     next_offset: Option<i64>,
-    commit: CommitOffset,
+    source: PartitionSource,
     metrics: TaskMetrics,
     last_update: Instant,
     last_checkpoint: Instant,
     /// Records processed or results written since the last checkpoint.
     changed_since_checkpoint: bool,
+    /// The region connection's generation at the first write since the
+    /// last checkpoint.
+    writes_generation: Option<u64>,
     /// Set until the first record after the start: for the recovery time.
     assigned_at: Option<Instant>,
 }
@@ -135,7 +148,7 @@ impl PartitionTask {
         pipeline: Arc<Pipeline>,
         topic: &str,
         partition: i32,
-        commit: CommitOffset,
+        source: PartitionSource,
     ) -> Result<Started, TaskError> {
         let assigned_at = Instant::now();
         let id = TaskId { pipeline: pipeline.name.to_string(), topic: topic.to_string(), partition };
@@ -196,11 +209,12 @@ impl PartitionTask {
             pending: Vec::new(),
             dead_letters: Vec::new(),
             next_offset: seek_to,
-            commit,
+            source,
             metrics,
             last_update: Instant::now(),
             last_checkpoint: Instant::now(),
             changed_since_checkpoint: false,
+            writes_generation: None,
             assigned_at: Some(assigned_at),
             pipeline,
         };
@@ -252,7 +266,9 @@ impl PartitionTask {
         self.remove_partition_series();
         let (pipeline, topic, partition) = (&self.pipeline.name, &self.topic, self.partition);
         match &result {
-            Ok(Ownership::Owner) => tracing::info!(%pipeline, %topic, partition, "partition task stopped"),
+            Ok(Ownership::Owner) => {
+                tracing::info!(%pipeline, %topic, partition, next_offset = self.next_offset, "partition task stopped")
+            }
             Ok(Ownership::Fenced) => {
                 tracing::warn!(%pipeline, %topic, partition, epoch = self.epoch, "fenced by a newer owner: partition task stopped")
             }
@@ -352,8 +368,13 @@ impl PartitionTask {
         let now = now_millis();
         let watermark = if self.pipeline.processing_time() {
             self.watermark.observe(now, now)
-        } else {
+        } else if self.caught_up() {
             self.watermark.on_idle(now)
+        } else {
+            // Records are waiting (in Kafka or in our queue): the partition is
+            // not quiet, the pipeline is behind. Restart the idle clock.
+            self.watermark.touch(now);
+            self.watermark.current()
         };
         self.operator.advance(watermark);
         if let Some(interval) = self.pipeline.update_interval() {
@@ -371,6 +392,15 @@ impl PartitionTask {
         }
     }
 
+    /// Whether every record the partition had when last fetched is processed.
+    fn caught_up(&self) -> bool {
+        match ((self.source.high_watermark)(), self.next_offset) {
+            (Some(high), Some(next)) => next >= high,
+            (Some(high), None) => high == 0,
+            (None, _) => false,
+        }
+    }
+
     /// Writes pending results and dead letters.
     async fn flush(&mut self) -> Result<Ownership, TaskError> {
         let started = Instant::now();
@@ -378,6 +408,7 @@ impl PartitionTask {
         let mut ownership = Ownership::Owner;
         if !self.pending.is_empty() {
             self.changed_since_checkpoint = true;
+            self.writes_generation.get_or_insert(self.pipeline.region.connection_generation());
             let writes = self.entry_writes();
             let region_name = &self.pipeline.config.region.name;
             let m = &self.pipeline.metrics;
@@ -442,6 +473,10 @@ impl PartitionTask {
         let m = &self.pipeline.metrics;
         let name = &*self.pipeline.name;
         let replicas = self.pipeline.config.region.redundancy;
+        if replicas > 0 && self.writes_generation.is_some_and(|g| g != self.pipeline.region.connection_generation()) {
+            m.checkpoints.with_label_values(&[name, "failed"]).inc();
+            return Err(TaskError::ReplicationUnverifiable { task: self.id.clone() });
+        }
         match self.pipeline.checkpoints.commit(&self.id, &checkpoint, replicas).await {
             Ok(CommitOutcome::Stored) => {
                 m.checkpoints.with_label_values(&[name, "ok"]).inc();
@@ -450,7 +485,8 @@ impl PartitionTask {
                 m.checkpoint_bytes_total.with_label_values(&[name]).inc_by(checkpoint.state.len() as u64);
                 self.metrics.checkpoint_age.set(0.0);
                 self.changed_since_checkpoint = false;
-                (self.commit)(offset);
+                self.writes_generation = None;
+                (self.source.commit)(offset);
                 Ok(Ownership::Owner)
             }
             Ok(CommitOutcome::Fenced) => {

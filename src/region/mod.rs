@@ -6,6 +6,7 @@
 //! quick-start. A task turns its [`WindowResult`]s into [`EntryWrite`]s with a
 //! [`RegionLayout`] and hands them over in batches.
 
+mod connection;
 mod entry;
 mod memory;
 mod redis;
@@ -15,8 +16,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-pub(crate) use self::redis::with_retry;
 pub use self::redis::{RedisRegion, MERGE_SCRIPT};
+pub use connection::SharedConnection;
 pub use entry::{partial_field, KeyTemplate};
 pub use memory::MemoryRegion;
 
@@ -98,6 +99,12 @@ pub trait Region: Send + Sync {
     /// Writes to the same entry are adjacent and must be applied in order;
     /// different entries may be written concurrently.
     fn write<'a>(&'a self, writes: &'a [EntryWrite]) -> BoxFuture<'a, Result<WriteOutcome, RegionError>>;
+
+    /// Changes when the region's connection was replaced, which a
+    /// checkpoint that waits for replicas must know (see `SharedConnection`).
+    fn connection_generation(&self) -> u64 {
+        0
+    }
 }
 
 /// Turns window results into entry writes for one pipeline's region.

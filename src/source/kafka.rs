@@ -163,6 +163,26 @@ pub fn store_offset(consumer: &SourceConsumer, topic: &str, partition: i32, next
     }
 }
 
+/// The partition's high watermark as last seen in a fetch response
+/// (librdkafka's cache: no broker round trip), when known.
+pub fn cached_high_watermark(consumer: &SourceConsumer, topic: &str, partition: i32) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the topic
+    // is a NUL-terminated string that outlives the call; low/high are
+    // plain out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach Kafka brokers at {brokers} within {waited:?}: {message}; check kafka.brokers and that the brokers are up")]
 pub struct Unreachable {

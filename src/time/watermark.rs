@@ -6,7 +6,9 @@
 //! `W >= end`.
 //!
 //! A partition that goes quiet would otherwise hold its last windows open
-//! forever. After `idle_timeout` of silence (wall clock) the tracker drops
+//! forever. After `idle_timeout` of silence (wall clock) while the task is
+//! caught up with the partition (the task checks that; see
+//! [`WatermarkTracker::touch`]), the tracker drops
 //! the out-of-orderness allowance and lets the watermark follow the wall
 //! clock from the highest event time seen:
 //! `W = max_seen + 1 + (now - last_arrival - idle_timeout)`. The watermark
@@ -49,6 +51,12 @@ impl WatermarkTracker {
         let max_seen = self.max_seen.map_or(event_time, |m| m.max(event_time));
         self.max_seen = Some(max_seen);
         self.advance_to(max_seen.saturating_sub(self.out_of_orderness))
+    }
+
+    /// Restarts the idle clock: the partition is not quiet (records are
+    /// waiting upstream), so its watermark must not advance by wall clock.
+    pub fn touch(&mut self, now: Millis) {
+        self.last_arrival = now;
     }
 
     /// Advances the watermark of a quiet partition; returns the watermark.

@@ -2,7 +2,9 @@
 //! torn down even when the test fails.
 #![allow(dead_code)]
 
+pub mod connector;
 pub mod kafka;
+pub mod prometheus;
 pub mod redis_cluster;
 pub mod reference;
 

@@ -1,0 +1,151 @@
+//! The Redis Cluster connection a connector shares between its regions and
+//! its checkpoint store.
+//!
+//! redis-rs' cluster connection normally follows failovers by itself
+//! (MOVED, reconnects, slot refreshes), but it can stay stuck on a dead
+//! primary; after operations keep failing for [`REPLACE_AFTER`], the retry
+//! loop replaces it with a fresh one built from the seed nodes. Each
+//! replacement bumps a generation: `WAIT` only covers writes made on the
+//! connection it is sent on, so a checkpoint that needs replicas must not
+//! vouch for writes made on an older generation.
+
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+
+use super::RegionError;
+use crate::config::RedisConfig;
+
+/// How long operations fail before the connection is replaced.
+pub const REPLACE_AFTER: Duration = Duration::from_secs(3);
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+pub struct SharedConnection {
+    client: ClusterClient,
+    current: RwLock<(u64, ClusterConnection)>,
+    connect_timeout: Duration,
+    replacing: tokio::sync::Mutex<Instant>,
+}
+
+impl SharedConnection {
+    /// Connects to the cluster, retrying until `startup_timeout`.
+    pub async fn connect(config: &RedisConfig) -> Result<SharedConnection, RegionError> {
+        let nodes = config.nodes.join(",");
+        let unreachable = |message: String| RegionError::Unreachable { nodes: nodes.clone(), message };
+        let client = ClusterClientBuilder::new(config.nodes.clone())
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.response_timeout)
+            .retries(3)
+            .build()
+            .map_err(|e| unreachable(e.to_string()))?;
+        let started = Instant::now();
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match Self::open(&client, config.connect_timeout).await {
+                Ok(connection) => {
+                    return Ok(SharedConnection {
+                        client,
+                        current: RwLock::new((0, connection)),
+                        connect_timeout: config.connect_timeout,
+                        replacing: tokio::sync::Mutex::new(Instant::now()),
+                    })
+                }
+                Err(e) if started.elapsed() >= config.startup_timeout => return Err(unreachable(e)),
+                Err(e) => tracing::warn!(error = %e, "Redis Cluster not reachable yet; retrying"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn open(client: &ClusterClient, timeout: Duration) -> Result<ClusterConnection, String> {
+        let attempt = async {
+            let mut connection = client.get_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut connection).await?;
+            Ok::<_, redis::RedisError>(connection)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// The current connection and its generation.
+    pub fn get(&self) -> (u64, ClusterConnection) {
+        let current = self.current.read().expect("connection lock");
+        (current.0, current.1.clone())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.current.read().expect("connection lock").0
+    }
+
+    /// Replaces the connection of generation `seen` (once, however many
+    /// callers ask; at most every [`REPLACE_AFTER`]).
+    async fn replace(&self, seen: u64) {
+        let mut last = self.replacing.lock().await;
+        if self.generation() != seen || last.elapsed() < REPLACE_AFTER {
+            return;
+        }
+        *last = Instant::now();
+        match Self::open(&self.client, self.connect_timeout).await {
+            Ok(connection) => {
+                let mut current = self.current.write().expect("connection lock");
+                *current = (current.0 + 1, connection);
+                tracing::warn!(
+                    generation = current.0,
+                    "replaced the Redis Cluster connection after persistent failures"
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "replacing the Redis Cluster connection failed; retrying"),
+        }
+    }
+
+    /// Runs an operation, retrying transient failures (connection loss,
+    /// MOVED/ASK, CLUSTERDOWN, TRYAGAIN, READONLY, timeouts) with exponential
+    /// backoff until `deadline`, replacing the connection when failures
+    /// persist. Deliberate script errors fail at once: they would fail the
+    /// same way again. Returns the result and the number of retries, or the
+    /// time spent and the last error.
+    pub async fn with_retry<T, F, Fut>(
+        &self,
+        deadline: Duration,
+        what: &str,
+        mut op: F,
+    ) -> Result<(T, u64), (Duration, String)>
+    where
+        F: FnMut(ClusterConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let mut backoff = MIN_BACKOFF;
+        let mut retries = 0;
+        loop {
+            let (generation, connection) = self.get();
+            match op(connection).await {
+                Ok(value) => return Ok((value, retries)),
+                Err(e) if is_deliberate_script_error(&e) || started.elapsed() >= deadline => {
+                    return Err((started.elapsed(), e.to_string()))
+                }
+                Err(e) => {
+                    retries += 1;
+                    tracing::warn!(operation = what, error = %e, retries, "Redis operation failed; retrying");
+                    if started.elapsed() >= REPLACE_AFTER {
+                        self.replace(generation).await;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// `merge.lua` reports bad input as `ERR merge script: ...`; anything else
+/// (including errors of commands the script calls) may pass.
+fn is_deliberate_script_error(e: &redis::RedisError) -> bool {
+    e.to_string().contains("merge script:")
+}

@@ -1,0 +1,106 @@
+//! The operations CLI for checkpoints: `regionflow checkpoints list` shows
+//! what a stopped connector stored, `reset` refuses without `--yes` and then
+//! deletes them.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use common::kafka::{Kafka, Produce};
+use common::redis_cluster::RedisCluster;
+use regionflow::config::Settings;
+use regionflow::metrics::{Health, Metrics};
+
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_regionflow")).args(args).output().expect("binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_shows_stored_checkpoints_and_reset_deletes_them() {
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let kafka = Kafka::start(&[("clicks", 2)]);
+    let per_partition = [37usize, 58];
+    let mut records = Vec::new();
+    for (partition, n) in per_partition.iter().enumerate() {
+        for i in 0..*n {
+            let value = format!(r#"{{"user":"u{}","ts":{}}}"#, i % 5, 1_700_000_000_000 + i as i64 * 100);
+            records.push(Produce { partition: partition as i32, key: None, value: value.into_bytes() });
+        }
+    }
+    kafka.produce("clicks", &records).await;
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let toml = format!(
+        r#"
+[kafka]
+brokers = "{}"
+group_id = "cli"
+[redis]
+nodes = [{}]
+[connector]
+flush_interval = "100ms"
+checkpoint_interval = "200ms"
+[pipelines.clicks]
+topics = ["clicks"]
+key = {{ from = "field", pointer = "/user" }}
+event_time = {{ from = "field", pointer = "/ts" }}
+window = {{ kind = "tumbling", size = "1s" }}
+aggregates.clicks = {{ function = "count" }}
+region = {{ name = "clicks" }}
+"#,
+        kafka.brokers,
+        nodes.join(",")
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("regionflow.toml");
+    std::fs::write(&path, &toml).expect("written");
+    let config = path.to_str().expect("utf-8 path");
+
+    let settings = Settings::from_toml_str(&toml).expect("valid");
+    let sinks = regionflow::connector::redis_sinks(&settings).await.expect("Redis reachable");
+    let shutdown = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
+    let run = tokio::spawn(regionflow::connector::run(
+        settings,
+        sinks,
+        metrics.clone(),
+        Arc::new(Health::default()),
+        shutdown.clone(),
+    ));
+    let total: usize = per_partition.iter().sum();
+    while common::connector::sum_metric(&metrics.render(), "regionflow_records_in_total") < total as f64 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    run.await.expect("joined").expect("clean stop");
+
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| cli(&["checkpoints", "list", "--config", config]));
+    assert!(ok, "{stderr}");
+    for (partition, n) in per_partition.iter().enumerate() {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().take(3).collect::<Vec<_>>() == ["clicks", "clicks", &partition.to_string()])
+            .unwrap_or_else(|| panic!("a row for partition {partition} in:\n{stdout}"));
+        let offset: i64 = row.split_whitespace().nth(3).expect("offset column").parse().expect("number");
+        assert_eq!(offset, *n as i64, "partition {partition}'s checkpoint is after its last record:\n{stdout}");
+    }
+
+    let (ok, _, stderr) =
+        tokio::task::block_in_place(|| cli(&["checkpoints", "reset", "--config", config, "--pipeline", "clicks"]));
+    assert!(!ok && stderr.contains("--yes"), "reset needs confirmation: {stderr}");
+    let (ok, stdout, stderr) = tokio::task::block_in_place(|| {
+        cli(&["checkpoints", "reset", "--config", config, "--pipeline", "clicks", "--yes"])
+    });
+    assert!(ok && stdout.contains("deleted 2 checkpoints"), "{stdout}{stderr}");
+    let (ok, stdout, _) = tokio::task::block_in_place(|| cli(&["checkpoints", "list", "--config", config]));
+    assert!(ok && stdout.lines().count() == 1, "only the header is left:\n{stdout}");
+}

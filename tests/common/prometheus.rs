@@ -1,0 +1,657 @@
+//! Test harness for regionflow's observability files: a real Prometheus
+//! server (Debian's `prometheus` package), a minimal HTTP client, and the
+//! PromQL helpers the dashboard and rule tests share.
+//!
+//! - [`Prometheus::start`] runs `prometheus` on a free loopback port with its
+//!   own temp storage, scraping the given targets every second and
+//!   evaluating the given rule files every second; dropping it kills it.
+//! - [`http_get`] is a small HTTP/1.0 GET over `std::net::TcpStream` (the
+//!   tests have no HTTP client dependency).
+//! - [`dashboard_queries`], [`variable_queries`], [`substitute_variables`],
+//!   [`alert_signals`] and [`metric_names`] extract and prepare the
+//!   expressions of Grafana dashboards and Prometheus rules.
+//!
+//! Needs `prometheus` and `promtool` on PATH: `scripts/setup-test-deps.sh`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const START_ATTEMPTS: usize = 5;
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The repository root (where Cargo.toml is).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("cannot bind a free loopback port").port()
+}
+
+/// `GET path` on `address` (host:port) with HTTP/1.0; returns the status
+/// code and the body.
+pub fn http_get(address: &str, path: &str) -> io::Result<(u16, String)> {
+    let addr = address
+        .parse()
+        .or_else(|_| std::net::ToSocketAddrs::to_socket_addrs(address).map(|mut a| a.next().expect("an address")))
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{address}: {e}")))?;
+    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+    stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+    stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\nAccept: */*\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "HTTP response without a header end"))?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad status line in {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+/// Percent-encodes a query-string value.
+pub fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The last `n` lines of a file (for failure messages).
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+pub fn find_on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(program)).find(|p| p.is_file()))
+}
+
+/// One element of an instant query's result.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub labels: BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// A rule as Prometheus loaded it (`/api/v1/rules`).
+#[derive(Debug, Clone)]
+pub struct LoadedRule {
+    pub group: String,
+    pub name: String,
+    /// "recording" or "alerting".
+    pub kind: String,
+    /// The expression, as Prometheus formats it.
+    pub query: String,
+    pub health: String,
+    pub last_error: Option<String>,
+}
+
+/// A running Prometheus server; dropping it kills the process and removes
+/// its storage.
+pub struct Prometheus {
+    child: Child,
+    pub address: String,
+    log: PathBuf,
+    targets: Mutex<Vec<String>>,
+    targets_file: PathBuf,
+    // Dropped after the process is killed (see Drop).
+    dir: TempDir,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `targets` (host:port, job "regionflow";
+    /// more can be added with [`Prometheus::add_target`]) every second and
+    /// evaluating `rule_files` every second. Returns once it reports ready.
+    /// Panics with its log when it does not start.
+    pub fn start(targets: &[String], rule_files: &[PathBuf]) -> Prometheus {
+        let binary = find_on_path("prometheus")
+            .unwrap_or_else(|| panic!("prometheus not found on PATH: run scripts/setup-test-deps.sh"));
+        let dir = tempfile::Builder::new().prefix("regionflow-prometheus-").tempdir().expect("temp dir");
+        let targets_file = dir.path().join("targets.json");
+        write_targets(&targets_file, targets);
+        let rules: Vec<String> = rule_files
+            .iter()
+            .map(|p| format!("  - {}", serde_json::to_string(&p.display().to_string()).expect("path as JSON")))
+            .collect();
+        // File-based discovery: Prometheus watches the file, so targets added
+        // while it runs are scraped within a second.
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n{}\n\
+             scrape_configs:\n  - job_name: regionflow\n    file_sd_configs:\n      - refresh_interval: 1s\n        files:\n          - {}\n",
+            rules.join("\n"),
+            serde_json::to_string(&targets_file.display().to_string()).expect("path as JSON"),
+        );
+        let config_path = dir.path().join("prometheus.yml");
+        fs::write(&config_path, config).expect("write prometheus.yml");
+
+        // A port free when picked may be taken by the time Prometheus binds
+        // it: then it exits at once, and we try another.
+        let mut failures = Vec::new();
+        for attempt in 0..START_ATTEMPTS {
+            let address = format!("127.0.0.1:{}", free_port());
+            let log = dir.path().join(format!("prometheus-{attempt}.log"));
+            let log_file = fs::File::create(&log).expect("create prometheus log");
+            let mut child = Command::new(&binary)
+                .arg(format!("--config.file={}", config_path.display()))
+                .arg(format!("--storage.tsdb.path={}", dir.path().join(format!("data-{attempt}")).display()))
+                .arg(format!("--web.listen-address={address}"))
+                .arg("--storage.tsdb.retention.time=1h")
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("log handle"))
+                .stderr(log_file)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+            let started = Instant::now();
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    failures.push(format!("{address}: exited with {status}:\n{}", tail(&log, 20)));
+                    break;
+                }
+                if let Ok((200, _)) = http_get(&address, "/-/ready") {
+                    return Prometheus {
+                        child,
+                        address,
+                        log,
+                        targets: Mutex::new(targets.to_vec()),
+                        targets_file,
+                        dir,
+                    };
+                }
+                if started.elapsed() > START_TIMEOUT {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("Prometheus not ready within {START_TIMEOUT:?}; log:\n{}", tail(&log, 40));
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!("Prometheus did not start in {START_ATTEMPTS} attempts:\n{}", failures.join("\n---\n"));
+    }
+
+    /// Scrapes `target` (host:port) too, from the next discovery on.
+    pub fn add_target(&self, target: &str) {
+        let mut targets = self.targets.lock().expect("targets lock");
+        targets.push(target.to_string());
+        write_targets(&self.targets_file, &targets);
+    }
+
+    /// The tail of Prometheus' own log.
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log, lines)
+    }
+
+    /// `GET /api/v1/<path>`; returns `data` or the API's error.
+    pub fn api(&self, path_and_query: &str) -> Result<Value, String> {
+        let (status, body) = http_get(&self.address, &format!("/api/v1/{path_and_query}"))
+            .map_err(|e| format!("cannot reach Prometheus: {e}"))?;
+        let json: Value =
+            serde_json::from_str(&body).map_err(|e| format!("HTTP {status}, not JSON ({e}): {body:.300}"))?;
+        if json["status"] != "success" {
+            return Err(format!("{}: {}", json["errorType"].as_str().unwrap_or("error"), json["error"]));
+        }
+        Ok(json["data"].clone())
+    }
+
+    /// Evaluates `expr` now (an instant query).
+    pub fn query(&self, expr: &str) -> Result<Vec<Sample>, String> {
+        let data = self.api(&format!("query?query={}", url_encode(expr)))?;
+        let value = |v: &Value| -> Result<f64, String> {
+            let text = v[1].as_str().ok_or_else(|| format!("no sample value in {v}"))?;
+            text.parse::<f64>().or_else(|_| match text {
+                "NaN" => Ok(f64::NAN),
+                "+Inf" => Ok(f64::INFINITY),
+                "-Inf" => Ok(f64::NEG_INFINITY),
+                other => Err(format!("sample value {other:?}")),
+            })
+        };
+        match data["resultType"].as_str() {
+            Some("vector") => data["result"]
+                .as_array()
+                .expect("vector result is an array")
+                .iter()
+                .map(|s| {
+                    let labels = s["metric"]
+                        .as_object()
+                        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+                        .unwrap_or_default();
+                    Ok(Sample { labels, value: value(&s["value"])? })
+                })
+                .collect(),
+            Some("scalar") => Ok(vec![Sample { labels: BTreeMap::new(), value: value(&data["result"])? }]),
+            other => Err(format!("expected an instant vector or scalar, got {other:?}")),
+        }
+    }
+
+    /// Every rule Prometheus loaded, with its health after the last evaluation.
+    pub fn rules(&self) -> Result<Vec<LoadedRule>, String> {
+        let data = self.api("rules")?;
+        let mut rules = Vec::new();
+        for group in data["groups"].as_array().into_iter().flatten() {
+            for rule in group["rules"].as_array().into_iter().flatten() {
+                rules.push(LoadedRule {
+                    group: group["name"].as_str().unwrap_or_default().to_string(),
+                    name: rule["name"].as_str().unwrap_or_default().to_string(),
+                    kind: rule["type"].as_str().unwrap_or_default().to_string(),
+                    query: rule["query"].as_str().unwrap_or_default().to_string(),
+                    health: rule["health"].as_str().unwrap_or_default().to_string(),
+                    last_error: rule["lastError"].as_str().filter(|e| !e.is_empty()).map(String::from),
+                });
+            }
+        }
+        Ok(rules)
+    }
+
+    /// Scrape targets with their health ("up"/"down"/"unknown") and last error.
+    pub fn targets(&self) -> Result<Vec<(String, String, String)>, String> {
+        let data = self.api("targets")?;
+        Ok(data["activeTargets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                (
+                    t["scrapeUrl"].as_str().unwrap_or_default().to_string(),
+                    t["health"].as_str().unwrap_or_default().to_string(),
+                    t["lastError"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect())
+    }
+}
+
+/// Writes a file_sd target list atomically (Prometheus may read it any time).
+fn write_targets(path: &Path, targets: &[String]) {
+    let json = serde_json::json!([{ "targets": targets, "labels": {} }]);
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, json.to_string()).expect("write file_sd targets");
+    fs::rename(&tmp, path).expect("replace file_sd targets");
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- dashboards
+
+/// One query of one dashboard panel.
+#[derive(Debug, Clone)]
+pub struct PanelQuery {
+    pub dashboard: String,
+    pub panel_id: i64,
+    pub panel_title: String,
+    pub ref_id: String,
+    pub expr: String,
+}
+
+impl std::fmt::Display for PanelQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} panel {} {:?} query {}", self.dashboard, self.panel_id, self.panel_title, self.ref_id)
+    }
+}
+
+/// Every `grafana/dashboards/*.json`, sorted.
+pub fn dashboard_files() -> Vec<PathBuf> {
+    let dir = repo_root().join("grafana/dashboards");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no dashboards in {}", dir.display());
+    files
+}
+
+pub fn load_dashboard(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
+}
+
+/// Every panel, including those nested in (collapsed) rows.
+pub fn all_panels(dashboard: &Value) -> Vec<&Value> {
+    fn walk<'a>(panels: &'a Value, out: &mut Vec<&'a Value>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            out.push(panel);
+            walk(&panel["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard["panels"], &mut out);
+    out
+}
+
+/// The PromQL expression of every target of every panel of a dashboard.
+pub fn dashboard_queries(path: &Path) -> Vec<PanelQuery> {
+    let dashboard = load_dashboard(path);
+    let name = path.file_name().expect("file name").to_string_lossy().to_string();
+    let mut out = Vec::new();
+    for panel in all_panels(&dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            out.push(PanelQuery {
+                dashboard: name.clone(),
+                panel_id: panel["id"].as_i64().unwrap_or(-1),
+                panel_title: panel["title"].as_str().unwrap_or_default().to_string(),
+                ref_id: target["refId"].as_str().unwrap_or_default().to_string(),
+                expr: expr.to_string(),
+            });
+        }
+    }
+    out
+}
+
+/// (name, query) of every `query` template variable of a dashboard.
+pub fn variable_queries(dashboard: &Value) -> Vec<(String, String)> {
+    dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["type"] == "query")
+        .map(|v| {
+            let query = v["query"]["query"].as_str().or_else(|| v["query"].as_str()).unwrap_or_default();
+            (v["name"].as_str().unwrap_or_default().to_string(), query.to_string())
+        })
+        .collect()
+}
+
+/// `label_values(<selector>, <label>)` → (selector, label).
+pub fn parse_label_values(query: &str) -> Option<(String, String)> {
+    let inner = query.trim().strip_prefix("label_values(")?.strip_suffix(')')?;
+    let (selector, label) = inner.rsplit_once(',')?;
+    Some((selector.trim().to_string(), label.trim().to_string()))
+}
+
+/// Replaces Grafana variables so an expression can run in Prometheus:
+/// `$__rate_interval`/`$__interval` (and `${...}` forms) become `interval`,
+/// `$__range` becomes `5m`, and every dashboard variable (`$pipeline`,
+/// `${region:regex}`, ...) becomes the regex `.*`. Panics on an unknown
+/// Grafana built-in, so new ones are handled on purpose.
+pub fn substitute_variables(expr: &str, interval: &str) -> String {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut out = String::with_capacity(expr.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] != '$' {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let (name, next) = if chars.get(i + 1) == Some(&'{') {
+            let end = chars[i..].iter().position(|&c| c == '}').map(|p| i + p).unwrap_or_else(|| {
+                panic!("unterminated ${{...}} in {expr:?}");
+            });
+            let inner: String = chars[i + 2..end].iter().collect();
+            (inner.split(':').next().unwrap_or_default().to_string(), end + 1)
+        } else {
+            let end = chars[i + 1..]
+                .iter()
+                .position(|c| !(c.is_ascii_alphanumeric() || *c == '_'))
+                .map(|p| i + 1 + p)
+                .unwrap_or(chars.len());
+            (chars[i + 1..end].iter().collect(), end)
+        };
+        match name.as_str() {
+            "__rate_interval" | "__interval" => out.push_str(interval),
+            "__range" => out.push_str("5m"),
+            builtin if builtin.starts_with("__") => panic!("unhandled Grafana variable ${builtin} in {expr:?}"),
+            "" => panic!("lone `$` in {expr:?}"),
+            _ => out.push_str(".*"),
+        }
+        i = next;
+    }
+    out
+}
+
+// ---------------------------------------------------------------- PromQL
+
+/// Scans `expr` and calls `visit(index, char)` for every character at
+/// nesting depth 0 that is outside string literals, braces and brackets.
+fn top_level_positions(expr: &str) -> Vec<(usize, char)> {
+    let mut out = Vec::new();
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in expr.char_indices() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '(' | '{' | '[' => depth += 1,
+            ')' | '}' | ']' => depth -= 1,
+            _ if depth == 0 => out.push((i, c)),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn is_ident_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// Splits an alert expression at its top-level `and`/`or`/`unless`
+/// operators (dropping their `on(...)`/`ignoring(...)` modifiers), then
+/// drops the trailing comparison against a number (`> 300`, `== 0`,
+/// `> bool 1`) of each operand: the "signals" the alert compares. See the
+/// header of prometheus/rules/regionflow.yml.
+pub fn alert_signals(expr: &str) -> Vec<String> {
+    let bytes = expr.as_bytes();
+    let top: Vec<usize> = top_level_positions(expr).into_iter().map(|(i, _)| i).collect();
+    let is_top = |i: usize| top.binary_search(&i).is_ok();
+    let mut operands = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let word = ["and", "or", "unless"].into_iter().find(|w| {
+            expr[i..].starts_with(w)
+                && (0..w.len()).all(|k| is_top(i + k))
+                && (i == 0 || !is_ident_char(bytes[i - 1] as char))
+                && bytes.get(i + w.len()).is_none_or(|&b| !is_ident_char(b as char))
+        });
+        let Some(word) = word else {
+            i += 1;
+            continue;
+        };
+        operands.push(expr[start..i].trim().to_string());
+        let mut j = i + word.len();
+        // Skip an `on (...)` / `ignoring (...)` modifier.
+        let rest = expr[j..].trim_start();
+        for modifier in ["on", "ignoring"] {
+            if let Some(after) = rest.strip_prefix(modifier) {
+                if after.trim_start().starts_with('(') {
+                    let open = j + (expr[j..].len() - after.trim_start().len());
+                    let close = expr[open..].find(')').map(|p| open + p + 1).expect("closing parenthesis");
+                    j = close;
+                }
+            }
+        }
+        start = j;
+        i = j;
+    }
+    operands.push(expr[start..].trim().to_string());
+    operands.into_iter().map(|operand| strip_comparison(&operand)).collect()
+}
+
+/// `lhs <cmp> [bool] <number>` → `lhs`; anything else unchanged.
+fn strip_comparison(operand: &str) -> String {
+    let top = top_level_positions(operand);
+    let mut last: Option<(usize, usize)> = None;
+    let mut k = 0;
+    while k < top.len() {
+        let (i, c) = top[k];
+        let next = top.get(k + 1).filter(|(j, _)| *j == i + 1).map(|(_, c)| *c);
+        let op_len = match (c, next) {
+            ('=', Some('=')) | ('!', Some('=')) | ('>', Some('=')) | ('<', Some('=')) => 2,
+            ('>', _) | ('<', _) => 1,
+            _ => 0,
+        };
+        if op_len > 0 {
+            last = Some((i, i + op_len));
+            k += op_len;
+        } else {
+            k += 1;
+        }
+    }
+    if let Some((at, end)) = last {
+        let rhs = operand[end..].trim();
+        let rhs = rhs.strip_prefix("bool").map(str::trim).unwrap_or(rhs);
+        if rhs.parse::<f64>().is_ok() {
+            return operand[..at].trim().to_string();
+        }
+    }
+    operand.trim().to_string()
+}
+
+/// Metric names an expression reads: every identifier (outside string
+/// literals) that contains `regionflow`, plus Prometheus' own `up`. Names
+/// with a `:` are recording rules' outputs.
+pub fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut current = String::new();
+    let mut flush = |current: &mut String, next: Option<char>| {
+        let word = std::mem::take(current);
+        let is_call = next == Some('(');
+        if !is_call && (word.contains("regionflow") || word == "up") && !names.contains(&word) {
+            names.push(word);
+        }
+    };
+    let chars: Vec<char> = expr.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        if is_ident_char(c) && !(current.is_empty() && c.is_ascii_digit()) {
+            current.push(c);
+            continue;
+        }
+        if !current.is_empty() {
+            let next = chars[i..].iter().copied().find(|c| !c.is_whitespace());
+            flush(&mut current, next);
+        }
+        if matches!(c, '"' | '\'' | '`') {
+            quote = Some(c);
+        }
+    }
+    if !current.is_empty() {
+        flush(&mut current, None);
+    }
+    names
+}
+
+/// The label matchers written after each metric name in `expr`:
+/// (metric, matcher text without braces, or "" when there is none).
+pub fn selectors(expr: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for name in metric_names(expr) {
+        let mut from = 0;
+        while let Some(pos) = expr[from..].find(&name) {
+            let at = from + pos;
+            let end = at + name.len();
+            from = end;
+            let before_ok = at == 0 || !is_ident_char(expr.as_bytes()[at - 1] as char);
+            let after_ok = expr.as_bytes().get(end).is_none_or(|&b| !is_ident_char(b as char));
+            if !before_ok || !after_ok {
+                continue;
+            }
+            let rest = expr[end..].trim_start();
+            let matchers = if rest.starts_with('{') {
+                let close = rest.find('}').expect("closing brace");
+                rest[1..close].to_string()
+            } else {
+                String::new()
+            };
+            out.push((name.clone(), matchers));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alert_signals_drop_comparisons_and_set_operators() {
+        assert_eq!(alert_signals("regionflow_checkpoint_age_seconds > 300"), ["regionflow_checkpoint_age_seconds"]);
+        assert_eq!(
+            alert_signals(
+                "max by (job, pipeline) (a) > 120 and on (job, pipeline) max by (job, pipeline) (deriv(a[15m])) > 0"
+            ),
+            ["max by (job, pipeline) (a)", "max by (job, pipeline) (deriv(a[15m]))"]
+        );
+        assert_eq!(
+            alert_signals("sum(rate(x{o=\"a>b\"}[5m])) / sum(y) > 0.01"),
+            ["sum(rate(x{o=\"a>b\"}[5m])) / sum(y)"]
+        );
+        assert_eq!(alert_signals("up == 0 unless on(instance) z >= bool 2"), ["up", "z"]);
+        assert_eq!(alert_signals("x"), ["x"]);
+        assert_eq!(alert_signals("sum by (orders) (x) > 1"), ["sum by (orders) (x)"]);
+    }
+
+    #[test]
+    fn substitutes_grafana_variables() {
+        assert_eq!(
+            substitute_variables("rate(x{p=~\"$pipeline\", r=~\"${region:regex}\"}[$__rate_interval])", "1m"),
+            "rate(x{p=~\".*\", r=~\".*\"}[1m])"
+        );
+    }
+
+    #[test]
+    fn finds_metric_names_and_selectors() {
+        let expr = "sum by (le) (rate(regionflow_a_bucket{p=\"regionflow_no\"}[1m])) / pipeline:regionflow_b:rate1m";
+        assert_eq!(metric_names(expr), ["regionflow_a_bucket", "pipeline:regionflow_b:rate1m"]);
+        assert_eq!(
+            selectors(expr),
+            [
+                ("regionflow_a_bucket".to_string(), "p=\"regionflow_no\"".to_string()),
+                ("pipeline:regionflow_b:rate1m".to_string(), String::new())
+            ]
+        );
+    }
+}

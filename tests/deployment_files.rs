@@ -1,0 +1,1404 @@
+//! Static checks of the deployment and observability files, without Docker
+//! or Kubernetes:
+//!
+//! - grafana/dashboards: valid JSON, unique panel ids, every panel and
+//!   target on the `${datasource}` variable, the `pipeline` variable, no
+//!   hard-coded instances, jobs or addresses, every pipeline/region-labelled
+//!   metric filtered by its variable;
+//! - every metric a dashboard or rule reads is defined in
+//!   src/metrics/mod.rs and exposed by a running connector (the embedded
+//!   quick-start), and every metric the connector exposes has a panel;
+//! - prometheus/: `promtool check rules`, `promtool test rules`, `promtool
+//!   check config`; alerts have severity, summary, description, runbook and
+//!   the documented `<signal> <cmp> <number>` form;
+//! - docker/compose.yml: parses, every file it mounts or builds exists, and
+//!   addresses, ports, topics and paths agree with docker/regionflow.toml
+//!   (checked with `regionflow validate` under the compose environment),
+//!   prometheus/prometheus.yml and the Grafana provisioning;
+//! - docker/Dockerfile: COPY sources exist and cover everything the build
+//!   needs, non-root, health check and exposed port match the config;
+//! - deploy/kubernetes: native sidecar, probes, ConfigMap TOML valid.
+//!
+//! YAML is read with a small strict parser for the subset these files use
+//! (see `mod yaml`): anything outside it fails with the line number, so the
+//! files stay plain. `docker compose config` runs too when a Docker CLI with
+//! the compose plugin is installed, and is reported as skipped otherwise.
+
+#[path = "common/prometheus.rs"]
+mod prometheus_harness;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use prometheus_harness::{
+    alert_signals, all_panels, dashboard_files, dashboard_queries, free_port, http_get, load_dashboard, metric_names,
+    repo_root, selectors, variable_queries,
+};
+
+const DATASOURCE: &str = "${datasource}";
+const DATASOURCE_UID: &str = "regionflow-prometheus";
+
+fn read(relative: &str) -> String {
+    let path = repo_root().join(relative);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn yaml_file(relative: &str) -> Value {
+    yaml::parse(&read(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
+fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
+    value.as_str().unwrap_or_else(|| panic!("{what}: expected a string, got {value}"))
+}
+
+/// A YAML list of strings (or one string, split on whitespace, as compose
+/// accepts for `command`).
+fn string_list(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items.iter().map(|v| v.as_str().map(String::from).unwrap_or(v.to_string())).collect(),
+        Value::String(s) => s.split_whitespace().map(String::from).collect(),
+        Value::Null => Vec::new(),
+        other => panic!("expected a list of strings, got {other}"),
+    }
+}
+
+/// The `--flag value` argument of a command line.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+fn port_of(address: &str) -> u16 {
+    address.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("no port in {address:?}"))
+}
+
+// ---------------------------------------------------------------- the connector's view
+
+/// `regionflow validate --config <file>` with `env`: the resolved settings.
+fn validate(config: &Path, env: &[(String, String)]) -> toml::Table {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_regionflow"));
+    command.args(["validate", "--config"]).arg(config);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("REGIONFLOW__")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    let out = command.output().expect("run regionflow validate");
+    assert!(
+        out.status.success(),
+        "regionflow validate --config {} (env {env:?}) failed:\n{}{}",
+        config.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("UTF-8 output");
+    text.parse::<toml::Table>().unwrap_or_else(|e| panic!("validate printed invalid TOML ({e}):\n{text}"))
+}
+
+struct Resolved {
+    brokers: String,
+    redis_nodes: Vec<String>,
+    metrics_port: u16,
+    topics: Vec<String>,
+    dlq_topics: Vec<String>,
+    shutdown_timeout: Duration,
+}
+
+fn resolved(settings: &toml::Table) -> Resolved {
+    let pipelines = settings["pipelines"].as_table().expect("pipelines");
+    Resolved {
+        brokers: settings["kafka"]["brokers"].as_str().expect("kafka.brokers").to_string(),
+        redis_nodes: settings["redis"]["nodes"]
+            .as_array()
+            .expect("redis.nodes")
+            .iter()
+            .map(|n| n.as_str().expect("node").to_string())
+            .collect(),
+        metrics_port: port_of(settings["metrics"]["listen"].as_str().expect("metrics.listen")),
+        topics: pipelines
+            .values()
+            .flat_map(|p| p["topics"].as_array().expect("topics").iter().map(|t| t.as_str().expect("topic").into()))
+            .collect(),
+        dlq_topics: pipelines
+            .values()
+            .filter_map(|p| p.get("errors")?.get("deadletterqueue_topic_name")?.as_str().map(String::from))
+            .collect(),
+        shutdown_timeout: humantime::parse_duration(
+            settings["connector"]["shutdown_timeout"].as_str().expect("connector.shutdown_timeout"),
+        )
+        .expect("a duration"),
+    }
+}
+
+/// `regionflow quickstart` as a child process; killed when dropped.
+struct Quickstart(Child);
+
+impl Drop for Quickstart {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Metric families exposed by a running connector: name → (type, label names).
+type Families = BTreeMap<String, (String, BTreeSet<String>)>;
+
+/// Series names (`x`, `x_bucket`, ...) and families of a Prometheus text exposition.
+fn parse_exposition(text: &str) -> (BTreeSet<String>, Families) {
+    let mut series = BTreeSet::new();
+    let mut families: Families = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let (name, kind) = (parts.next().expect("name"), parts.next().expect("type"));
+            families.insert(name.to_string(), (kind.to_string(), BTreeSet::new()));
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let name_end = line.find(['{', ' ']).expect("sample line");
+            let name = &line[..name_end];
+            series.insert(name.to_string());
+            let family = families
+                .keys()
+                .filter(|f| name == f.as_str() || name.strip_prefix(f.as_str()).is_some_and(|s| s.starts_with('_')))
+                .max_by_key(|f| f.len())
+                .cloned();
+            if let (Some(family), Some(labels)) = (family, line[name_end..].strip_prefix('{')) {
+                let labels = &labels[..labels.rfind('}').expect("label set end")];
+                let entry = &mut families.get_mut(&family).expect("family").1;
+                for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                    let key = pair.split('=').next().expect("label").trim();
+                    if key != "le" {
+                        entry.insert(key.to_string());
+                    }
+                }
+            }
+        }
+    }
+    (series, families)
+}
+
+/// Runs the embedded quick-start and returns its /metrics once every
+/// metric in `wanted` is exposed (or after 20 s, whatever it exposes then).
+fn quickstart_metrics(wanted: &BTreeSet<String>) -> String {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let _quickstart = Quickstart(
+        Command::new(env!("CARGO_BIN_EXE_regionflow"))
+            .args(["quickstart", "--metrics-listen", &address, "--duration", "40s", "--rate", "2000"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run regionflow quickstart"),
+    );
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Ok((200, text)) = http_get(&address, "/metrics") {
+            let (series, _) = parse_exposition(&text);
+            last = text;
+            if wanted.iter().all(|w| series.contains(w)) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!last.is_empty(), "regionflow quickstart did not serve /metrics on {address} within 20s");
+    last
+}
+
+// ---------------------------------------------------------------- expressions
+
+/// Every PromQL expression of the dashboards (panels and variables) and of
+/// the rules: (where, expression).
+fn all_expressions() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for path in dashboard_files() {
+        for q in dashboard_queries(&path) {
+            out.push((q.to_string(), q.expr));
+        }
+        let dashboard = load_dashboard(&path);
+        for (name, query) in variable_queries(&dashboard) {
+            out.push((format!("{} variable {name}", path.display()), query));
+        }
+    }
+    for rule in rules() {
+        let what = rule["record"].as_str().or(rule["alert"].as_str()).expect("record or alert").to_string();
+        out.push((format!("rule {what}"), str_of(&rule["expr"], &what).to_string()));
+    }
+    out
+}
+
+/// Every rule of prometheus/rules/regionflow.yml.
+fn rules() -> Vec<Value> {
+    let file = yaml_file("prometheus/rules/regionflow.yml");
+    let groups = file["groups"].as_array().expect("groups");
+    groups.iter().flat_map(|g| g["rules"].as_array().expect("rules").clone()).collect()
+}
+
+fn recorded_names() -> BTreeSet<String> {
+    rules().iter().filter_map(|r| r["record"].as_str().map(String::from)).collect()
+}
+
+// ---------------------------------------------------------------- dashboards
+
+#[test]
+fn dashboards_are_well_formed() {
+    for path in dashboard_files() {
+        let file = path.display().to_string();
+        let dashboard = load_dashboard(&path);
+        assert!(dashboard["uid"].as_str().is_some_and(|u| !u.is_empty()), "{file}: needs a fixed uid");
+        assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()), "{file}: needs a title");
+
+        let mut ids = BTreeSet::new();
+        for panel in all_panels(&dashboard) {
+            let id = panel["id"].as_i64().unwrap_or_else(|| panic!("{file}: panel without an id: {}", panel["title"]));
+            assert!(ids.insert(id), "{file}: panel id {id} is used twice");
+            if panel["type"] == "row" {
+                continue;
+            }
+            let title = panel["title"].as_str().unwrap_or_default();
+            assert_eq!(panel["datasource"]["uid"], DATASOURCE, "{file} panel {id} {title:?}: datasource");
+            let targets = panel["targets"].as_array().unwrap_or_else(|| panic!("{file} panel {id}: no targets"));
+            assert!(!targets.is_empty(), "{file} panel {id} {title:?}: no targets");
+            for target in targets {
+                assert_eq!(target["datasource"]["uid"], DATASOURCE, "{file} panel {id} {title:?}: target datasource");
+                assert!(target["expr"].as_str().is_some_and(|e| !e.trim().is_empty()), "{file} panel {id}: empty expr");
+            }
+        }
+
+        let variables = dashboard["templating"]["list"].as_array().expect("templating.list");
+        let variable = |name: &str| {
+            variables.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("{file}: no `{name}` variable"))
+        };
+        let datasource = variable("datasource");
+        assert_eq!(datasource["type"], "datasource", "{file}: `datasource` variable type");
+        assert_eq!(datasource["query"], "prometheus", "{file}: `datasource` variable lists Prometheus datasources");
+        if let Some(current) = datasource["current"]["value"].as_str() {
+            assert_eq!(current, DATASOURCE_UID, "{file}: default datasource is the provisioned one");
+        }
+        let pipeline = variable("pipeline");
+        assert_eq!(pipeline["type"], "query", "{file}: `pipeline` variable type");
+        assert_eq!(pipeline["multi"], true, "{file}: `pipeline` is multi-value");
+        assert_eq!(pipeline["includeAll"], true, "{file}: `pipeline` includes All");
+        for v in variables.iter().filter(|v| v["type"] == "query") {
+            assert_eq!(v["datasource"]["uid"], DATASOURCE, "{file}: variable {} datasource", v["name"]);
+        }
+        let queries = variable_queries(&dashboard);
+        let pipeline_query = &queries.iter().find(|(n, _)| n == "pipeline").expect("pipeline query").1;
+        assert_eq!(pipeline_query, "label_values(regionflow_records_in_total, pipeline)", "{file}: pipeline values");
+
+        // No hard-coded instances, jobs or addresses anywhere in the dashboard.
+        let text = fs::read_to_string(&path).expect("dashboard text");
+        for forbidden in ["instance=", "instance!=", "job=", "job!=", "localhost", "127.0.0.1"] {
+            let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+            assert!(!compact.contains(forbidden), "{file}: hard-coded `{forbidden}`");
+        }
+        for q in dashboard_queries(&path) {
+            let host_port = q.expr.split(|c: char| !(c.is_ascii_alphanumeric() || ".:-".contains(c))).find(|w| {
+                w.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.len() >= 2 && p.parse::<u16>().is_ok())
+            });
+            assert!(host_port.is_none(), "{q}: hard-coded address {host_port:?} in {}", q.expr);
+        }
+    }
+}
+
+#[test]
+fn dashboards_and_rules_use_metrics_the_connector_exposes() {
+    let expressions = all_expressions();
+    let recorded = recorded_names();
+    let source = read("src/metrics/mod.rs");
+    let mut referenced = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (what, expr) in &expressions {
+        let names = metric_names(expr);
+        if names.is_empty() {
+            problems.push(format!("{what}: reads no regionflow metric: {expr}"));
+        }
+        for name in names {
+            if name.contains(':') {
+                if !recorded.contains(&name) {
+                    problems.push(format!("{what}: `{name}` is not recorded by any rule"));
+                }
+            } else if name != "up" {
+                referenced.insert(name);
+            }
+        }
+    }
+    // Defined in the one place metrics are defined.
+    for name in &referenced {
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        if !source.contains(&format!("\"{family}\"")) {
+            problems.push(format!("`{name}` is not defined in src/metrics/mod.rs"));
+        }
+    }
+    // Exposed by a running connector.
+    let text = quickstart_metrics(&referenced);
+    let (series, families) = parse_exposition(&text);
+    for name in &referenced {
+        if !series.contains(name) {
+            problems.push(format!("`{name}` is not in a running connector's /metrics"));
+        }
+    }
+    // Every exposed family has a place on a dashboard.
+    let dashboard_text: String =
+        dashboard_files().iter().map(|p| fs::read_to_string(p).expect("dashboard")).collect::<Vec<_>>().join("\n");
+    for family in families.keys() {
+        if !dashboard_text.contains(family.as_str()) {
+            problems.push(format!("`{family}` is exposed but no dashboard panel shows it"));
+        }
+    }
+    // Panels filter every pipeline- or region-labelled metric by its variable.
+    for path in dashboard_files() {
+        for q in dashboard_queries(&path) {
+            for (name, matchers) in selectors(&q.expr) {
+                let family = families
+                    .keys()
+                    .filter(|f| name == **f || name.strip_prefix(f.as_str()).is_some_and(|s| s.starts_with('_')))
+                    .max_by_key(|f| f.len());
+                let Some(family) = family else { continue };
+                let labels = &families[family].1;
+                let compact: String = matchers.chars().filter(|c| !c.is_whitespace()).collect();
+                if labels.contains("pipeline") && !compact.contains("pipeline=~\"$pipeline\"") {
+                    problems.push(format!("{q}: `{name}` is not filtered by pipeline=~\"$pipeline\""));
+                } else if !labels.contains("pipeline")
+                    && labels.contains("region")
+                    && !compact.contains("region=~\"$region\"")
+                {
+                    problems.push(format!("{q}: `{name}` is not filtered by region=~\"$region\""));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{} problem(s):\n  - {}", problems.len(), problems.join("\n  - "));
+}
+
+// ---------------------------------------------------------------- Prometheus
+
+fn promtool(args: &[&str], dir: &Path) -> String {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run promtool (scripts/setup-test-deps.sh installs it): {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool {} failed:\n{text}", args.join(" "));
+    text
+}
+
+#[test]
+fn prometheus_files_pass_promtool() {
+    let root = repo_root();
+    promtool(&["check", "rules", "prometheus/rules/regionflow.yml"], &root);
+    promtool(&["test", "rules", "prometheus/tests/regionflow_test.yml"], &root);
+    // Rule files are found relative to the config, as in the container.
+    promtool(&["check", "config", "prometheus.yml"], &root.join("prometheus"));
+}
+
+#[test]
+fn alerts_are_actionable_and_testable() {
+    let rules = rules();
+    let alerts: Vec<&Value> = rules.iter().filter(|r| r["alert"].is_string()).collect();
+    assert!(!alerts.is_empty(), "no alerting rules");
+    let names: BTreeSet<&str> = alerts.iter().map(|a| a["alert"].as_str().expect("name")).collect();
+    for wanted in [
+        "RegionflowCheckpointStalled",
+        "RegionflowWatermarkLagGrowing",
+        "RegionflowDeadLetterRateHigh",
+        "RegionflowRepeatedPartitionTakeovers",
+        "RegionflowRedisRepeatedFailovers",
+        "RegionflowRedisWriteErrors",
+        "RegionflowPipelineUnowned",
+        "RegionflowTaskFailures",
+        "RegionflowConnectorDown",
+    ] {
+        assert!(names.contains(wanted), "alert {wanted} is missing");
+    }
+    let unit_tests = read("prometheus/tests/regionflow_test.yml");
+    for alert in &alerts {
+        let name = alert["alert"].as_str().expect("name");
+        let severity = alert["labels"]["severity"].as_str().unwrap_or_default();
+        assert!(["critical", "warning"].contains(&severity), "{name}: severity critical or warning, got {severity:?}");
+        for key in ["summary", "description", "runbook"] {
+            assert!(
+                alert["annotations"][key].as_str().is_some_and(|s| !s.trim().is_empty()),
+                "{name}: annotation `{key}` missing"
+            );
+        }
+        let expr = str_of(&alert["expr"], name);
+        for forbidden in ["instance=", "job="] {
+            let compact: String = expr.chars().filter(|c| !c.is_whitespace()).collect();
+            assert!(!compact.contains(forbidden), "{name}: hard-coded `{forbidden}` in {expr}");
+        }
+        // The documented form: each signal, without its threshold, must be a
+        // plain expression tests/observability.rs can evaluate.
+        for signal in alert_signals(expr) {
+            assert!(!metric_names(&signal).is_empty(), "{name}: signal `{signal}` reads no metric");
+            for op in [" > ", " < ", " >= ", " <= ", " == ", " != "] {
+                assert!(!signal.contains(op), "{name}: signal `{signal}` still compares ({op}); see the rules' header");
+            }
+        }
+        if severity == "critical" {
+            assert!(unit_tests.contains(&format!("alertname: {name}")), "{name}: no unit test in regionflow_test.yml");
+        }
+    }
+}
+
+// ---------------------------------------------------------------- Grafana provisioning
+
+#[test]
+fn grafana_provisioning_matches_the_compose_stack() {
+    let datasources = yaml_file("grafana/provisioning/datasources/prometheus.yml");
+    let datasource = &datasources["datasources"][0];
+    assert_eq!(datasource["uid"], DATASOURCE_UID);
+    assert_eq!(datasource["type"], "prometheus");
+    let url = str_of(&datasource["url"], "datasource url");
+    let compose = yaml_file("docker/compose.yml");
+    let services = compose["services"].as_object().expect("services");
+    let host = url.trim_start_matches("http://").split(':').next().expect("host");
+    assert!(services.contains_key(host), "datasource url {url}: no compose service `{host}`");
+    assert_eq!(port_of(url.trim_end_matches('/')), 9090, "Prometheus listens on 9090");
+
+    let providers = yaml_file("grafana/provisioning/dashboards/regionflow.yml");
+    let provider = &providers["providers"][0];
+    assert_eq!(provider["type"], "file");
+    let dashboards_path = str_of(&provider["options"]["path"], "provider path");
+    assert_eq!(dashboards_path, "/var/lib/grafana/dashboards");
+
+    let mounts = volume_mounts(&services["grafana"]);
+    assert_eq!(
+        mounts.get("/var/lib/grafana/dashboards").map(String::as_str),
+        Some("../grafana/dashboards"),
+        "grafana mounts the dashboards where the provider looks"
+    );
+    assert_eq!(mounts.get("/etc/grafana/provisioning").map(String::as_str), Some("../grafana/provisioning"));
+}
+
+// ---------------------------------------------------------------- compose
+
+/// Container path → host path of a service's bind mounts (relative to docker/).
+fn volume_mounts(service: &Value) -> BTreeMap<String, String> {
+    string_list(&service["volumes"])
+        .iter()
+        .filter_map(|v| {
+            let mut parts = v.split(':');
+            let (source, target) = (parts.next()?, parts.next()?);
+            (source.starts_with('.') || source.starts_with('/')).then(|| (target.to_string(), source.to_string()))
+        })
+        .collect()
+}
+
+fn environment(service: &Value) -> Vec<(String, String)> {
+    match &service["environment"] {
+        Value::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map(String::from).unwrap_or_else(|| v.to_string())))
+            .collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| {
+                let (k, v) = i.as_str().expect("KEY=value").split_once('=').expect("KEY=value");
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn shell_text(service: &Value) -> String {
+    format!("{} {}", string_list(&service["entrypoint"]).join(" "), string_list(&service["command"]).join(" "))
+}
+
+/// The words of a shell script (names, flags, host names; not punctuation).
+fn shell_words(script: &str) -> BTreeSet<&str> {
+    script.split(|c: char| !(c.is_ascii_alphanumeric() || "._-".contains(c))).filter(|w| !w.is_empty()).collect()
+}
+
+#[test]
+fn compose_stack_is_consistent_with_the_connector_config() {
+    let docker = repo_root().join("docker");
+    let compose = yaml_file("docker/compose.yml");
+    let services = compose["services"].as_object().expect("services");
+
+    // Every file the stack mounts or builds from exists.
+    for (name, service) in services {
+        for (target, source) in volume_mounts(service) {
+            assert!(docker.join(&source).exists(), "service {name}: mounted {source} (→ {target}) does not exist");
+        }
+        if let Some(build) = service.get("build") {
+            let context = docker.join(str_of(&build["context"], "build context"));
+            assert!(context.join("Cargo.toml").exists(), "service {name}: build context is not the repository root");
+            let dockerfile = context.join(str_of(&build["dockerfile"], "dockerfile"));
+            assert!(dockerfile.exists(), "service {name}: {} does not exist", dockerfile.display());
+        }
+        let image = service["image"].as_str().unwrap_or_default();
+        assert!(!image.is_empty(), "service {name}: no image");
+        assert!(image.contains(':') && !image.ends_with(":latest"), "service {name}: pin the image tag ({image})");
+    }
+
+    // The connectors: `regionflow run`, two or more, one config file.
+    let connectors: Vec<(&String, &Value)> =
+        services.iter().filter(|(_, s)| string_list(&s["command"]).first().is_some_and(|c| c == "run")).collect();
+    let replicas: i64 = connectors.iter().map(|(_, s)| s["deploy"]["replicas"].as_i64().unwrap_or(1)).sum();
+    assert!(replicas >= 2, "the stack runs {replicas} connector(s); it should run two or more");
+    let mut resolved_configs = Vec::new();
+    for (name, service) in &connectors {
+        let args = string_list(&service["command"]);
+        let config_path = flag(&args, "--config").unwrap_or_else(|| panic!("{name}: run without --config"));
+        let mounts = volume_mounts(service);
+        let source =
+            mounts.get(config_path).unwrap_or_else(|| panic!("{name}: --config {config_path} is not a mounted file"));
+        assert_eq!(source, "./regionflow.toml", "{name}: mounts docker/regionflow.toml");
+        // The connector's configuration as it will run: the file plus the
+        // service's environment overrides.
+        let settings = validate(&docker.join(source), &environment(service));
+        resolved_configs.push(resolved(&settings));
+        assert!(
+            service["stop_grace_period"].as_str().is_some_and(|g| humantime::parse_duration(g).is_ok()),
+            "{name}: set stop_grace_period above connector.shutdown_timeout"
+        );
+        let grace = humantime::parse_duration(service["stop_grace_period"].as_str().expect("grace")).expect("grace");
+        assert!(grace > resolved_configs.last().expect("config").shutdown_timeout, "{name}: stop_grace_period");
+    }
+    let config = &resolved_configs[0];
+
+    // Kafka: the brokers are the kafka service's advertised listener.
+    for broker in config.brokers.split(',') {
+        let (host, _) = broker.rsplit_once(':').expect("host:port");
+        let kafka = services.get(host).unwrap_or_else(|| panic!("kafka.brokers {broker}: no service `{host}`"));
+        let advertised = environment(kafka)
+            .into_iter()
+            .find(|(k, _)| k == "KAFKA_ADVERTISED_LISTENERS")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        assert!(
+            advertised.contains(&format!("//{broker}")),
+            "kafka advertises {advertised:?}, connectors use {broker}"
+        );
+    }
+    // The topic creator creates every source and dead-letter topic.
+    let init = shell_text(&services["kafka-init"]);
+    for topic in config.topics.iter().chain(&config.dlq_topics) {
+        assert!(shell_words(&init).contains(topic.as_str()), "kafka-init does not create topic {topic}");
+    }
+    // The load generator writes to the pipeline's topic on the same brokers.
+    let generator: Vec<String> = string_list(&services["generator"]["command"]);
+    assert_eq!(generator.first().map(String::as_str), Some("generate"));
+    assert_eq!(flag(&generator, "--brokers"), Some(config.brokers.as_str()), "generator brokers");
+    let topic = flag(&generator, "--topic").expect("generator --topic");
+    assert!(config.topics.iter().any(|t| t == topic), "generator topic {topic} is no pipeline's source");
+    assert_eq!(services["generator"]["healthcheck"]["disable"], true, "the generator serves no health endpoint");
+
+    // Redis: six cluster nodes, all of them seeds, all joined by the init service.
+    let redis_services: BTreeSet<String> = services
+        .iter()
+        .filter(|(_, s)| string_list(&s["command"]).windows(2).any(|w| w[0] == "--cluster-enabled" && w[1] == "yes"))
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert_eq!(redis_services.len(), 6, "a six-node Redis Cluster: {redis_services:?}");
+    let seeds: BTreeSet<String> = config
+        .redis_nodes
+        .iter()
+        .map(|url| {
+            let host_port = url.trim_start_matches("redis://");
+            let (host, port) = host_port.rsplit_once(':').expect("host:port");
+            let command = string_list(&services.get(host).unwrap_or_else(|| panic!("{url}: no service"))["command"]);
+            assert_eq!(flag(&command, "--port").unwrap_or("6379"), port, "{url}: port of service {host}");
+            host.to_string()
+        })
+        .collect();
+    assert_eq!(seeds, redis_services, "redis.nodes lists every cluster node");
+    let init = shell_text(&services["redis-cluster-init"]);
+    assert!(init.contains("--cluster create") && init.contains("--cluster-replicas 1"), "redis-cluster-init");
+    for node in &redis_services {
+        assert!(shell_words(&init).contains(node.as_str()), "redis-cluster-init does not join {node}");
+    }
+
+    // Prometheus scrapes the connectors' service on metrics.listen's port,
+    // with the rules mounted where its config expects them.
+    let prometheus = &services["prometheus"];
+    let mounts = volume_mounts(prometheus);
+    assert_eq!(mounts.get("/etc/prometheus").map(String::as_str), Some("../prometheus"));
+    let args = string_list(&prometheus["command"]);
+    assert!(args.iter().any(|a| a == "--config.file=/etc/prometheus/prometheus.yml"), "prometheus --config.file");
+    let scrape = yaml_file("prometheus/prometheus.yml");
+    let job = scrape["scrape_configs"]
+        .as_array()
+        .expect("scrape_configs")
+        .iter()
+        .find(|j| j["job_name"] == "regionflow")
+        .expect("a regionflow scrape job");
+    let sd = &job["dns_sd_configs"][0];
+    assert_eq!(sd["port"].as_u64(), Some(config.metrics_port as u64), "scrape port = metrics.listen port");
+    let scraped: Vec<String> = string_list(&sd["names"]);
+    for (name, _) in &connectors {
+        assert!(scraped.contains(name), "Prometheus does not discover connector service {name}");
+    }
+    for c in &resolved_configs {
+        assert_eq!(c.metrics_port, config.metrics_port, "all connectors serve metrics on one port");
+    }
+}
+
+#[test]
+fn docker_compose_accepts_the_file_when_available() {
+    let available =
+        Command::new("docker").args(["compose", "version"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if !available {
+        eprintln!("SKIPPED: `docker compose` is not installed; docker/compose.yml was checked by the YAML parser only");
+        return;
+    }
+    let out = Command::new("docker")
+        .args(["compose", "-f", "docker/compose.yml", "config", "--quiet"])
+        .current_dir(repo_root())
+        .output()
+        .expect("docker compose config");
+    assert!(out.status.success(), "docker compose config:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+// ---------------------------------------------------------------- Dockerfile
+
+/// Instructions of a Dockerfile: (INSTRUCTION, arguments), continuation
+/// lines joined, comments dropped.
+fn dockerfile_instructions(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if trimmed.starts_with('#') {
+            continue;
+        }
+        if let Some(part) = trimmed.strip_suffix('\\') {
+            current.push_str(part);
+            current.push(' ');
+            continue;
+        }
+        current.push_str(trimmed);
+        let (instruction, args) = current.split_once(char::is_whitespace).unwrap_or((&current, ""));
+        out.push((instruction.to_uppercase(), args.trim().to_string()));
+        current.clear();
+    }
+    out
+}
+
+#[test]
+fn dockerfile_builds_from_existing_files_and_matches_the_config() {
+    let root = repo_root();
+    let text = read("docker/Dockerfile");
+    let instructions = dockerfile_instructions(&text);
+    let config = resolved(&validate(&root.join("docker/regionflow.toml"), &[]));
+
+    let args: BTreeMap<String, String> = instructions
+        .iter()
+        .filter(|(i, _)| i == "ARG")
+        .filter_map(|(_, a)| a.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let expand = |s: &str| args.iter().fold(s.to_string(), |s, (k, v)| s.replace(&format!("${{{k}}}"), v));
+    let stages: Vec<String> = instructions.iter().filter(|(i, _)| i == "FROM").map(|(_, a)| expand(a)).collect();
+    assert!(stages.len() >= 2, "a multi-stage build: {stages:?}");
+    assert!(stages[0].starts_with("rust:") && stages[0].contains("bookworm"), "builder on Debian bookworm: {stages:?}");
+    assert!(stages.last().expect("stage").starts_with("debian:bookworm-slim"), "runtime stage: {stages:?}");
+
+    // COPY sources exist in the build context, and the context holds what
+    // the build reads: include_str!/include_bytes! targets and any explicit
+    // Cargo targets (a missing [[bench]] file fails `cargo build`).
+    let mut copied = Vec::new();
+    for (_, args) in instructions.iter().filter(|(i, _)| i == "COPY") {
+        let words: Vec<&str> = args.split_whitespace().collect();
+        if words.iter().any(|w| w.starts_with("--from")) {
+            continue;
+        }
+        let paths: Vec<&str> = words.iter().copied().filter(|w| !w.starts_with("--")).collect();
+        for source in &paths[..paths.len() - 1] {
+            assert!(root.join(source).exists(), "COPY source {source} does not exist in the build context");
+            copied.push(root.join(source));
+        }
+    }
+    let is_copied = |path: &Path| copied.iter().any(|c| path.starts_with(c));
+    let mut needed = vec![root.join("Cargo.toml"), root.join("Cargo.lock"), root.join("src/main.rs")];
+    let manifest: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml");
+    if let Some(build) = manifest["package"].get("build").and_then(|b| b.as_str()) {
+        needed.push(root.join(build));
+    } else if root.join("build.rs").exists() {
+        needed.push(root.join("build.rs"));
+    }
+    for (section, dir) in [("bench", "benches"), ("test", "tests"), ("example", "examples"), ("bin", "src/bin")] {
+        for target in manifest.get(section).and_then(|t| t.as_array()).into_iter().flatten() {
+            let path = target.get("path").and_then(|p| p.as_str()).map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(format!("{dir}/{}.rs", target["name"].as_str().expect("target name")))
+            });
+            needed.push(root.join(path));
+        }
+    }
+    let mut sources = vec![root.join("src")];
+    while let Some(dir) = sources.pop() {
+        for entry in fs::read_dir(&dir).expect("source dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                sources.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let code = fs::read_to_string(&path).expect("source file");
+                for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+                    for (at, _) in code.match_indices(macro_name) {
+                        let rest = &code[at + macro_name.len()..];
+                        let included = &rest[..rest.find('"').expect("closing quote")];
+                        needed.push(path.parent().expect("dir").join(included));
+                    }
+                }
+            }
+        }
+    }
+    for path in needed {
+        assert!(is_copied(&path), "the image build needs {} but docker/Dockerfile does not COPY it", path.display());
+    }
+
+    // Runtime: non-root, CA certificates only, health check and port = metrics.listen.
+    let runtime_start = instructions.iter().rposition(|(i, _)| i == "FROM").expect("FROM");
+    let runtime = &instructions[runtime_start..];
+    let user = runtime.iter().rev().find(|(i, _)| i == "USER").map(|(_, a)| a.as_str()).expect("USER");
+    assert!(!["root", "0", "0:0"].contains(&user), "the runtime runs as root");
+    for (_, run) in runtime.iter().filter(|(i, _)| i == "RUN") {
+        if let Some(install) = run.split("apt-get install").nth(1) {
+            let packages: Vec<&str> = install
+                .split("&&")
+                .next()
+                .expect("command")
+                .split_whitespace()
+                .filter(|w| !w.starts_with('-'))
+                .collect();
+            assert_eq!(packages, ["ca-certificates"], "the runtime installs CA certificates only");
+        }
+    }
+    let expose = runtime.iter().find(|(i, _)| i == "EXPOSE").map(|(_, a)| a.clone()).expect("EXPOSE");
+    assert_eq!(expose.trim(), config.metrics_port.to_string(), "EXPOSE = metrics.listen port");
+    let health = runtime.iter().find(|(i, _)| i == "HEALTHCHECK").map(|(_, a)| a.clone()).expect("HEALTHCHECK");
+    let exec: Vec<String> = serde_json::from_str(health.split("CMD").nth(1).expect("CMD").trim()).expect("exec form");
+    assert_eq!(&exec[..2], ["regionflow", "probe"], "health check uses `regionflow probe`");
+    assert_eq!(port_of(flag(&exec, "--address").expect("--address")), config.metrics_port, "probed port");
+    let entrypoint = runtime.iter().find(|(i, _)| i == "ENTRYPOINT").map(|(_, a)| a.clone()).expect("ENTRYPOINT");
+    assert_eq!(serde_json::from_str::<Vec<String>>(&entrypoint).expect("exec form"), ["regionflow"]);
+
+    if !root.join(".dockerignore").exists() {
+        eprintln!("NOTE: no .dockerignore: `docker build .` sends target/ and .git/ to the daemon");
+    }
+}
+
+// ---------------------------------------------------------------- Kubernetes
+
+#[test]
+fn kubernetes_sidecar_example_is_consistent() {
+    let text = read("deploy/kubernetes/regionflow-sidecar.yaml");
+    let docs = yaml::parse_documents(&text).unwrap_or_else(|e| panic!("regionflow-sidecar.yaml: {e}"));
+    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"));
+    let config_map = find("ConfigMap");
+    let deployment = find("Deployment");
+    let pod = &deployment["spec"]["template"];
+    assert_eq!(
+        deployment["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"],
+        "the Deployment selects its pods"
+    );
+    let spec = &pod["spec"];
+    let sidecar = spec["initContainers"]
+        .as_array()
+        .expect("initContainers")
+        .iter()
+        .find(|c| c["name"] == "regionflow")
+        .expect("a regionflow init container");
+    assert_eq!(sidecar["restartPolicy"], "Always", "native sidecar: init container with restartPolicy Always");
+    assert!(!spec["containers"].as_array().expect("containers").is_empty(), "the pod runs the application too");
+
+    // The configuration: a ConfigMap file, valid with the container's env.
+    let args = string_list(&sidecar["args"]);
+    assert_eq!(args.first().map(String::as_str), Some("run"));
+    let config_path = flag(&args, "--config").expect("--config");
+    let mount = sidecar["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| config_path.starts_with(str_of(&m["mountPath"], "mountPath")))
+        .expect("the config file is on a mounted volume");
+    let volume = spec["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    assert_eq!(volume["configMap"]["name"], config_map["metadata"]["name"], "mounted from the ConfigMap");
+    let file_name = config_path.rsplit('/').next().expect("file name");
+    let key = volume["configMap"]["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["path"] == file_name))
+        .map(|i| str_of(&i["key"], "key").to_string())
+        .unwrap_or_else(|| file_name.to_string());
+    let toml_text = str_of(&config_map["data"][&key], "ConfigMap data");
+    let env: Vec<(String, String)> = sidecar["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?.to_string(), e["value"].as_str()?.to_string())))
+        .collect();
+    for wanted in ["REGIONFLOW__KAFKA__BROKERS", "REGIONFLOW__REDIS__NODES"] {
+        assert!(env.iter().any(|(k, _)| k == wanted), "sidecar env override {wanted}");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join(file_name);
+    fs::write(&file, toml_text).expect("write ConfigMap TOML");
+    let settings = validate(&file, &env);
+    let config = resolved(&settings);
+    let env_value = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).expect("env");
+    assert_eq!(config.brokers, env_value("REGIONFLOW__KAFKA__BROKERS"), "brokers come from the environment");
+    assert_eq!(config.redis_nodes.join(","), env_value("REGIONFLOW__REDIS__NODES"), "nodes come from the environment");
+
+    // Probes and ports agree with metrics.listen.
+    let port_number = |port: &Value| -> u64 {
+        match port {
+            Value::Number(n) => n.as_u64().expect("port number"),
+            Value::String(name) => sidecar["ports"]
+                .as_array()
+                .expect("ports")
+                .iter()
+                .find(|p| p["name"] == name.as_str())
+                .and_then(|p| p["containerPort"].as_u64())
+                .unwrap_or_else(|| panic!("no container port named {name}")),
+            other => panic!("probe port {other}"),
+        }
+    };
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &sidecar[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe} path");
+        assert_eq!(port_number(&get["port"]), config.metrics_port as u64, "{probe} port");
+    }
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], config.metrics_port.to_string(), "scrape annotation port");
+    let grace = spec["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
+    assert!(grace > config.shutdown_timeout.as_secs(), "grace period covers connector.shutdown_timeout");
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+}
+
+// ---------------------------------------------------------------- YAML
+
+/// A strict parser for the YAML subset of this repository's deployment
+/// files, into `serde_json::Value`: block mappings and sequences (including
+/// `- key: value` items), plain/single/double-quoted scalars, one-line flow
+/// sequences and mappings, `|`/`>` block scalars, comments and `---`
+/// document separators. Anchors, aliases, tags, complex keys and multi-line
+/// flow or plain scalars are refused with the line number. Plain scalars
+/// resolve as in YAML 1.2's core schema (true/false, null/~, numbers).
+mod yaml {
+    use serde_json::{Map, Number, Value};
+
+    pub fn parse(src: &str) -> Result<Value, String> {
+        let mut docs = parse_documents(src)?;
+        match docs.len() {
+            1 => Ok(docs.remove(0)),
+            n => Err(format!("expected one YAML document, found {n}")),
+        }
+    }
+
+    pub fn parse_documents(src: &str) -> Result<Vec<Value>, String> {
+        let mut docs = Vec::new();
+        let mut lines: Vec<String> = Vec::new();
+        let mut first = 1;
+        for (i, line) in src.lines().enumerate() {
+            if line == "---" || line.starts_with("--- ") {
+                if lines.iter().any(|l| !is_blank(l)) {
+                    docs.push(Parser { lines: std::mem::take(&mut lines), pos: 0, first }.document()?);
+                }
+                lines.clear();
+                first = i + 2;
+            } else {
+                lines.push(line.to_string());
+            }
+        }
+        if lines.iter().any(|l| !is_blank(l)) {
+            docs.push(Parser { lines, pos: 0, first }.document()?);
+        }
+        Ok(docs)
+    }
+
+    fn indent(line: &str) -> usize {
+        line.len() - line.trim_start_matches(' ').len()
+    }
+
+    /// Drops a comment: `#` at the start or after whitespace, outside quotes.
+    fn strip_comment(text: &str) -> &str {
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        for (i, c) in text.char_indices() {
+            match quote {
+                Some('"') if c == '\\' => {}
+                Some(q) if c == q && !(q == '"' && prev == '\\') => quote = None,
+                Some(_) => {}
+                None if c == '"' || c == '\'' => quote = Some(c),
+                None if c == '#' && prev.is_whitespace() => return &text[..i],
+                None => {}
+            }
+            prev = c;
+        }
+        text
+    }
+
+    fn is_blank(line: &str) -> bool {
+        strip_comment(line).trim().is_empty()
+    }
+
+    fn is_item(text: &str) -> bool {
+        text == "-" || text.starts_with("- ")
+    }
+
+    /// `key: value` → (key, value) when `text` is a mapping entry.
+    fn split_key(text: &str) -> Option<(&str, &str)> {
+        if text.starts_with('"') || text.starts_with('\'') {
+            let q = text.chars().next().expect("quote");
+            let end = text[1..].find(q)? + 1;
+            let rest = &text[end + 1..];
+            let value = rest.strip_prefix(':')?;
+            return (value.is_empty() || value.starts_with(' ')).then(|| (&text[..=end], value.trim()));
+        }
+        if text.starts_with('[') || text.starts_with('{') {
+            return None;
+        }
+        let bytes = text.as_bytes();
+        (0..bytes.len())
+            .find(|&i| bytes[i] == b':' && (i + 1 == bytes.len() || bytes[i + 1] == b' '))
+            .map(|i| (&text[..i], text[i + 1..].trim()))
+    }
+
+    struct Parser {
+        lines: Vec<String>,
+        pos: usize,
+        first: usize,
+    }
+
+    impl Parser {
+        fn err(&self, message: &str) -> String {
+            format!("YAML line {}: {message}", self.first + self.pos)
+        }
+
+        /// The next non-blank line: (indentation, content without comment).
+        fn peek(&mut self) -> Result<Option<(usize, String)>, String> {
+            while self.pos < self.lines.len() && is_blank(&self.lines[self.pos]) {
+                self.pos += 1;
+            }
+            let Some(line) = self.lines.get(self.pos) else { return Ok(None) };
+            if line.starts_with('\t') {
+                return Err(self.err("tabs are not allowed for indentation"));
+            }
+            let n = indent(line);
+            Ok(Some((n, strip_comment(&line[n..]).trim_end().to_string())))
+        }
+
+        fn document(mut self) -> Result<Value, String> {
+            let value = self.node(0)?;
+            if let Some((_, text)) = self.peek()? {
+                return Err(self.err(&format!("unexpected content {text:?}")));
+            }
+            Ok(value)
+        }
+
+        fn node(&mut self, min_indent: usize) -> Result<Value, String> {
+            let Some((n, text)) = self.peek()? else { return Ok(Value::Null) };
+            if n < min_indent {
+                return Ok(Value::Null);
+            }
+            if is_item(&text) {
+                self.sequence(n)
+            } else if split_key(&text).is_some() {
+                self.mapping(n)
+            } else {
+                self.pos += 1;
+                let value = scalar(&text).map_err(|e| self.err(&e))?;
+                self.no_continuation(n)?;
+                Ok(value)
+            }
+        }
+
+        fn no_continuation(&mut self, n: usize) -> Result<(), String> {
+            match self.peek()? {
+                Some((next, _)) if next > n => {
+                    Err(self.err("unexpected indentation (multi-line plain scalars are not supported)"))
+                }
+                _ => Ok(()),
+            }
+        }
+
+        fn sequence(&mut self, n: usize) -> Result<Value, String> {
+            let mut items = Vec::new();
+            while let Some((i, text)) = self.peek()? {
+                if i < n || !is_item(&text) {
+                    if i > n {
+                        return Err(self.err("unexpected indentation"));
+                    }
+                    break;
+                }
+                if i > n {
+                    return Err(self.err("unexpected indentation"));
+                }
+                let rest = text[1..].trim_start();
+                if rest.is_empty() {
+                    self.pos += 1;
+                    items.push(self.node(n + 1)?);
+                } else if rest.starts_with('|') || rest.starts_with('>') {
+                    self.pos += 1;
+                    items.push(self.block_scalar(rest, n)?);
+                } else {
+                    // Read the item as a node starting at its own column.
+                    let column = n + text.len() - rest.len();
+                    let line = &mut self.lines[self.pos];
+                    *line = format!("{}{}", " ".repeat(column), &line[column..]);
+                    items.push(self.node(column)?);
+                }
+            }
+            Ok(Value::Array(items))
+        }
+
+        fn mapping(&mut self, n: usize) -> Result<Value, String> {
+            let mut map = Map::new();
+            while let Some((i, text)) = self.peek()? {
+                if i < n {
+                    break;
+                }
+                if i > n {
+                    return Err(self.err("unexpected indentation"));
+                }
+                if is_item(&text) {
+                    return Err(self.err("a sequence item where a mapping key was expected"));
+                }
+                if text.starts_with("? ") || text.starts_with('&') || text.starts_with('*') || text.starts_with('!') {
+                    return Err(self.err("complex keys, anchors, aliases and tags are not supported"));
+                }
+                let (key, value) =
+                    split_key(&text).ok_or_else(|| self.err(&format!("expected `key: value`: {text}")))?;
+                let key = match scalar(key).map_err(|e| self.err(&e))? {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                self.pos += 1;
+                let value = if value.is_empty() {
+                    match self.peek()? {
+                        Some((next, _)) if next > n => self.node(next)?,
+                        Some((next, t)) if next == n && is_item(&t) => self.sequence(n)?,
+                        _ => Value::Null,
+                    }
+                } else if value.starts_with('|') || value.starts_with('>') {
+                    self.block_scalar(value, n)?
+                } else {
+                    let v = scalar(value).map_err(|e| self.err(&e))?;
+                    self.no_continuation(n)?;
+                    v
+                };
+                if map.insert(key.clone(), value).is_some() {
+                    return Err(self.err(&format!("duplicate key {key:?}")));
+                }
+            }
+            Ok(Value::Object(map))
+        }
+
+        /// A `|` or `>` block scalar (header already read) whose lines are
+        /// indented deeper than `parent`.
+        fn block_scalar(&mut self, header: &str, parent: usize) -> Result<Value, String> {
+            let (folded, chomp) = match header {
+                "|" => (false, ""),
+                "|-" => (false, "-"),
+                "|+" => (false, "+"),
+                ">" => (true, ""),
+                ">-" => (true, "-"),
+                ">+" => (true, "+"),
+                other => return Err(self.err(&format!("unsupported block scalar header {other:?}"))),
+            };
+            let mut raw = Vec::new();
+            while let Some(line) = self.lines.get(self.pos) {
+                if line.trim().is_empty() {
+                    raw.push(String::new());
+                } else if indent(line) > parent {
+                    raw.push(line.clone());
+                } else {
+                    break;
+                }
+                self.pos += 1;
+            }
+            let block_indent = raw.iter().find(|l| !l.is_empty()).map(|l| indent(l)).unwrap_or(parent + 1);
+            let mut lines = Vec::new();
+            for line in &raw {
+                if line.is_empty() {
+                    lines.push(String::new());
+                } else if indent(line) < block_indent {
+                    return Err(self.err("block scalar line indented less than its first line"));
+                } else {
+                    lines.push(line[block_indent..].to_string());
+                }
+            }
+            let trailing = lines.iter().rev().take_while(|l| l.is_empty()).count();
+            let body = &lines[..lines.len() - trailing];
+            let mut text = if folded {
+                let mut out = String::new();
+                for (i, line) in body.iter().enumerate() {
+                    if i > 0 {
+                        out.push(if line.is_empty() || body[i - 1].is_empty() { '\n' } else { ' ' });
+                    }
+                    out.push_str(line);
+                }
+                out
+            } else {
+                body.join("\n")
+            };
+            match chomp {
+                "-" => {}
+                "+" => text.push_str(&"\n".repeat(trailing + 1)),
+                _ if !body.is_empty() => text.push('\n'),
+                _ => {}
+            }
+            Ok(Value::String(text))
+        }
+    }
+
+    /// A scalar or one-line flow collection.
+    pub fn scalar(text: &str) -> Result<Value, String> {
+        let chars: Vec<char> = text.trim().chars().collect();
+        let mut i = 0;
+        let value = flow(&chars, &mut i, false)?;
+        skip_spaces(&chars, &mut i);
+        if i != chars.len() {
+            return Err(format!("unexpected {:?} after a value in {text:?}", chars[i..].iter().collect::<String>()));
+        }
+        Ok(value)
+    }
+
+    fn skip_spaces(chars: &[char], i: &mut usize) {
+        while *i < chars.len() && chars[*i] == ' ' {
+            *i += 1;
+        }
+    }
+
+    fn flow(chars: &[char], i: &mut usize, nested: bool) -> Result<Value, String> {
+        skip_spaces(chars, i);
+        match chars.get(*i) {
+            None => Ok(Value::Null),
+            Some('"') => double_quoted(chars, i),
+            Some('\'') => {
+                let mut out = String::new();
+                *i += 1;
+                loop {
+                    match chars.get(*i) {
+                        None => return Err("unterminated single-quoted string".into()),
+                        Some('\'') if chars.get(*i + 1) == Some(&'\'') => {
+                            out.push('\'');
+                            *i += 2;
+                        }
+                        Some('\'') => {
+                            *i += 1;
+                            return Ok(Value::String(out));
+                        }
+                        Some(&c) => {
+                            out.push(c);
+                            *i += 1;
+                        }
+                    }
+                }
+            }
+            Some('[') => {
+                *i += 1;
+                let mut items = Vec::new();
+                loop {
+                    skip_spaces(chars, i);
+                    if chars.get(*i) == Some(&']') {
+                        *i += 1;
+                        return Ok(Value::Array(items));
+                    }
+                    items.push(flow(chars, i, true)?);
+                    skip_spaces(chars, i);
+                    match chars.get(*i) {
+                        Some(',') => *i += 1,
+                        Some(']') => {}
+                        _ => return Err("unterminated flow sequence (must fit on one line)".into()),
+                    }
+                }
+            }
+            Some('{') => {
+                *i += 1;
+                let mut map = Map::new();
+                loop {
+                    skip_spaces(chars, i);
+                    if chars.get(*i) == Some(&'}') {
+                        *i += 1;
+                        return Ok(Value::Object(map));
+                    }
+                    let key = match flow(chars, i, true)? {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    skip_spaces(chars, i);
+                    if chars.get(*i) != Some(&':') {
+                        return Err("expected `:` in a flow mapping".into());
+                    }
+                    *i += 1;
+                    let value = flow(chars, i, true)?;
+                    map.insert(key, value);
+                    skip_spaces(chars, i);
+                    match chars.get(*i) {
+                        Some(',') => *i += 1,
+                        Some('}') => {}
+                        _ => return Err("unterminated flow mapping (must fit on one line)".into()),
+                    }
+                }
+            }
+            Some('&' | '*' | '!' | '%' | '@' | '`') => Err(format!("unsupported YAML syntax at {:?}", chars[*i])),
+            Some('|' | '>') => Err("a block scalar header here is not supported".into()),
+            Some(_) => {
+                let start = *i;
+                while let Some(&c) = chars.get(*i) {
+                    let ends_key = c == ':' && chars.get(*i + 1).is_none_or(|n| *n == ' ' || *n == ',' || *n == '}');
+                    if nested && (c == ',' || c == ']' || c == '}' || ends_key) {
+                        break;
+                    }
+                    *i += 1;
+                }
+                Ok(plain(chars[start..*i].iter().collect::<String>().trim_end()))
+            }
+        }
+    }
+
+    fn double_quoted(chars: &[char], i: &mut usize) -> Result<Value, String> {
+        let mut out = String::new();
+        *i += 1;
+        loop {
+            match chars.get(*i) {
+                None => return Err("unterminated double-quoted string (must fit on one line)".into()),
+                Some('"') => {
+                    *i += 1;
+                    return Ok(Value::String(out));
+                }
+                Some('\\') => {
+                    let escaped = chars.get(*i + 1).ok_or("dangling backslash")?;
+                    match escaped {
+                        '"' | '\\' | '/' => out.push(*escaped),
+                        'n' => out.push('\n'),
+                        't' => out.push('\t'),
+                        'r' => out.push('\r'),
+                        'u' => {
+                            let hex: String = chars.get(*i + 2..*i + 6).ok_or("short \\u escape")?.iter().collect();
+                            let code = u32::from_str_radix(&hex, 16).map_err(|e| e.to_string())?;
+                            out.push(char::from_u32(code).ok_or("bad \\u escape")?);
+                            *i += 4;
+                        }
+                        other => return Err(format!("unsupported escape \\{other}")),
+                    }
+                    *i += 2;
+                }
+                Some(&c) => {
+                    out.push(c);
+                    *i += 1;
+                }
+            }
+        }
+    }
+
+    /// YAML 1.2 core schema resolution of a plain scalar.
+    fn plain(text: &str) -> Value {
+        match text {
+            "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+            "true" | "True" | "TRUE" => return Value::Bool(true),
+            "false" | "False" | "FALSE" => return Value::Bool(false),
+            _ => {}
+        }
+        let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            if let Ok(n) = text.parse::<i64>() {
+                return Value::Number(n.into());
+            }
+        }
+        let is_float = digits.bytes().all(|b| b.is_ascii_digit() || b"eE.-+".contains(&b))
+            && digits.bytes().any(|b| b.is_ascii_digit())
+            && digits.contains('.');
+        if is_float {
+            if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
+                return Value::Number(n);
+            }
+        }
+        Value::String(text.to_string())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use serde_json::json;
+
+        #[test]
+        fn parses_the_subset() {
+            let src = r#"
+# comment
+name: demo   # trailing comment
+count: 3
+ratio: 0.5
+on: true
+empty:
+quoted: "a: b # not a comment"
+single: 'it''s'
+url: http://prometheus:9090
+list:
+  - a
+  - "b"
+  - key: 1
+    other: [x, "y z", 3]
+  - - nested
+flow: {a: 1, b: [2]}
+seq_same_indent:
+- one
+- two
+block: |
+  line 1
+    indented
+  # kept
+
+  last
+folded: >-
+  a
+  b
+items:
+  - |
+    text
+  - name: x
+"#;
+            let value = parse(src).expect("parses");
+            assert_eq!(
+                value,
+                json!({
+                    "name": "demo", "count": 3, "ratio": 0.5, "on": true, "empty": null,
+                    "quoted": "a: b # not a comment", "single": "it's", "url": "http://prometheus:9090",
+                    "list": ["a", "b", {"key": 1, "other": ["x", "y z", 3]}, ["nested"]],
+                    "flow": {"a": 1, "b": [2]},
+                    "seq_same_indent": ["one", "two"],
+                    "block": "line 1\n  indented\n# kept\n\nlast\n",
+                    "folded": "a b",
+                    "items": ["text\n", {"name": "x"}]
+                })
+            );
+        }
+
+        #[test]
+        fn refuses_what_it_does_not_understand() {
+            for bad in [
+                "a: &anchor 1",
+                "a: *alias",
+                "a: !tag x",
+                "a: b\n  c",
+                "a: [1,\n  2]",
+                "a: 1\na: 2",
+                "a:\n\t- b",
+                "a: \"open",
+            ] {
+                assert!(parse(bad).is_err(), "accepted {bad:?}: {:?}", parse(bad));
+            }
+        }
+
+        #[test]
+        fn splits_documents() {
+            let docs = parse_documents("a: 1\n---\nb: 2\n---\n").expect("parses");
+            assert_eq!(docs, [json!({"a": 1}), json!({"b": 2})]);
+        }
+    }
+}

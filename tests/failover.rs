@@ -1,0 +1,341 @@
+//! Chaos: connectors (the real binary, as child processes) crash, hand over,
+//! turn zombie and restart; a Redis primary dies; Kafka brokers fail. In
+//! every case the final region must equal, entry by entry, the reference
+//! computed from the produced data, so any lost or doubled record fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::producer::FutureRecord;
+use redis::AsyncCommands;
+
+use common::connector::Connector;
+use common::kafka::Kafka;
+use common::redis_cluster::RedisCluster;
+use common::reference::{self, Order, Table};
+
+const PARTITIONS: i32 = 4;
+const DISORDER_MS: i64 = 200;
+const RECORDS: usize = 24_000;
+const PER_SECOND: usize = 2_000;
+
+struct Scenario {
+    cluster: RedisCluster,
+    kafka: Kafka,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    orders: Arc<Vec<Order>>,
+    produced: Arc<AtomicUsize>,
+}
+
+/// Orders 1 ms of event time apart, up to `DISORDER_MS` out of order (never
+/// late), keyed by order id while grouped by customer.
+fn orders(seed: u64) -> Vec<Order> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..RECORDS)
+        .map(|i| Order {
+            partition: rng.random_range(0..PARTITIONS),
+            customer: format!("c{}", rng.random_range(0..30)),
+            product: format!("p{}", rng.random_range(0..20)),
+            amount: rng.random_range(1..50_000) as f64 / 100.0,
+            ts: 1_700_000_000_000 + i as i64 - rng.random_range(0..=DISORDER_MS),
+        })
+        .collect()
+}
+
+impl Scenario {
+    fn new(seed: u64, redundancy: usize) -> Scenario {
+        common::init_logging();
+        let cluster = tokio::task::block_in_place(RedisCluster::start);
+        let kafka = Kafka::start(&[("orders", PARTITIONS)]);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("regionflow.toml");
+        let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "chaos"
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+[redis]
+nodes = [{nodes}]
+write_deadline = "90s"
+response_timeout = "2s"
+replica_timeout = "2s"
+[connector]
+flush_interval = "100ms"
+checkpoint_interval = "500ms"
+shutdown_timeout = "20s"
+[pipelines.orders]
+topics = ["orders"]
+key = {{ from = "field", pointer = "/customer" }}
+event_time = {{ from = "field", pointer = "/ts" }}
+window = {{ kind = "tumbling", size = "1s" }}
+watermark = {{ max_out_of_orderness = "{DISORDER_MS}ms", idle_timeout = "8s" }}
+region = {{ name = "orders", redundancy = {redundancy} }}
+[pipelines.orders.aggregates]
+{aggregates}
+"#,
+                brokers = kafka.brokers,
+                nodes = nodes.join(","),
+                aggregates = reference::AGGREGATES
+            ),
+        )
+        .expect("config written");
+        Scenario { cluster, kafka, dir, config, orders: Arc::new(orders(seed)), produced: Arc::default() }
+    }
+
+    fn connector(&self, name: &str) -> Connector {
+        tokio::task::block_in_place(|| Connector::start(name, &self.config, self.dir.path()))
+    }
+
+    /// Produces every order at `PER_SECOND`, in the background.
+    fn start_producing(&self) -> tokio::task::JoinHandle<()> {
+        let (producer, orders, produced) = (self.kafka.producer(), self.orders.clone(), self.produced.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            for chunk in orders.chunks(PER_SECOND / 10).collect::<Vec<_>>() {
+                tick.tick().await;
+                let values: Vec<String> = chunk
+                    .iter()
+                    .map(|o| serde_json::json!({"customer": o.customer, "product": o.product, "amount": o.amount, "ts": o.ts}).to_string())
+                    .collect();
+                let mut deliveries = Vec::new();
+                for (o, value) in chunk.iter().zip(&values) {
+                    let record = FutureRecord::to("orders").partition(o.partition).key("order").payload(value);
+                    deliveries.push(producer.send(record, Duration::from_secs(60)));
+                }
+                for d in futures::future::join_all(deliveries).await {
+                    d.expect("produced");
+                }
+                produced.fetch_add(chunk.len(), Ordering::SeqCst);
+            }
+        })
+    }
+
+    async fn wait_produced(&self, fraction: f64) {
+        let target = (RECORDS as f64 * fraction) as usize;
+        while self.produced.load(Ordering::SeqCst) < target {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn reference(&self) -> Table {
+        let (table, late) = reference::fixed_windows(&self.orders, 1_000, 1_000, 0, DISORDER_MS, false);
+        assert_eq!(late, 0, "the data set has no late records");
+        table
+    }
+
+    /// Waits until the region equals the reference; panics with the
+    /// differences after `timeout`.
+    async fn assert_region_equals_reference(&self, timeout: Duration) {
+        let expected = self.reference();
+        let client = redis::cluster::ClusterClientBuilder::new(self.cluster.urls())
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(2))
+            .build()
+            .expect("client");
+        let mut con = client.get_async_connection().await.expect("connection");
+        let deadline = Instant::now() + timeout;
+        loop {
+            let problems = self.differences(&mut con, &expected).await;
+            if problems.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} entries differ, e.g. {:?}",
+                problems.len(),
+                expected.len(),
+                &problems[..problems.len().min(5)]
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn differences(&self, con: &mut redis::cluster_async::ClusterConnection, expected: &Table) -> Vec<String> {
+        let keys = tokio::task::block_in_place(|| self.cluster.keys("rf:orders:*"));
+        let mut problems = Vec::new();
+        let want: BTreeMap<String, _> =
+            expected.iter().map(|((c, s), e)| (format!("rf:orders:{c}:{s}"), (*s, e))).collect();
+        for key in keys.iter().filter(|k| !want.contains_key(*k)) {
+            problems.push(format!("unexpected {key}"));
+        }
+        for (key, (start, e)) in &want {
+            let fields: BTreeMap<String, String> = match con.hgetall(key).await {
+                Ok(f) => f,
+                Err(err) => {
+                    problems.push(format!("{key}: {err}"));
+                    continue;
+                }
+            };
+            if fields.is_empty() {
+                problems.push(format!("missing {key}"));
+            } else if let Err(p) = reference::check_entry(&fields, *start, e) {
+                problems.push(format!("{key}: {p}"));
+            }
+        }
+        problems
+    }
+}
+
+/// Offsets at which `connector` stopped each partition gracefully, and at
+/// which `successor` restored them.
+fn handoff_offsets(stopped: &Connector, successor: &Connector) -> (BTreeMap<i64, i64>, BTreeMap<i64, i64>) {
+    let stops = stopped
+        .log_events("partition task stopped")
+        .into_iter()
+        .filter_map(|e| Some((e["partition"].as_i64()?, e["next_offset"].as_i64()?)))
+        .collect();
+    let restores = successor
+        .log_events("restored from checkpoint")
+        .into_iter()
+        .filter_map(|e| {
+            let task = e["task"].as_str()?;
+            let partition = task.rsplit_once('[')?.1.trim_end_matches(']').parse().ok()?;
+            Some((partition, e["offset"].as_i64()?))
+        })
+        .collect();
+    (stops, restores)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_of_one_connector_loses_and_doubles_nothing() {
+    let s = Scenario::new(1, 1);
+    let mut a = s.connector("a");
+    let b = s.connector("b");
+    let producing = s.start_producing();
+    s.wait_produced(0.4).await;
+    a.kill();
+    producing.await.expect("produced");
+    s.assert_region_equals_reference(Duration::from_secs(120)).await;
+    let takeovers = b.metric("regionflow_partition_takeovers_total{pipeline=\"orders\",restored_from=\"checkpoint\"}");
+    assert!(takeovers >= 1.0, "b restored a's partitions from checkpoints");
+    let recovery_sum = b.metric("regionflow_recovery_duration_seconds_sum");
+    let recovery_count = b.metric("regionflow_recovery_duration_seconds_count");
+    eprintln!("recovery after SIGKILL: {:.3}s mean over {recovery_count} partition starts (session timeout 6s not included: it precedes the assignment)", recovery_sum / recovery_count.max(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_handoff_replays_nothing() {
+    let s = Scenario::new(2, 1);
+    let mut a = s.connector("a");
+    let producing = s.start_producing();
+    s.wait_produced(0.3).await;
+    let b = s.connector("b");
+    s.wait_produced(0.5).await;
+    assert!(
+        tokio::task::block_in_place(|| a.terminate(Duration::from_secs(30))),
+        "a exits 0 on SIGTERM:\n{}",
+        a.logs()
+    );
+    producing.await.expect("produced");
+    s.assert_region_equals_reference(Duration::from_secs(120)).await;
+    let (stops, restores) = handoff_offsets(&a, &b);
+    assert!(!stops.is_empty(), "a stopped its partitions gracefully");
+    for (partition, stopped_at) in &stops {
+        let restored_at =
+            restores.get(partition).unwrap_or_else(|| panic!("b restored partition {partition}: {restores:?}"));
+        assert_eq!(
+            restored_at, stopped_at,
+            "partition {partition}: b starts exactly where a stopped (nothing replayed)"
+        );
+    }
+    let recovery_sum = b.metric("regionflow_recovery_duration_seconds_sum");
+    let recovery_count = b.metric("regionflow_recovery_duration_seconds_count");
+    eprintln!(
+        "recovery after graceful handoff: {:.3}s mean over {recovery_count} partition starts",
+        recovery_sum / recovery_count.max(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_connector_is_fenced() {
+    let s = Scenario::new(3, 0);
+    let a = s.connector("a");
+    let producing = s.start_producing();
+    s.wait_produced(0.3).await;
+    a.pause();
+    let b = s.connector("b");
+    // Past a's session timeout: b takes over all partitions while a sleeps
+    // with its unflushed results.
+    s.wait_produced(0.6).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    a.resume();
+    producing.await.expect("produced");
+    s.assert_region_equals_reference(Duration::from_secs(120)).await;
+    let fenced =
+        a.metric("regionflow_fenced_writes_total") + a.metric("regionflow_checkpoints_total{outcome=\"fenced\"");
+    assert!(fenced >= 1.0, "the zombie's stale writes or checkpoints were fenced:\n{}", a.scrape().unwrap_or_default());
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_primary_failover_is_ridden_through() {
+    let mut s = Scenario::new(4, 0);
+    let a = s.connector("a");
+    let producing = s.start_producing();
+    s.wait_produced(0.4).await;
+    // Kill the primary holding a region entry that is being written.
+    let victim = tokio::task::block_in_place(|| s.cluster.kill_primary_for_key("rf:orders:c1:1700000000000"));
+    eprintln!("killed Redis primary on port {victim}");
+    producing.await.expect("produced");
+    s.assert_region_equals_reference(Duration::from_secs(150)).await;
+    let ridden = a.metric("regionflow_redis_failovers_total") + a.metric("regionflow_redis_retries_total");
+    assert!(ridden >= 1.0, "the failover shows in the metrics:\n{}", a.scrape().unwrap_or_default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_broker_faults_delay_but_lose_nothing() {
+    let s = Scenario::new(5, 1);
+    let a = s.connector("a");
+    let b = s.connector("b");
+    let producing = s.start_producing();
+    s.wait_produced(0.3).await;
+    // Fetches and offset commits fail for a while, then a broker goes down.
+    s.kafka.cluster.request_errors(
+        rdkafka::types::RDKafkaApiKey::Fetch,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 20],
+    );
+    s.kafka.cluster.request_errors(
+        rdkafka::types::RDKafkaApiKey::OffsetCommit,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT; 5],
+    );
+    s.wait_produced(0.5).await;
+    s.kafka.cluster.broker_down(2).expect("broker 2 down");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.kafka.cluster.broker_up(2).expect("broker 2 up");
+    producing.await.expect("produced");
+    s.assert_region_equals_reference(Duration::from_secs(150)).await;
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_stop_and_restart_continues_from_checkpoints() {
+    let s = Scenario::new(6, 1);
+    let mut a = s.connector("a");
+    let mut b = s.connector("b");
+    let producing = s.start_producing();
+    s.wait_produced(0.4).await;
+    let (ta, tb) =
+        tokio::task::block_in_place(|| (a.terminate(Duration::from_secs(30)), b.terminate(Duration::from_secs(30))));
+    assert!(ta && tb, "both exit 0");
+    // Input continues while nothing runs.
+    s.wait_produced(0.6).await;
+    let c = s.connector("c");
+    let d = s.connector("d");
+    producing.await.expect("produced");
+    s.assert_region_equals_reference(Duration::from_secs(120)).await;
+    let restored = c.metric("regionflow_partition_takeovers_total{pipeline=\"orders\",restored_from=\"checkpoint\"}")
+        + d.metric("regionflow_partition_takeovers_total{pipeline=\"orders\",restored_from=\"checkpoint\"}");
+    assert!(restored >= PARTITIONS as f64, "every partition restored from its checkpoint, got {restored}");
+}
