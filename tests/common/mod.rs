@@ -4,7 +4,6 @@
 
 pub mod connector;
 pub mod kafka;
-pub mod prometheus;
 pub mod redis_cluster;
 pub mod reference;
 
