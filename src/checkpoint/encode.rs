@@ -69,7 +69,6 @@ mod tests {
                 start: 0,
                 end: 10,
                 fired: false,
-                min_offset: 3,
                 keys: vec![("k".into(), vec![Accumulator::Count(2), Accumulator::Max(Some(1.5))])],
             }]),
         }

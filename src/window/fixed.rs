@@ -17,7 +17,6 @@ use crate::time::Millis;
 pub(super) struct WindowState {
     pub(super) keys: AHashMap<Arc<str>, Slot>,
     pub(super) fired: bool,
-    pub(super) min_offset: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -67,12 +66,10 @@ impl FixedWindows {
                 continue;
             }
             accepted = true;
-            let state = self.windows.entry((window.end, window.start)).or_insert_with(|| WindowState {
-                keys: AHashMap::new(),
-                fired: window.end <= watermark,
-                min_offset: event.offset,
-            });
-            state.min_offset = state.min_offset.min(event.offset);
+            let state = self
+                .windows
+                .entry((window.end, window.start))
+                .or_insert_with(|| WindowState { keys: AHashMap::new(), fired: window.end <= watermark });
             let slot = state.keys.entry(event.key.clone()).or_insert_with(|| {
                 self.open_slots += 1;
                 Slot { accumulators: functions.iter().map(|f| Accumulator::new(*f)).collect(), dirty: false }
@@ -136,10 +133,6 @@ impl FixedWindows {
                 });
             }
         }
-    }
-
-    pub(super) fn min_offset(&self) -> Option<i64> {
-        self.windows.values().map(|s| s.min_offset).min()
     }
 }
 

@@ -60,7 +60,7 @@ pub struct Event {
     pub time: Millis,
     /// One input per aggregate, in the pipeline's aggregate order.
     pub inputs: Vec<Input>,
-    /// The record's Kafka offset (for the safe commit position).
+    /// The record's Kafka offset (amendments are stamped with it).
     pub offset: i64,
 }
 

@@ -160,15 +160,6 @@ impl WindowOperator {
             State::Session(s) => s.open_slots,
         }
     }
-
-    /// The lowest offset of any record still held in state: records before
-    /// it are no longer needed to rebuild the state by replay.
-    pub fn min_offset(&self) -> Option<i64> {
-        match &self.state {
-            State::Fixed(f) => f.min_offset(),
-            State::Session(s) => s.min_offset(),
-        }
-    }
 }
 
 #[cfg(test)]

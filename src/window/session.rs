@@ -25,7 +25,6 @@ pub(super) struct Session {
     /// its bounds must retract it.
     pub(super) emitted: bool,
     pub(super) dirty: bool,
-    pub(super) min_offset: i64,
 }
 
 #[derive(Debug)]
@@ -71,7 +70,6 @@ impl SessionWindows {
             fired: false,
             emitted: false,
             dirty: true,
-            min_offset: event.offset,
         };
         let mut i = 0;
         while i < sessions.len() {
@@ -81,7 +79,6 @@ impl SessionWindows {
                 for (acc, other) in session.accumulators.iter_mut().zip(&old.accumulators) {
                     acc.merge(other);
                 }
-                session.min_offset = session.min_offset.min(old.min_offset);
                 if old.window == merged {
                     session.emitted |= old.emitted;
                 } else if old.emitted {
@@ -170,9 +167,5 @@ impl SessionWindows {
                 });
             }
         }
-    }
-
-    pub(super) fn min_offset(&self) -> Option<i64> {
-        self.sessions.values().flatten().map(|s| s.min_offset).min()
     }
 }

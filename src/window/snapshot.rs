@@ -1,7 +1,7 @@
 //! Operator state as plain data, for checkpoints.
 //!
-//! A snapshot lists every window (or session) with its fired/emitted flags,
-//! the lowest offset it holds and each key's accumulators; restoring it
+//! A snapshot lists every window (or session) with its fired/emitted flags
+//! and each key's accumulators; restoring it
 //! gives an operator that behaves exactly like the one snapshotted. The
 //! byte encoding and its versioning live in `checkpoint::encode`.
 
@@ -25,7 +25,6 @@ pub struct WindowSnapshot {
     pub start: Millis,
     pub end: Millis,
     pub fired: bool,
-    pub min_offset: i64,
     pub keys: Vec<(String, Vec<Accumulator>)>,
 }
 
@@ -41,7 +40,6 @@ pub struct SessionSnapshot {
     pub end: Millis,
     pub fired: bool,
     pub emitted: bool,
-    pub min_offset: i64,
     pub accumulators: Vec<Accumulator>,
 }
 
@@ -53,7 +51,6 @@ impl FixedWindows {
                 start,
                 end,
                 fired: state.fired,
-                min_offset: state.min_offset,
                 keys: state.keys.iter().map(|(k, slot)| (k.to_string(), slot.accumulators.clone())).collect(),
             })
             .collect()
@@ -67,7 +64,7 @@ impl FixedWindows {
                 .into_iter()
                 .map(|(k, accumulators)| (Arc::from(k), Slot { accumulators, dirty: false }))
                 .collect();
-            self.windows.insert((w.end, w.start), WindowState { keys, fired: w.fired, min_offset: w.min_offset });
+            self.windows.insert((w.end, w.start), WindowState { keys, fired: w.fired });
         }
     }
 }
@@ -85,7 +82,6 @@ impl SessionWindows {
                         end: s.window.end,
                         fired: s.fired,
                         emitted: s.emitted,
-                        min_offset: s.min_offset,
                         accumulators: s.accumulators.clone(),
                     })
                     .collect(),
@@ -105,7 +101,6 @@ impl SessionWindows {
                     fired: s.fired,
                     emitted: s.emitted,
                     dirty: false,
-                    min_offset: s.min_offset,
                 })
                 .collect();
             for s in &sessions {

@@ -24,7 +24,21 @@ type Table = BTreeMap<(String, Window), (u64, i64, i64)>;
 /// then a final watermark that closes everything; returns the last value
 /// written per (key, window), with retracted entries removed.
 fn run(kind: WindowKind, lateness: Millis, disorder: Millis, records: &[Rec], updates: bool) -> Table {
-    let mut op = WindowOperator::new(WindowSpec { kind, allowed_lateness: lateness, functions: FUNCTIONS.to_vec() });
+    run_restoring(kind, lateness, disorder, records, updates, None)
+}
+
+/// As [`run`]; with `restore_at`, the operator is snapshotted before that
+/// record, encoded and decoded as a checkpoint, and replaced by the restored one.
+fn run_restoring(
+    kind: WindowKind,
+    lateness: Millis,
+    disorder: Millis,
+    records: &[Rec],
+    updates: bool,
+    restore_at: Option<usize>,
+) -> Table {
+    let spec = WindowSpec { kind, allowed_lateness: lateness, functions: FUNCTIONS.to_vec() };
+    let mut op = WindowOperator::new(spec.clone());
     let mut watermark = Millis::MIN;
     let mut region = Table::new();
     let apply = |results: Vec<crate::window::WindowResult>, region: &mut Table| {
@@ -47,6 +61,12 @@ fn run(kind: WindowKind, lateness: Millis, disorder: Millis, records: &[Rec], up
         }
     };
     for (offset, rec) in records.iter().enumerate() {
+        if restore_at == Some(offset) {
+            use crate::checkpoint::encode::{decode, encode, TaskState};
+            let state = TaskState { fingerprint: op.fingerprint(), max_seen: None, operator: op.snapshot() };
+            let restored = decode(&encode(&state)).expect("decodes");
+            op = WindowOperator::restore(spec.clone(), restored.operator).expect("same window kind");
+        }
         let event = Event {
             key: Arc::from(format!("k{}", rec.key)),
             time: rec.time,
@@ -159,6 +179,27 @@ proptest! {
     fn sessions_match_reference(records in stream(300, false), gap in 1..1_500i64, updates: bool) {
         let got = run(WindowKind::Session { gap }, 0, 300, &records, updates);
         prop_assert_eq!(got, reference_sessions(gap, &records));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// A checkpoint restored anywhere in the stream changes no result.
+    #[test]
+    fn restoring_a_checkpoint_mid_stream_changes_nothing(
+        records in stream(300, true),
+        at in 0usize..300,
+        kind in prop::sample::select(vec![
+            WindowKind::Tumbling { size: 700 },
+            WindowKind::Sliding { size: 900, slide: 300 },
+            WindowKind::Session { gap: 400 },
+        ]),
+        updates: bool,
+    ) {
+        let at = at % records.len();
+        let straight = run(kind, 500, 300, &records, updates);
+        prop_assert_eq!(run_restoring(kind, 500, 300, &records, updates, Some(at)), straight);
     }
 }
 
