@@ -21,7 +21,6 @@ use regionflow::metrics::{Health, Metrics};
 const PARTITIONS: i32 = 3;
 
 fn settings(kafka_brokers: &str, redis_nodes: &[String], tolerance: &str, startup: &str) -> Settings {
-    let nodes: Vec<String> = redis_nodes.iter().map(|u| format!("\"{u}\"")).collect();
     Settings::from_toml_str(&format!(
         r#"
 [kafka]
@@ -29,7 +28,7 @@ brokers = "{kafka_brokers}"
 group_id = "bad-input"
 startup_timeout = "{startup}"
 [redis]
-nodes = [{nodes}]
+nodes = {nodes}
 startup_timeout = "{startup}"
 connect_timeout = "1s"
 [connector]
@@ -46,7 +45,7 @@ aggregates.payments = {{ function = "count" }}
 aggregates.total = {{ function = "sum", field = "/amount" }}
 region = {{ name = "payments" }}
 "#,
-        nodes = nodes.join(",")
+        nodes = common::toml_nodes(redis_nodes)
     ))
     .expect("valid test configuration")
 }
@@ -101,17 +100,7 @@ async fn bad_records_go_to_the_dead_letter_topic_and_good_ones_are_exact() {
     }
     let bad: Vec<(usize, &str)> = data.iter().enumerate().filter_map(|(i, (_, s))| s.map(|s| (i, s))).collect();
 
-    let settings = settings(&kafka.brokers, &cluster.urls(), "all", "20s");
-    let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
-    let sinks = regionflow::connector::redis_sinks(&settings).await.expect("Redis reachable");
-    let connector = tokio::spawn(regionflow::connector::run(
-        settings,
-        sinks,
-        metrics.clone(),
-        Arc::new(Health::default()),
-        shutdown.clone(),
-    ));
+    let connector = common::InProcess::start(settings(&kafka.brokers, &cluster.urls(), "all", "20s")).await;
 
     let client = redis::cluster::ClusterClient::new(cluster.urls()).expect("client");
     let mut con = client.get_async_connection().await.expect("connection");
@@ -154,7 +143,7 @@ async fn bad_records_go_to_the_dead_letter_topic_and_good_ones_are_exact() {
     want.sort();
     assert_eq!(seen, want, "each bad record's position and stage");
 
-    let text = metrics.render();
+    let text = connector.metrics.render();
     for stage in ["parse", "key", "event_time", "aggregate", "size"] {
         let n = bad.iter().filter(|(_, s)| *s == stage).count();
         let line = format!("regionflow_dlq_records_total{{pipeline=\"payments\",stage=\"{stage}\"}} {n}");
@@ -162,8 +151,7 @@ async fn bad_records_go_to_the_dead_letter_topic_and_good_ones_are_exact() {
         let line = format!("regionflow_decode_failures_total{{pipeline=\"payments\",stage=\"{stage}\"}} {n}");
         assert!(text.contains(&line), "missing `{line}`");
     }
-    shutdown.cancel();
-    connector.await.expect("joined").expect("clean shutdown");
+    connector.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,14 +38,13 @@ async fn list_shows_stored_checkpoints_and_reset_deletes_them() {
         }
     }
     kafka.produce("clicks", &records).await;
-    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let toml = format!(
         r#"
 [kafka]
 brokers = "{}"
 group_id = "cli"
 [redis]
-nodes = [{}]
+nodes = {}
 [connector]
 flush_interval = "100ms"
 checkpoint_interval = "200ms"
@@ -58,7 +57,7 @@ aggregates.clicks = {{ function = "count" }}
 region = {{ name = "clicks" }}
 "#,
         kafka.brokers,
-        nodes.join(",")
+        common::toml_nodes(&cluster.urls())
     );
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("regionflow.toml");

@@ -9,19 +9,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
-use tokio_util::sync::CancellationToken;
 
 use common::kafka::{Kafka, Produce};
 use common::redis_cluster::RedisCluster;
 use common::reference::{self, Order, Table};
 use regionflow::config::Settings;
-use regionflow::metrics::{Health, Metrics};
 
 const PARTITIONS: i32 = 4;
 const DISORDER_MS: i64 = 300;
@@ -78,7 +75,6 @@ fn to_records_keyed(orders: &[Order], key: impl Fn(usize, &Order) -> String) -> 
 }
 
 fn settings(kafka: &Kafka, redis: &RedisCluster, group: &str) -> Settings {
-    let nodes: Vec<String> = redis.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let pipeline = |name: &str, window: &str, extra: &str, region: &str| {
         format!(
             r#"
@@ -104,14 +100,14 @@ properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
 startup_timeout = "20s"
 
 [redis]
-nodes = [{nodes}]
+nodes = {nodes}
 key_prefix = "rf"
 
 [connector]
 flush_interval = "100ms"
 {tumbling}{sliding}{session}"#,
         brokers = kafka.brokers,
-        nodes = nodes.join(", "),
+        nodes = common::toml_nodes(&redis.urls()),
         tumbling = pipeline(
             "tumbling",
             r#"{ kind = "tumbling", size = "2s" }"#,
@@ -201,17 +197,7 @@ async fn regions_equal_reference_for_every_window_kind() {
     kafka.produce("session", &to_records_keyed(&on_time, |_, o| o.customer.clone())).await;
     tracing::info!("data produced");
 
-    let settings = settings(&kafka, &cluster, "e2e");
-    let metrics = Arc::new(Metrics::new());
-    let shutdown = CancellationToken::new();
-    let sinks = regionflow::connector::redis_sinks(&settings).await.expect("Redis Cluster reachable");
-    let connector = tokio::spawn(regionflow::connector::run(
-        settings,
-        sinks,
-        metrics.clone(),
-        Arc::new(Health::default()),
-        shutdown.clone(),
-    ));
+    let connector = common::InProcess::start(settings(&kafka, &cluster, "e2e")).await;
 
     let (tumbling, tumbling_late) = reference::fixed_windows(&with_late, 2_000, 2_000, 0, DISORDER_MS, false);
     let (sliding, _) = reference::fixed_windows(&with_late, 4_000, 1_000, 500, DISORDER_MS, true);
@@ -235,7 +221,7 @@ async fn regions_equal_reference_for_every_window_kind() {
         if last.is_ok() {
             break;
         }
-        assert!(!connector.is_finished(), "connector stopped early: {:?}", last);
+        assert!(!connector.handle.is_finished(), "connector stopped early: {:?}", last);
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     last.expect("regions equal the reference");
@@ -256,7 +242,7 @@ async fn regions_equal_reference_for_every_window_kind() {
     let ttl: i64 = con.pttl(format!("rf:session_orders:{c}:{s}:{}", e.window_end)).await.expect("PTTL");
     assert_eq!(ttl, -1, "session entries do not expire");
 
-    let text = metrics.render();
+    let text = connector.metrics.render();
     let metric = |line_start: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(line_start))
@@ -270,10 +256,5 @@ async fn regions_equal_reference_for_every_window_kind() {
         "late records amended"
     );
 
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), connector)
-        .await
-        .expect("graceful shutdown within 30s")
-        .expect("connector task")
-        .expect("connector ran without error");
+    connector.stop().await.expect("connector ran without error");
 }

@@ -57,7 +57,6 @@ impl Scenario {
         let kafka = Kafka::start(&[("orders", PARTITIONS)]);
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("regionflow.toml");
-        let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
         std::fs::write(
             &config,
             format!(
@@ -67,7 +66,7 @@ brokers = "{brokers}"
 group_id = "chaos"
 properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
 [redis]
-nodes = [{nodes}]
+nodes = {nodes}
 write_deadline = "90s"
 response_timeout = "2s"
 replica_timeout = "2s"
@@ -86,7 +85,7 @@ region = {{ name = "orders", redundancy = {redundancy} }}
 {aggregates}
 "#,
                 brokers = kafka.brokers,
-                nodes = nodes.join(","),
+                nodes = common::toml_nodes(&cluster.urls()),
                 aggregates = reference::AGGREGATES
             ),
         )

@@ -100,24 +100,21 @@ impl RedisCheckpointStore {
     pub async fn reset(&self, pipeline: &str) -> Result<usize, CheckpointError> {
         let tasks = self.list(pipeline).await?;
         for (task, _) in &tasks {
-            let key = self.checkpoint_key(task);
-            self.connection
-                .with_retry(self.deadline, "delete checkpoint", |mut c| {
-                    let key = key.clone();
-                    async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await }
-                })
-                .await
-                .map_err(Self::unavailable)?;
+            self.delete(self.checkpoint_key(task)).await?;
         }
-        let index = self.index_key(pipeline);
+        self.delete(self.index_key(pipeline)).await?;
+        Ok(tasks.len())
+    }
+
+    async fn delete(&self, key: String) -> Result<(), CheckpointError> {
         self.connection
-            .with_retry(self.deadline, "delete checkpoint index", |mut c| {
-                let key = index.clone();
+            .with_retry(self.deadline, "delete", |mut c| {
+                let key = key.clone();
                 async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await }
             })
             .await
-            .map_err(Self::unavailable)?;
-        Ok(tasks.len())
+            .map(|_| ())
+            .map_err(Self::unavailable)
     }
 }
 
