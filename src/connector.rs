@@ -190,7 +190,8 @@ pub async fn run(
     if result.is_ok() {
         tracing::info!(partitions = handles.len(), "shutting down: flushing and checkpointing partition tasks");
         stop_tasks(handles, shutdown_timeout).await;
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // librdkafka also commits stored offsets when the consumer closes.
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
             tracing::debug!(error = %e, "final offset commit");
         }
     } else {

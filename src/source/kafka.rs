@@ -4,8 +4,9 @@
 //! The consumer joins the group with the cooperative-sticky assignor, so a
 //! rebalance only moves the partitions that change owner. Offsets are stored
 //! explicitly (`enable.auto.offset.store = false`) by the partition tasks
-//! once the results they cover are written, and committed by librdkafka's
-//! auto-commit, plus synchronously on revoke and shutdown.
+//! after each checkpoint, and committed by librdkafka's auto-commit and on
+//! revoke and close; they are informational (lag tools), the checkpoints in
+//! Redis are the truth.
 //!
 //! librdkafka calls the rebalance callback from inside `poll`, i.e. from
 //! the connector's dispatch loop. [`SourceContext`] replaces rdkafka's
@@ -71,7 +72,11 @@ impl ConsumerContext for SourceContext {
                 let partitions = partitions_of(tpl);
                 tracing::info!(?partitions, "partitions revoked");
                 (self.on_revoke)(&partitions);
-                if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
+                // Asynchronous: committed offsets are informational (the
+                // checkpoint is the truth), and a synchronous commit inside
+                // the callback can block the consumer while the group
+                // coordinator is unreachable.
+                if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Async) {
                     // Nothing stored yet is a normal case for a fresh group.
                     tracing::debug!(error = %e, "offset commit on revoke");
                 }

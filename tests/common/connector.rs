@@ -26,7 +26,10 @@ impl Connector {
             .args(["--log-format", "json", "run", "--config"])
             .arg(config)
             .env("REGIONFLOW__METRICS__LISTEN", format!("127.0.0.1:{metrics_port}"))
-            .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("REGIONFLOW_CHILD_LOG").unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(out)
             .spawn()
@@ -131,6 +134,9 @@ impl Drop for Connector {
             let _ = child.wait();
         }
         if std::thread::panicking() {
+            if let Ok(dir) = std::env::var("REGIONFLOW_KEEP_LOGS") {
+                let _ = std::fs::copy(&self.log, std::path::Path::new(&dir).join(format!("{}.log", self.name)));
+            }
             let logs = self.logs();
             let tail: Vec<&str> = logs.lines().rev().take(40).collect();
             eprintln!("--- last log lines of connector {} ---", self.name);
