@@ -74,8 +74,9 @@ enum Command {
         /// Stop after this long (e.g. "30s"); runs until Ctrl-C without it.
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
-        /// Events per second the generator produces (0 = as fast as it can).
-        #[arg(long, default_value_t = 20_000)]
+        /// Events per second the generator produces. The embedded broker
+        /// keeps a bounded log, so an unbounded rate would only measure it.
+        #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
         rate: u64,
         /// Where `/metrics` is served.
         #[arg(long, default_value = "127.0.0.1:9464")]
