@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# regionflow benchmarks, one command (see BENCHMARKS.md).
+#
+#   scripts/bench.sh              end-to-end benchmark: W1, W2, W3, W1 over
+#                                 10M keys, state at 10M open window-keys,
+#                                 latency at half of W1's throughput
+#   scripts/bench.sh --criterion  also the criterion micro-benchmarks
+#                                 (decode, operator, region layout)
+#   scripts/bench.sh --criterion-only
+#   scripts/bench.sh -h           this help, with the knobs below
+#
+# Builds in release (the `bench` profile) and runs benches/end_to_end.rs,
+# which starts its own six-node Redis Cluster and librdkafka mock Kafka
+# cluster; needs redis-server and redis-cli (scripts/setup-test-deps.sh).
+# A full run takes about five minutes on a 2-core machine.
+#
+# Knobs (environment variables, `_` allowed in numbers):
+#   BENCH_EVENTS=1000000       events of the W1/W3 data set
+#   BENCH_W2_EVENTS=250000     events of the W2 data set (default events/4:
+#                              W2 writes ~4.5 entries per event)
+#   BENCH_KEYS=100000          keys of the standard workloads
+#   BENCH_HIGH_KEYS=10000000   keys of the high-cardinality W1 variant
+#   BENCH_HIGH_EVENTS=$BENCH_EVENTS
+#   BENCH_STRESS_KEYS=10000000 open window-keys in the state-at-scale run (0 skips)
+#   BENCH_WORKLOADS=w1,w2,w3,w1-10m,latency
+#   BENCH_PARTITIONS=0         0 = auto (8, more if the mock broker's 5 MiB
+#                              per partition would not hold the data)
+#   BENCH_COMPRESSION=lz4      producer compression.type
+#   BENCH_BROKERS=3            mock Kafka brokers
+#   BENCH_LATENCY_SECS=25      length of the live latency run
+#   BENCH_LATENCY_RATE=        events/s of the latency run (default: half
+#                              of the W1 end-to-end rate just measured)
+#   BENCH_SINK_PIPELINE=1000   commands per pipeline in the sink ceiling
+#   BENCH_SINK_INFLIGHT=4      pipelines in flight per primary
+#   BENCH_PROFILE_DIR=         if set, `perf record` each connector run there
+#   RUST_LOG=warn              the connector child's log filter
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+criterion=false
+end_to_end=true
+for arg in "$@"; do
+    case "$arg" in
+        --criterion) criterion=true ;;
+        --criterion-only) criterion=true; end_to_end=false ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench.sh: unknown argument $arg (try -h)" >&2; exit 2 ;;
+    esac
+done
+
+for program in redis-server redis-cli; do
+    command -v "$program" >/dev/null || { echo "bench.sh: $program not on PATH: run scripts/setup-test-deps.sh" >&2; exit 1; }
+done
+
+echo "== machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM"
+echo "== commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+
+if $criterion; then
+    cargo bench --bench decode --bench operator
+fi
+if $end_to_end; then
+    cargo bench --bench end_to_end --no-run
+    cargo bench --bench end_to_end
+fi
