@@ -167,6 +167,13 @@ local function render_number(v)
   elseif v == -math.huge then
     return '-inf'
   end
+  -- Fast path: a decimal of at most 15 significant digits round-trips
+  -- through a double, so when %.15g round-trips (and is not in exponent
+  -- form) it is already the shortest form, the one Rust prints.
+  local quick = string.format('%.15g', v)
+  if not string.find(quick, 'e', 1, true) and tonumber(quick) == v then
+    return quick
+  end
   local sign = ''
   if v < 0 then
     sign = '-'
