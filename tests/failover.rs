@@ -296,6 +296,9 @@ async fn redis_primary_failover_is_ridden_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_broker_faults_delay_but_lose_nothing() {
     let s = Scenario::new(5, 1);
+    // Broker 2 goes down below; the group coordinator stays on broker 1.
+    // (An outage of the coordinator itself is not covered: see the README.)
+    s.kafka.cluster.coordinator(rdkafka::mocking::MockCoordinator::Group("chaos".into()), 1).expect("coordinator set");
     let a = s.connector("a");
     let b = s.connector("b");
     let producing = s.start_producing();
