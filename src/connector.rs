@@ -116,16 +116,17 @@ pub async fn run(
     }
 
     let slot: ConsumerSlot = Arc::default();
+    let high_watermarks: kafka::HighWatermarks = Arc::default();
     let runtime = tokio::runtime::Handle::current();
     let on_assign = {
         let (tasks, metrics, slot, runtime) = (tasks.clone(), metrics.clone(), slot.clone(), runtime.clone());
-        let (failures, abort) = (failures.clone(), abort.clone());
+        let (failures, abort, high_watermarks) = (failures.clone(), abort.clone(), high_watermarks.clone());
         Arc::new(move |partitions: &[Partition]| {
             metrics.rebalances.with_label_values(&["assign"]).inc();
             // Inside librdkafka's rebalance callback on a runtime worker:
             // hand the worker over while the tasks restore.
             tokio::task::block_in_place(|| {
-                runtime.block_on(start_tasks(partitions, &by_topic, &slot, &tasks, &failures, &abort))
+                runtime.block_on(start_tasks(partitions, &by_topic, &slot, &high_watermarks, &tasks, &failures, &abort))
             })
         })
     };
@@ -142,7 +143,7 @@ pub async fn run(
             }
         })
     };
-    let consumer = kafka::consumer(&settings.kafka, on_assign, on_revoke)?;
+    let consumer = kafka::consumer(&settings.kafka, on_assign, on_revoke, high_watermarks)?;
     let _ = slot.set(Arc::downgrade(&consumer));
     let topics: Vec<String> = settings.pipelines.values().flat_map(|p| p.topics.clone()).collect();
     kafka::wait_for_brokers(&consumer, &settings.kafka, &topics).await?;
@@ -210,6 +211,7 @@ async fn start_tasks(
     partitions: &[Partition],
     by_topic: &HashMap<String, Arc<Pipeline>>,
     slot: &ConsumerSlot,
+    high_watermarks: &kafka::HighWatermarks,
     tasks: &Tasks,
     failures: &mpsc::UnboundedSender<TaskError>,
     abort: &CancellationToken,
@@ -218,7 +220,7 @@ async fn start_tasks(
         let pipeline = by_topic.get(topic)?.clone();
         let source = {
             let (commit_slot, commit_topic, partition) = (slot.clone(), topic.clone(), *partition);
-            let (hw_slot, hw_topic) = (slot.clone(), topic.clone());
+            let (high_watermarks, key) = (high_watermarks.clone(), (topic.clone(), partition));
             PartitionSource {
                 commit: Box::new(move |next: i64| {
                     if let Some(consumer) = commit_slot.get().and_then(Weak::upgrade) {
@@ -226,8 +228,7 @@ async fn start_tasks(
                     }
                 }),
                 high_watermark: Box::new(move || {
-                    let consumer = hw_slot.get().and_then(Weak::upgrade)?;
-                    kafka::cached_high_watermark(&consumer, &hw_topic, partition)
+                    high_watermarks.lock().expect("high watermark lock").get(&key).copied()
                 }),
             }
         };

@@ -40,7 +40,7 @@ use crate::window::{Accepted, ResultKind, WindowOperator, WindowResult};
 pub struct PartitionSource {
     /// Moves the partition's committed offset (informational: lag monitoring).
     pub commit: Box<dyn Fn(i64) + Send + Sync>,
-    /// The partition's high watermark as last fetched, when known.
+    /// The partition's high watermark from the latest client statistics, when known.
     pub high_watermark: Box<dyn Fn() -> Option<i64> + Send + Sync>,
 }
 

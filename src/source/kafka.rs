@@ -39,14 +39,30 @@ pub type AssignHandler = Arc<dyn Fn(&[Partition]) -> Vec<(Partition, Option<i64>
 /// Called on revoke, inside the rebalance, with the partitions about to go.
 pub type RevokeHandler = Arc<dyn Fn(&[Partition]) + Send + Sync>;
 
+/// Each partition's high watermark, from librdkafka's statistics (emitted
+/// every `statistics.interval.ms` and served by the consumer's poll), so
+/// tasks can tell a quiet partition from a stalled pipeline without calling
+/// into librdkafka from their own threads.
+pub type HighWatermarks = Arc<std::sync::Mutex<std::collections::HashMap<Partition, i64>>>;
+
 pub struct SourceContext {
     on_assign: AssignHandler,
     on_revoke: RevokeHandler,
+    high_watermarks: HighWatermarks,
 }
 
 pub type SourceConsumer = StreamConsumer<SourceContext>;
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut high = self.high_watermarks.lock().expect("high watermark lock");
+        for (topic, t) in statistics.topics {
+            for (partition, p) in t.partitions.into_iter().filter(|(id, p)| *id >= 0 && p.hi_offset >= 0) {
+                high.insert((topic.clone(), partition), p.hi_offset);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
@@ -121,6 +137,7 @@ pub fn consumer(
     kafka: &KafkaConfig,
     on_assign: AssignHandler,
     on_revoke: RevokeHandler,
+    high_watermarks: HighWatermarks,
 ) -> Result<Arc<SourceConsumer>, rdkafka::error::KafkaError> {
     let mut config = ClientConfig::new();
     config
@@ -132,11 +149,13 @@ pub fn consumer(
         .set("partition.assignment.strategy", "cooperative-sticky")
         // librdkafka's default (1000 ms) pauses fetching for a second each
         // time a partition's pre-fetch queue fills: a 10x slower source.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        .set("statistics.interval.ms", "500");
     for (key, value) in client_config(kafka).config_map() {
         config.set(key, value);
     }
-    let consumer: SourceConsumer = config.create_with_context(SourceContext { on_assign, on_revoke })?;
+    let consumer: SourceConsumer =
+        config.create_with_context(SourceContext { on_assign, on_revoke, high_watermarks })?;
     Ok(Arc::new(consumer))
 }
 
@@ -169,26 +188,6 @@ pub fn store_offset(consumer: &SourceConsumer, topic: &str, partition: i32, next
             tracing::debug!(topic, partition, error = %e, "offset not stored");
         }
     }
-}
-
-/// The partition's high watermark as last seen in a fetch response
-/// (librdkafka's cache: no broker round trip), when known.
-pub fn cached_high_watermark(consumer: &SourceConsumer, topic: &str, partition: i32) -> Option<i64> {
-    let topic = std::ffi::CString::new(topic).ok()?;
-    let (mut low, mut high) = (-1i64, -1i64);
-    // SAFETY: the client pointer is valid while `consumer` lives; the topic
-    // is a NUL-terminated string that outlives the call; low/high are
-    // plain out-parameters.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            consumer.client().native_ptr(),
-            topic.as_ptr(),
-            partition,
-            &mut low,
-            &mut high,
-        )
-    };
-    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
 #[derive(Debug, thiserror::Error)]
