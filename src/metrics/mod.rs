@@ -10,8 +10,8 @@ mod server;
 pub use server::{serve, Health};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -24,7 +24,7 @@ pub struct Metrics {
     pub late_records: IntCounterVec,
     pub windows_fired: IntCounterVec,
     pub open_windows: IntGaugeVec,
-    pub watermark_lag: prometheus::GaugeVec,
+    pub watermark_lag: GaugeVec,
     pub redis_write_duration: HistogramVec,
     pub redis_errors: IntCounterVec,
     pub redis_retries: IntCounterVec,
@@ -39,7 +39,7 @@ pub struct Metrics {
     pub checkpoint_bytes: HistogramVec,
     pub checkpoint_bytes_total: IntCounterVec,
     pub checkpoints: IntCounterVec,
-    pub checkpoint_age: prometheus::GaugeVec,
+    pub checkpoint_age: GaugeVec,
     pub partition_takeovers: IntCounterVec,
     pub recovery_duration: HistogramVec,
     pub redis_operations: IntCounterVec,
@@ -49,23 +49,27 @@ pub struct Metrics {
     pub errors_total: IntCounter,
 }
 
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    metric
+}
+
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry.register(Box::new(c.clone())).expect("metric registered once");
-    c
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition"))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    registry.register(Box::new(g.clone())).expect("metric registered once");
-    g
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition"))
+}
+
+/// A gauge of fractional values (seconds).
+fn gauge_f64(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    register(registry, GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition"))
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    let h =
-        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric definition");
-    registry.register(Box::new(h.clone())).expect("metric registered once");
-    h
+    let opts = HistogramOpts::new(name, help).buckets(buckets);
+    register(registry, HistogramVec::new(opts, labels).expect("valid metric definition"))
 }
 
 const LATENCY_BUCKETS: [f64; 14] =
@@ -111,15 +115,12 @@ impl Metrics {
                 &["pipeline", "kind"],
             ),
             open_windows: gauge(&r, "regionflow_open_windows", "(key, window) pairs held in state.", ptp),
-            watermark_lag: {
-                let g = prometheus::GaugeVec::new(
-                    Opts::new("regionflow_watermark_lag_seconds", "Wall clock minus the partition's watermark."),
-                    ptp,
-                )
-                .expect("valid metric definition");
-                r.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
+            watermark_lag: gauge_f64(
+                &r,
+                "regionflow_watermark_lag_seconds",
+                "Wall clock minus the partition's watermark.",
+                ptp,
+            ),
             redis_write_duration: histogram(
                 &r,
                 "regionflow_redis_write_duration_seconds",
@@ -166,43 +167,33 @@ impl Metrics {
                 vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
             ),
             build_info: gauge(&r, "regionflow_build_info", "Always 1; labels carry the version.", &["version"]),
-            flush_duration: {
-                let h = Histogram::with_opts(
+            flush_duration: register(
+                &r,
+                Histogram::with_opts(
                     HistogramOpts::new(
                         "regionflow_flush_duration_seconds",
-                        "Time for a task to flush results, dead letters and offsets.",
+                        "Time for a task to flush results and dead letters.",
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
                 )
-                .expect("valid metric definition");
-                r.register(Box::new(h.clone())).expect("metric registered once");
-                h
-            },
+                .expect("valid metric definition"),
+            ),
             checkpoint_duration: histogram(&r, "regionflow_checkpoint_duration_seconds", "Time to store one task checkpoint (after its results are acknowledged).", p, LATENCY_BUCKETS.to_vec()),
             checkpoint_bytes: histogram(&r, "regionflow_checkpoint_size_bytes", "Size of one stored checkpoint.", p, prometheus::exponential_buckets(64.0, 4.0, 12).expect("valid buckets")),
             checkpoint_bytes_total: counter(&r, "regionflow_checkpoint_bytes_total", "Checkpoint bytes stored (state sync volume).", p),
             checkpoints: counter(&r, "regionflow_checkpoints_total", "Checkpoints by outcome (ok, failed, fenced).", &["pipeline", "outcome"]),
-            checkpoint_age: {
-                let g = prometheus::GaugeVec::new(Opts::new("regionflow_checkpoint_age_seconds", "Time since the partition's last stored checkpoint."), ptp).expect("valid metric definition");
-                r.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
+            checkpoint_age: gauge_f64(&r, "regionflow_checkpoint_age_seconds", "Time since the partition's last stored checkpoint.", ptp),
             partition_takeovers: counter(&r, "regionflow_partition_takeovers_total", "Partitions assigned to this connector and restored, by source (checkpoint, fresh).", &["pipeline", "restored_from"]),
             recovery_duration: histogram(&r, "regionflow_recovery_duration_seconds", "From partition assignment to its first record processed after restore.", p, vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
             redis_operations: counter(&r, "regionflow_redis_operations_total", "Redis operations (entry writes, checkpoints, epochs) by outcome (ok, retried, failed); failover rate = retried+failed over all.", &["region", "outcome"]),
             redis_failovers: counter(&r, "regionflow_redis_failovers_total", "Periods of failing Redis operations ridden through until writes succeeded again.", &["region"]),
             kafka_errors: counter(&r, "regionflow_kafka_errors_total", "Errors reported by the Kafka client (it retries them).", &["kind"]),
-            up: {
-                let g = IntGauge::new("regionflow_up", "1 while the connector runs.").expect("valid metric definition");
-                r.register(Box::new(g.clone())).expect("metric registered once");
-                g
-            },
-            errors_total: {
-                let c = IntCounter::new("regionflow_task_failures_total", "Partition tasks that stopped on an error.")
-                    .expect("valid metric definition");
-                r.register(Box::new(c.clone())).expect("metric registered once");
-                c
-            },
+            up: register(&r, IntGauge::new("regionflow_up", "1 while the connector runs.").expect("valid metric definition")),
+            errors_total: register(
+                &r,
+                IntCounter::new("regionflow_task_failures_total", "Partition tasks that stopped on an error.")
+                    .expect("valid metric definition"),
+            ),
             registry: r,
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

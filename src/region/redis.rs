@@ -6,9 +6,10 @@
 //! them per node: commands to one node share its socket and go out
 //! pipelined, commands to different nodes proceed in parallel, and no
 //! grouping by slot is needed (redis-rs cluster pipelines refuse a second
-//! slot). Failed commands are retried with exponential backoff until the
-//! configured write deadline, which rides through MOVED/ASK redirects and a
-//! primary failover; a batch either fully succeeds or the task fails loudly.
+//! slot). Failed commands are retried by [`SharedConnection::with_retry`]
+//! until the configured write deadline, riding through MOVED/ASK redirects
+//! and a primary failover; a batch either fully succeeds or the task fails
+//! loudly.
 
 use std::sync::Arc;
 use std::time::Duration;

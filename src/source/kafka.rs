@@ -123,13 +123,13 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
 }
 
-fn client_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut config = ClientConfig::new();
+/// Adds the brokers and the user's pass-through properties (which win over
+/// our defaults), leaving out the keys in `skip`.
+fn apply_user_config(config: &mut ClientConfig, kafka: &KafkaConfig, skip: &[&str]) {
     config.set("bootstrap.servers", &kafka.brokers);
-    for (key, value) in &kafka.properties {
+    for (key, value) in kafka.properties.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
         config.set(key, value);
     }
-    config
 }
 
 /// Creates the group consumer with the connector's rebalance handlers.
@@ -151,9 +151,7 @@ pub fn consumer(
         // time a partition's pre-fetch queue fills: a 10x slower source.
         .set("fetch.queue.backoff.ms", "10")
         .set("statistics.interval.ms", "500");
-    for (key, value) in client_config(kafka).config_map() {
-        config.set(key, value);
-    }
+    apply_user_config(&mut config, kafka, &[]);
     let consumer: SourceConsumer =
         config.create_with_context(SourceContext { on_assign, on_revoke, high_watermarks })?;
     Ok(Arc::new(consumer))
@@ -163,10 +161,7 @@ pub fn consumer(
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     let mut config = ClientConfig::new();
     config.set("enable.idempotence", "true").set("linger.ms", "5");
-    config.set("bootstrap.servers", &kafka.brokers);
-    for (key, value) in kafka.properties.iter().filter(|(k, _)| !CONSUMER_ONLY.contains(&k.as_str())) {
-        config.set(key, value);
-    }
+    apply_user_config(&mut config, kafka, &CONSUMER_ONLY);
     config.create()
 }
 
