@@ -249,11 +249,13 @@ async fn start_tasks(
         let (sender, receiver) = mpsc::channel(TASK_QUEUE_BATCHES);
         let owned = pipeline.metrics.partitions_owned.with_label_values(&[&*pipeline.name]);
         owned.inc();
+        let task_failures = pipeline.metrics.errors_total.clone();
         let (failures, abort) = (failures.clone(), abort.clone());
         let join = tokio::spawn(async move {
             let result = task.run(receiver, abort).await;
             owned.dec();
             if let Err(e) = result {
+                task_failures.inc();
                 let _ = failures.send(e);
             }
         });
