@@ -153,7 +153,9 @@ pub async fn run(
     tracing::info!(group = %settings.kafka.group_id, topics = ?topics, "connector running");
 
     let poll_batch = settings.connector.poll_batch;
-    let mut buffers: HashMap<Partition, Vec<SourceRecord>> = HashMap::new();
+    // A handful of partitions per connector: a linear scan by borrowed
+    // topic beats allocating a key String per record for a hash map.
+    let mut buffers: Vec<(Partition, Vec<SourceRecord>)> = Vec::new();
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -170,7 +172,11 @@ pub async fn run(
                                 key: m.key().map(<[u8]>::to_vec),
                                 payload: m.payload().map(<[u8]>::to_vec),
                             };
-                            buffers.entry((m.topic().to_string(), m.partition())).or_default().push(record);
+                            let (topic, partition) = (m.topic(), m.partition());
+                            match buffers.iter_mut().find(|((t, p), _)| *p == partition && t == topic) {
+                                Some((_, records)) => records.push(record),
+                                None => buffers.push(((topic.to_string(), partition), vec![record])),
+                            }
                         }
                         Err(e) => {
                             metrics.kafka_errors.with_label_values(&["consumer"]).inc();
@@ -265,7 +271,7 @@ async fn start_tasks(
     offsets
 }
 
-async fn dispatch(buffers: &mut HashMap<Partition, Vec<SourceRecord>>, tasks: &Tasks) {
+async fn dispatch(buffers: &mut [(Partition, Vec<SourceRecord>)], tasks: &Tasks) {
     for (partition, records) in buffers.iter_mut().filter(|(_, r)| !r.is_empty()) {
         let sender = tasks.lock().expect("task table lock").get(partition).map(|h| h.records.clone());
         let records = std::mem::take(records);
