@@ -10,6 +10,13 @@
 //! the next owner starts where this one stopped and replays nothing. On
 //! shutdown it does the same for every partition, commits, and leaves the
 //! group.
+//!
+//! A task that fails in a way a replay cures (a Redis connection replaced
+//! under writes that `WAIT` must vouch for) is restarted in place, as if
+//! the partition had been taken over: its fetching stops, a new task takes
+//! a new epoch and restores the last checkpoint, and fetching resumes at
+//! the checkpoint's offset. Other partitions keep running. Any other task
+//! failure stops the connector.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -45,6 +52,15 @@ pub enum ConnectorError {
 }
 
 type Tasks = Arc<Mutex<HashMap<Partition, TaskHandle>>>;
+
+/// A task that failed to start or stopped with an error: which partition,
+/// which incarnation of its task (`None`: it never ran; a revoked and
+/// reassigned partition has a newer one), and why.
+struct Failure {
+    partition: Partition,
+    task: Option<tokio::task::Id>,
+    error: TaskError,
+}
 /// The consumer, once created, for the tasks' offset commits (weak: the
 /// consumer owns the callbacks that hold this).
 type ConsumerSlot = Arc<OnceLock<Weak<SourceConsumer>>>;
@@ -93,7 +109,7 @@ pub async fn run(
 ) -> Result<(), ConnectorError> {
     let tasks: Tasks = Arc::default();
     let shutdown_timeout = settings.connector.shutdown_timeout;
-    let (failures, mut failed) = mpsc::unbounded_channel::<TaskError>();
+    let (failures, mut failed) = mpsc::unbounded_channel::<Failure>();
     let abort = CancellationToken::new();
 
     let dead_letter_producer = if settings.pipelines.values().any(|p| p.dead_letter_topic().is_some()) {
@@ -117,17 +133,22 @@ pub async fn run(
 
     let slot: ConsumerSlot = Arc::default();
     let high_watermarks: kafka::HighWatermarks = Arc::default();
+    let starter = Arc::new(TaskStarter {
+        by_topic,
+        slot: slot.clone(),
+        high_watermarks: high_watermarks.clone(),
+        tasks: tasks.clone(),
+        failures,
+        abort: abort.clone(),
+    });
     let runtime = tokio::runtime::Handle::current();
     let on_assign = {
-        let (tasks, metrics, slot, runtime) = (tasks.clone(), metrics.clone(), slot.clone(), runtime.clone());
-        let (failures, abort, high_watermarks) = (failures.clone(), abort.clone(), high_watermarks.clone());
+        let (starter, metrics, runtime) = (starter.clone(), metrics.clone(), runtime.clone());
         Arc::new(move |partitions: &[Partition]| {
             metrics.rebalances.with_label_values(&["assign"]).inc();
             // Inside librdkafka's rebalance callback on a runtime worker:
             // hand the worker over while the tasks restore.
-            tokio::task::block_in_place(|| {
-                runtime.block_on(start_tasks(partitions, &by_topic, &slot, &high_watermarks, &tasks, &failures, &abort))
-            })
+            tokio::task::block_in_place(|| runtime.block_on(starter.start(partitions)))
         })
     };
     let on_revoke = {
@@ -159,7 +180,11 @@ pub async fn run(
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            Some(error) = failed.recv() => break Err(ConnectorError::Task(error)),
+            Some(failure) = failed.recv() => {
+                if let Err(e) = restart(&consumer, &starter, failure).await {
+                    break Err(e);
+                }
+            }
             message = consumer.recv() => {
                 let mut polled = 0;
                 let mut next = Some(message);
@@ -210,65 +235,103 @@ pub async fn run(
     result
 }
 
-/// Starts (restores) the tasks of newly assigned partitions; returns the
-/// offset each partition must be read from. A partition whose task cannot
-/// start is reported as a failure (which stops the connector) and left out.
-async fn start_tasks(
-    partitions: &[Partition],
-    by_topic: &HashMap<String, Arc<Pipeline>>,
-    slot: &ConsumerSlot,
-    high_watermarks: &kafka::HighWatermarks,
-    tasks: &Tasks,
-    failures: &mpsc::UnboundedSender<TaskError>,
-    abort: &CancellationToken,
-) -> Vec<(Partition, Option<i64>)> {
-    let starts = partitions.iter().filter_map(|(topic, partition)| {
-        let pipeline = by_topic.get(topic)?.clone();
-        let source = {
-            let (commit_slot, commit_topic, partition) = (slot.clone(), topic.clone(), *partition);
-            let (high_watermarks, key) = (high_watermarks.clone(), (topic.clone(), partition));
-            PartitionSource {
-                commit: Box::new(move |next: i64| {
-                    if let Some(consumer) = commit_slot.get().and_then(Weak::upgrade) {
-                        kafka::store_offset(&consumer, &commit_topic, partition, next);
-                    }
-                }),
-                high_watermark: Box::new(move || {
-                    high_watermarks.lock().expect("high watermark lock").get(&key).copied()
-                }),
-            }
-        };
-        Some(async move {
-            let started = PartitionTask::start(pipeline.clone(), topic, *partition, source).await;
-            ((topic.clone(), *partition), pipeline, started)
-        })
-    });
-    let mut offsets = Vec::new();
-    for (key, pipeline, started) in futures::future::join_all(starts).await {
-        let Started { task, seek_to } = match started {
-            Ok(started) => started,
-            Err(e) => {
-                let _ = failures.send(e);
-                continue;
-            }
-        };
-        let (sender, receiver) = mpsc::channel(TASK_QUEUE_BATCHES);
-        let owned = pipeline.metrics.partitions_owned.with_label_values(&[&*pipeline.name]);
-        owned.inc();
-        let task_failures = pipeline.metrics.errors_total.clone();
-        let (failures, abort) = (failures.clone(), abort.clone());
-        let join = tokio::spawn(async move {
-            let result = task.run(receiver, abort).await;
-            owned.dec();
-            if let Err(e) = result {
-                task_failures.inc();
-                let _ = failures.send(e);
-            }
+/// What starting a partition's task needs; shared by the rebalance callback
+/// and in-process restarts.
+struct TaskStarter {
+    by_topic: HashMap<String, Arc<Pipeline>>,
+    slot: ConsumerSlot,
+    high_watermarks: kafka::HighWatermarks,
+    tasks: Tasks,
+    failures: mpsc::UnboundedSender<Failure>,
+    abort: CancellationToken,
+}
+
+impl TaskStarter {
+    /// Starts (restores) the tasks of newly assigned partitions; returns the
+    /// offset each partition must be read from. A partition whose task
+    /// cannot start is reported as a failure (which stops the connector) and
+    /// left out.
+    async fn start(&self, partitions: &[Partition]) -> Vec<(Partition, Option<i64>)> {
+        let starts = partitions.iter().filter_map(|(topic, partition)| {
+            let pipeline = self.by_topic.get(topic)?.clone();
+            let source = self.source(topic, *partition);
+            Some(async move {
+                let started = PartitionTask::start(pipeline.clone(), topic, *partition, source).await;
+                ((topic.clone(), *partition), pipeline, started)
+            })
         });
-        tasks.lock().expect("task table lock").insert(key.clone(), TaskHandle { records: sender, join });
-        offsets.push((key, seek_to));
+        let mut offsets = Vec::new();
+        for (key, pipeline, started) in futures::future::join_all(starts).await {
+            let Started { task, seek_to } = match started {
+                Ok(started) => started,
+                Err(error) => {
+                    let _ = self.failures.send(Failure { partition: key, task: None, error });
+                    continue;
+                }
+            };
+            let (sender, receiver) = mpsc::channel(TASK_QUEUE_BATCHES);
+            let owned = pipeline.metrics.partitions_owned.with_label_values(&[&*pipeline.name]);
+            owned.inc();
+            let task_failures = pipeline.metrics.errors_total.clone();
+            let (failures, abort, partition) = (self.failures.clone(), self.abort.clone(), key.clone());
+            let join = tokio::spawn(async move {
+                let result = task.run(receiver, abort).await;
+                owned.dec();
+                if let Err(error) = result {
+                    task_failures.inc();
+                    let _ = failures.send(Failure { partition, task: Some(tokio::task::id()), error });
+                }
+            });
+            self.tasks.lock().expect("task table lock").insert(key.clone(), TaskHandle { records: sender, join });
+            offsets.push((key, seek_to));
+        }
+        offsets
     }
-    offsets
+
+    /// The task's view of its partition: offset commits through the
+    /// consumer, the high watermark from the client statistics.
+    fn source(&self, topic: &str, partition: i32) -> PartitionSource {
+        let (slot, commit_topic) = (self.slot.clone(), topic.to_string());
+        let (high_watermarks, key) = (self.high_watermarks.clone(), (topic.to_string(), partition));
+        PartitionSource {
+            commit: Box::new(move |next: i64| {
+                if let Some(consumer) = slot.get().and_then(Weak::upgrade) {
+                    kafka::store_offset(&consumer, &commit_topic, partition, next);
+                }
+            }),
+            high_watermark: Box::new(move || high_watermarks.lock().expect("high watermark lock").get(&key).copied()),
+        }
+    }
+}
+
+/// Handles a task's failure. A restartable one (see
+/// [`TaskError::restartable`]) restarts that partition in this process, as a
+/// takeover would: stop fetching it, take a new epoch, restore the last
+/// checkpoint and read on from its offset; the other partitions keep
+/// running. Any other failure stops the connector.
+async fn restart(consumer: &SourceConsumer, starter: &TaskStarter, failure: Failure) -> Result<(), ConnectorError> {
+    let Failure { partition, task, error } = failure;
+    let Some(task) = task.filter(|_| error.restartable()) else {
+        return Err(ConnectorError::Task(error));
+    };
+    let stale = {
+        let mut tasks = starter.tasks.lock().expect("task table lock");
+        let current = tasks.get(&partition).map(|h| h.join.id());
+        if current == Some(task) {
+            tasks.remove(&partition);
+        }
+        current != Some(task)
+    };
+    if stale {
+        // Revoked meanwhile (and maybe assigned again, to a newer task).
+        tracing::info!(?partition, error = %error, "failed task's partition has moved on; nothing to restart");
+        return Ok(());
+    }
+    tracing::warn!(?partition, error = %error, "restarting the partition's task from its last checkpoint");
+    kafka::pause_assignment(consumer, &partition)?;
+    let offsets = starter.start(std::slice::from_ref(&partition)).await;
+    kafka::resume_assignment(consumer, &offsets)?;
+    Ok(())
 }
 
 async fn dispatch(buffers: &mut [(Partition, Vec<SourceRecord>)], tasks: &Tasks) {

@@ -16,7 +16,9 @@
 //! A task that finds itself fenced stops quietly: its successor owns the
 //! partition. It fails, and stops the connector, on a bad record under
 //! `errors.tolerance = "none"`, or when Redis stays unavailable past the
-//! write deadline.
+//! write deadline. It fails and is restarted from its checkpoint (see
+//! [`TaskError::restartable`]) when replication of its writes since the
+//! last checkpoint cannot be verified.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -74,9 +76,19 @@ pub enum TaskError {
     IncompatibleState { task: TaskId, stored: String, current: String },
     #[error(
         "{task}: the Redis connection was replaced (failover) while results since the last checkpoint were in \
-         flight; WAIT cannot vouch for them, so the task stops and its successor replays from the last checkpoint"
+         flight; WAIT cannot vouch for them, so the task restarts from the last checkpoint and replays"
     )]
     ReplicationUnverifiable { task: TaskId },
+}
+
+impl TaskError {
+    /// Whether restarting the partition from its last checkpoint, in this
+    /// process, is the cure: the failure concerns only the results since
+    /// that checkpoint, which a replay writes again. Everything else stops
+    /// the connector.
+    pub fn restartable(&self) -> bool {
+        matches!(self, TaskError::ReplicationUnverifiable { .. })
+    }
 }
 
 /// Whether the task still owns its partition after a write.

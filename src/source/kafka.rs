@@ -71,13 +71,7 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions = partitions_of(tpl);
                 tracing::info!(?partitions, "partitions assigned");
-                let mut assigned = TopicPartitionList::new();
-                for ((topic, partition), offset) in (self.on_assign)(&partitions) {
-                    let offset = offset.map_or(Offset::Stored, Offset::Offset);
-                    if let Err(e) = assigned.add_partition_offset(&topic, partition, offset) {
-                        tracing::error!(topic, partition, error = %e, "cannot set start offset");
-                    }
-                }
+                let assigned = start_positions(&(self.on_assign)(&partitions));
                 if cooperative {
                     consumer.incremental_assign(&assigned)
                 } else {
@@ -117,6 +111,36 @@ impl ConsumerContext for SourceContext {
             tracing::error!(error = %e, "applying the rebalance failed");
         }
     }
+}
+
+/// The partitions at their start offsets (`None`: the committed offset).
+fn start_positions(offsets: &[(Partition, Option<i64>)]) -> TopicPartitionList {
+    let mut positions = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        let offset = offset.map_or(Offset::Stored, Offset::Offset);
+        if let Err(e) = positions.add_partition_offset(topic, *partition, offset) {
+            tracing::error!(topic, partition, error = %e, "cannot set start offset");
+        }
+    }
+    positions
+}
+
+/// Stops fetching `partition` outside a rebalance (the group still assigns
+/// it to this member); librdkafka discards what it pre-fetched, so nothing
+/// from the old position reaches the application afterwards.
+pub fn pause_assignment(consumer: &SourceConsumer, partition: &Partition) -> rdkafka::error::KafkaResult<()> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(&partition.0, partition.1);
+    consumer.incremental_unassign(&tpl)
+}
+
+/// Resumes partitions stopped by [`pause_assignment`] at the given offsets,
+/// exactly as an assignment by the group would.
+pub fn resume_assignment(
+    consumer: &SourceConsumer,
+    offsets: &[(Partition, Option<i64>)],
+) -> rdkafka::error::KafkaResult<()> {
+    consumer.incremental_assign(&start_positions(offsets))
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
