@@ -27,6 +27,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::checkpoint::{CheckpointStore, RedisCheckpointStore};
 use crate::config::Settings;
@@ -255,14 +256,16 @@ impl TaskStarter {
         let starts = partitions.iter().filter_map(|(topic, partition)| {
             let pipeline = self.by_topic.get(topic)?.clone();
             let source = self.source(topic, *partition);
+            let span = tracing::info_span!("task", pipeline = %pipeline.name, %topic, partition = *partition);
             Some(async move {
-                let started = PartitionTask::start(pipeline.clone(), topic, *partition, source).await;
-                ((topic.clone(), *partition), pipeline, started)
+                let started =
+                    PartitionTask::start(pipeline.clone(), topic, *partition, source).instrument(span.clone()).await;
+                ((topic.clone(), *partition), pipeline, started.map(|s| (s, span)))
             })
         });
         let mut offsets = Vec::new();
         for (key, pipeline, started) in futures::future::join_all(starts).await {
-            let Started { task, seek_to } = match started {
+            let (Started { task, seek_to }, span) = match started {
                 Ok(started) => started,
                 Err(error) => {
                     let _ = self.failures.send(Failure { partition: key, task: None, error });
@@ -275,7 +278,7 @@ impl TaskStarter {
             let task_failures = pipeline.metrics.errors_total.clone();
             let (failures, abort, partition) = (self.failures.clone(), self.abort.clone(), key.clone());
             let join = tokio::spawn(async move {
-                let result = task.run(receiver, abort).await;
+                let result = task.run(receiver, abort).instrument(span).await;
                 owned.dec();
                 if let Err(error) = result {
                     task_failures.inc();

@@ -174,7 +174,9 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        // A line logged inside a span (a partition task's) carries its
+        // fields under "span": {"name", "pipeline", "topic", "partition"}.
+        LogFormat::Json => builder.json().flatten_event(true).with_span_list(false).init(),
     }
 }
 

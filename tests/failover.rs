@@ -188,23 +188,15 @@ region = {{ name = "orders", redundancy = {redundancy} }}
 }
 
 /// Offsets at which `connector` stopped each partition gracefully, and at
-/// which `successor` restored them.
+/// which `successor` restored them (partitions from the lines' task span).
 fn handoff_offsets(stopped: &Connector, successor: &Connector) -> (BTreeMap<i64, i64>, BTreeMap<i64, i64>) {
-    let stops = stopped
-        .log_events("partition task stopped")
-        .into_iter()
-        .filter_map(|e| Some((e["partition"].as_i64()?, e["next_offset"].as_i64()?)))
-        .collect();
-    let restores = successor
-        .log_events("restored from checkpoint")
-        .into_iter()
-        .filter_map(|e| {
-            let task = e["task"].as_str()?;
-            let partition = task.rsplit_once('[')?.1.trim_end_matches(']').parse().ok()?;
-            Some((partition, e["offset"].as_i64()?))
-        })
-        .collect();
-    (stops, restores)
+    let by_partition = |events: Vec<serde_json::Value>, offset: &str| {
+        events.into_iter().filter_map(|e| Some((e["span"]["partition"].as_i64()?, e[offset].as_i64()?))).collect()
+    };
+    (
+        by_partition(stopped.log_events("partition task stopped"), "next_offset"),
+        by_partition(successor.log_events("restored from checkpoint"), "offset"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

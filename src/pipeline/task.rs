@@ -13,7 +13,8 @@
 //! source seeks the partition to the checkpoint's offset. Each write carries
 //! the source position it was produced at, so replayed results never
 //! overwrite newer ones, and the epoch, so a zombie's writes are refused.
-//! A task that finds itself fenced stops quietly: its successor owns the
+//! Its log lines carry the span `task{pipeline, topic, partition}` (set by
+//! the connector). A task that finds itself fenced stops quietly: its successor owns the
 //! partition. It fails, and stops the connector, on a bad record under
 //! `errors.tolerance = "none"`, or when Redis stays unavailable past the
 //! write deadline. It fails and is restarted from its checkpoint (see
@@ -191,12 +192,18 @@ impl PartitionTask {
                     .ok_or_else(|| corrupt("window kind of the state does not match".into()))?;
                 watermark.restore(checkpoint.watermark, state.max_seen, now_millis());
                 m.partition_takeovers.with_label_values(&[&*pipeline.name, "checkpoint"]).inc();
-                tracing::info!(task = %id, epoch, offset = checkpoint.offset, watermark = checkpoint.watermark, open_windows = operator.open_windows(), "restored from checkpoint");
+                tracing::info!(
+                    epoch,
+                    offset = checkpoint.offset,
+                    watermark = checkpoint.watermark,
+                    open_windows = operator.open_windows(),
+                    "restored from checkpoint"
+                );
                 Some(checkpoint.offset)
             }
             None => {
                 m.partition_takeovers.with_label_values(&[&*pipeline.name, "fresh"]).inc();
-                tracing::info!(task = %id, epoch, "no checkpoint: starting from the group's committed offset");
+                tracing::info!(epoch, "no checkpoint: starting from the group's committed offset");
                 None
             }
         };
@@ -276,15 +283,14 @@ impl PartitionTask {
         }
         .await;
         self.remove_partition_series();
-        let (pipeline, topic, partition) = (&self.pipeline.name, &self.topic, self.partition);
         match &result {
             Ok(Ownership::Owner) => {
-                tracing::info!(%pipeline, %topic, partition, next_offset = self.next_offset, "partition task stopped")
+                tracing::info!(next_offset = self.next_offset, "partition task stopped")
             }
             Ok(Ownership::Fenced) => {
-                tracing::warn!(%pipeline, %topic, partition, epoch = self.epoch, "fenced by a newer owner: partition task stopped")
+                tracing::warn!(epoch = self.epoch, "fenced by a newer owner: partition task stopped")
             }
-            Err(e) => tracing::error!(%pipeline, %topic, partition, error = %e, "partition task failed"),
+            Err(e) => tracing::error!(error = %e, "partition task failed"),
         }
         result.map(|_| ())
     }
@@ -346,7 +352,7 @@ impl PartitionTask {
                 error,
             });
         }
-        tracing::debug!(pipeline = %self.pipeline.name, topic = %self.topic, partition = self.partition, offset = record.offset, error = %error, "bad record to dead letters");
+        tracing::debug!(offset = record.offset, error = %error, "bad record to dead letters");
         // An oversize record would likely be refused by the dead-letter
         // topic too: keep its headers, drop its body.
         let record = if error.stage == Stage::Size { SourceRecord { payload: None, ..record } } else { record };
@@ -448,7 +454,11 @@ impl PartitionTask {
             }
             if outcome.fenced > 0 {
                 m.fenced_writes.with_label_values(&[&*self.pipeline.name]).inc_by(outcome.fenced);
-                tracing::warn!(topic = %self.topic, partition = self.partition, epoch = self.epoch, fenced = outcome.fenced, "writes fenced: a newer owner holds this partition");
+                tracing::warn!(
+                    epoch = self.epoch,
+                    fenced = outcome.fenced,
+                    "writes fenced: a newer owner holds this partition"
+                );
                 ownership = Ownership::Fenced;
             }
             self.record_fired();
@@ -507,7 +517,7 @@ impl PartitionTask {
             }
             Err(e @ CheckpointError::NotReplicated { .. }) => {
                 m.checkpoints.with_label_values(&[name, "failed"]).inc();
-                tracing::warn!(task = %self.id, error = %e, "checkpoint postponed");
+                tracing::warn!(error = %e, "checkpoint postponed");
                 Ok(Ownership::Owner)
             }
             Err(source) => {
