@@ -4,257 +4,32 @@
 //! the produced data, for tumbling, sliding and session windows, with
 //! out-of-order and late records and a group key (the customer) that differs
 //! from the Kafka key (the order), so entries merge partials of several
-//! partitions.
+//! partitions; then the connector's metrics are checked against the data
+//! (records in, late records, bytes out, consumer lag back at 0). The
+//! scenario lives in tests/common/scenario.rs; tests/containers.rs runs it
+//! against the official Apache Kafka and Redis images.
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use redis::AsyncCommands;
-
-use common::kafka::{Kafka, Produce};
+use common::kafka::Kafka;
 use common::redis_cluster::RedisCluster;
-use common::reference::{self, Order, Table};
-use regionflow::config::Settings;
-
-const PARTITIONS: i32 = 4;
-const DISORDER_MS: i64 = 300;
-const BASE_TS: i64 = 1_700_000_000_000;
-
-/// Orders over ~24 s of event time: each up to `DISORDER_MS` behind the
-/// stream's clock, and with `late` set, 1% of them 1.5 s behind (late for
-/// some windows) and 0.5% a minute behind (late for all).
-fn orders(seed: u64, n: usize, late: bool) -> Vec<Order> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    (0..n)
-        .map(|i| {
-            let clock = BASE_TS + 2 * i as i64;
-            let roll = rng.random_range(0..1000);
-            let ts = match roll {
-                0..5 if late => clock - 60_000,
-                5..15 if late => clock - 1_500,
-                _ => clock - rng.random_range(0..=DISORDER_MS),
-            };
-            Order {
-                partition: (i as i32) % PARTITIONS,
-                customer: format!("c{}", rng.random_range(0..40)),
-                product: format!("p{}", rng.random_range(0..25)),
-                amount: rng.random_range(1..100_000) as f64 / 100.0,
-                ts,
-            }
-        })
-        .collect()
-}
-
-/// Records keyed by order (not the group key) as produced.
-fn to_records(orders: &[Order]) -> Vec<Produce> {
-    to_records_keyed(orders, |i, _| format!("order-{i}"))
-}
-
-fn to_records_keyed(orders: &[Order], key: impl Fn(usize, &Order) -> String) -> Vec<Produce> {
-    orders
-        .iter()
-        .enumerate()
-        .map(|(i, o)| Produce {
-            partition: o.partition,
-            key: Some(key(i, o)),
-            value: serde_json::json!({
-                "order": format!("order-{i}"),
-                "customer": o.customer,
-                "product": o.product,
-                "amount": o.amount,
-                "ts": o.ts,
-            })
-            .to_string()
-            .into_bytes(),
-        })
-        .collect()
-}
-
-fn settings(kafka: &Kafka, redis: &RedisCluster, group: &str) -> Settings {
-    let pipeline = |name: &str, window: &str, extra: &str, region: &str| {
-        format!(
-            r#"
-[pipelines.{name}]
-topics = ["{name}"]
-event_time = {{ from = "field", pointer = "/ts", format = "epoch_millis" }}
-window = {window}
-watermark = {{ max_out_of_orderness = "{DISORDER_MS}ms", idle_timeout = "3s" }}
-{extra}
-region = {region}
-[pipelines.{name}.aggregates]
-{aggregates}
-"#,
-            aggregates = reference::AGGREGATES
-        )
-    };
-    let toml = format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-group_id = "{group}"
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-startup_timeout = "20s"
-
-[redis]
-nodes = {nodes}
-key_prefix = "rf"
-
-[connector]
-flush_interval = "100ms"
-{tumbling}{sliding}{session}"#,
-        brokers = kafka.brokers,
-        nodes = common::toml_nodes(&redis.urls()),
-        tumbling = pipeline(
-            "tumbling",
-            r#"{ kind = "tumbling", size = "2s" }"#,
-            "key = { from = \"field\", pointer = \"/customer\" }\nlate_records = \"drop\"",
-            r#"{ name = "tumbling_orders", key = "{key}:{window_start}", ttl = "1h" }"#
-        ),
-        sliding = pipeline(
-            "sliding",
-            r#"{ kind = "sliding", size = "4s", slide = "1s" }"#,
-            "key = { from = \"field\", pointer = \"/customer\" }\nallowed_lateness = \"500ms\"\nlate_records = \"amend\"",
-            r#"{ name = "sliding_orders", key = "{key}:{window_start}", ttl = "3650days", ttl_from = "window_end" }"#
-        ),
-        session = pipeline(
-            "session",
-            r#"{ kind = "session", gap = "150ms" }"#,
-            "key = { from = \"kafka_key\" }\nlate_records = \"drop\"",
-            r#"{ name = "session_orders", key = "{key}:{window_start}:{window_end}" }"#
-        ),
-    );
-    Settings::from_toml_str(&toml).expect("test configuration is valid")
-}
-
-async fn hgetall_region(
-    con: &mut redis::cluster_async::ClusterConnection,
-    keys: &[String],
-) -> BTreeMap<String, BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    for key in keys {
-        let fields: BTreeMap<String, String> = con.hgetall(key).await.expect("HGETALL");
-        out.insert(key.clone(), fields.into_iter().filter(|(k, _)| !k.starts_with('_')).collect());
-    }
-    out
-}
-
-/// Compares the region with the reference; `Err` describes the differences.
-async fn compare(
-    cluster: &RedisCluster,
-    con: &mut redis::cluster_async::ClusterConnection,
-    region: &str,
-    expected: &Table,
-    key_of: impl Fn(&str, i64, i64) -> String,
-) -> Result<(), String> {
-    let want: BTreeMap<String, (&(String, i64), &reference::Expected)> =
-        expected.iter().map(|(k, e)| (key_of(&k.0, k.1, e.window_end), (k, e))).collect();
-    let present = cluster.keys(&format!("rf:{region}:*"));
-    let entries = hgetall_region(con, &present).await;
-    let mut problems = Vec::new();
-    for key in want.keys().filter(|k| !entries.contains_key(*k)) {
-        problems.push(format!("missing {key}"));
-    }
-    for key in entries.keys().filter(|k| !want.contains_key(*k)) {
-        problems.push(format!("unexpected {key}: {:?}", entries[key]));
-    }
-    for (key, ((_, start), e)) in &want {
-        if let Some(fields) = entries.get(key) {
-            if let Err(p) = reference::check_entry(fields, *start, e) {
-                problems.push(format!("{key}: {p}"));
-            }
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{} of {} entries differ, e.g. {:?}",
-            problems.len(),
-            want.len(),
-            &problems[..problems.len().min(5)]
-        ))
-    }
-}
+use common::scenario::{Scenario, TOPICS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regions_equal_reference_for_every_window_kind() {
     common::init_logging();
     let cluster = tokio::task::block_in_place(RedisCluster::start);
     tracing::info!("redis cluster up");
-    let kafka = Kafka::start(&[("tumbling", PARTITIONS), ("sliding", PARTITIONS), ("session", PARTITIONS)]);
-    let with_late = orders(11, 12_000, true);
-    // Sessions need a key's records in one partition: key and partition by customer.
-    let on_time: Vec<Order> = orders(12, 6_000, false)
-        .into_iter()
-        .map(|o| Order { partition: o.customer[1..].parse::<i32>().expect("c<number>") % PARTITIONS, ..o })
-        .collect();
-    kafka.produce("tumbling", &to_records(&with_late)).await;
-    kafka.produce("sliding", &to_records(&with_late)).await;
-    kafka.produce("session", &to_records_keyed(&on_time, |_, o| o.customer.clone())).await;
+    let kafka = Kafka::start(&TOPICS);
+    let scenario = Scenario::new();
+    scenario.produce(&kafka.brokers).await;
     tracing::info!("data produced");
 
-    let connector = common::InProcess::start(settings(&kafka, &cluster, "e2e")).await;
-
-    let (tumbling, tumbling_late) = reference::fixed_windows(&with_late, 2_000, 2_000, 0, DISORDER_MS, false);
-    let (sliding, _) = reference::fixed_windows(&with_late, 4_000, 1_000, 500, DISORDER_MS, true);
-    let session = reference::sessions(&on_time, 150);
-    assert!(tumbling_late > 0, "the data set has records late for all their windows");
-
-    let client = redis::cluster::ClusterClient::new(cluster.urls()).expect("cluster client");
-    let mut con = client.get_async_connection().await.expect("cluster connection");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut last = Err(String::new());
-    while Instant::now() < deadline {
-        last = async {
-            compare(&cluster, &mut con, "tumbling_orders", &tumbling, |c, s, _| format!("rf:tumbling_orders:{c}:{s}"))
-                .await?;
-            compare(&cluster, &mut con, "sliding_orders", &sliding, |c, s, _| format!("rf:sliding_orders:{c}:{s}"))
-                .await?;
-            compare(&cluster, &mut con, "session_orders", &session, |c, s, e| format!("rf:session_orders:{c}:{s}:{e}"))
-                .await
-        }
-        .await;
-        if last.is_ok() {
-            break;
-        }
-        assert!(!connector.handle.is_finished(), "connector stopped early: {:?}", last);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    last.expect("regions equal the reference");
-
-    // TTLs: relative to the write, relative to the window end, and none.
-    let now = regionflow::time::now_millis();
-    let (k, _) = tumbling.iter().next().expect("non-empty");
-    let ttl: i64 = con.pttl(format!("rf:tumbling_orders:{}:{}", k.0, k.1)).await.expect("PTTL");
-    assert!(ttl > 3_500_000 && ttl <= 3_600_000, "tumbling entry expires an hour after its write, PTTL {ttl}");
-    let ((c, s), e) = sliding.iter().next().expect("non-empty");
-    let ttl: i64 = con.pttl(format!("rf:sliding_orders:{c}:{s}")).await.expect("PTTL");
-    let want = e.window_end + 3650 * 86_400_000 - now;
-    assert!(
-        (ttl - want).abs() < 120_000,
-        "sliding entry expires 3650 days after its window end: PTTL {ttl}, expected ~{want}"
-    );
-    let ((c, s), e) = session.iter().next().expect("non-empty");
-    let ttl: i64 = con.pttl(format!("rf:session_orders:{c}:{s}:{}", e.window_end)).await.expect("PTTL");
-    assert_eq!(ttl, -1, "session entries do not expire");
-
-    let text = connector.metrics.render();
-    let metric = |line_start: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with(line_start))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    assert_eq!(metric("regionflow_records_in_total{pipeline=\"tumbling\""), with_late.len() as f64);
-    assert_eq!(metric("regionflow_late_records_total{action=\"drop\",pipeline=\"tumbling\"}"), tumbling_late as f64);
-    assert!(
-        metric("regionflow_windows_fired_total{kind=\"amend\",pipeline=\"sliding\"}") > 0.0,
-        "late records amended"
-    );
+    let connector = common::InProcess::start(scenario.settings(&kafka.brokers, &cluster.urls(), "e2e")).await;
+    scenario.check_regions(&cluster.urls(), |pattern| cluster.keys(pattern), &connector, Duration::from_secs(90)).await;
+    scenario.check_metrics(&connector).await;
 
     connector.stop().await.expect("connector ran without error");
 }

@@ -58,6 +58,7 @@ const ACTIVITY: &[(&str, &str)] = &[
     ("records consumed", "sum(increase(regionflow_records_in_total[10m]))"),
     ("bytes consumed", "sum(increase(regionflow_bytes_in_total[10m]))"),
     ("results written to the region", "sum(increase(regionflow_records_out_total[10m]))"),
+    ("bytes sent to Redis", "sum(increase(regionflow_bytes_out_total[10m]))"),
     ("final windows fired", r#"sum(increase(regionflow_windows_fired_total{kind="final"}[10m]))"#),
     ("unparsable records dead-lettered", r#"sum(increase(regionflow_dlq_records_total{stage="parse"}[10m]))"#),
     ("late records dead-lettered", r#"sum(increase(regionflow_late_records_total{action="dead_letter"}[10m]))"#),

@@ -19,12 +19,14 @@ pub struct Metrics {
     pub records_in: IntCounterVec,
     pub bytes_in: IntCounterVec,
     pub records_out: IntCounterVec,
+    pub bytes_out: IntCounterVec,
     pub decode_failures: IntCounterVec,
     pub dlq_records: IntCounterVec,
     pub late_records: IntCounterVec,
     pub windows_fired: IntCounterVec,
     pub open_windows: IntGaugeVec,
     pub watermark_lag: GaugeVec,
+    pub consumer_lag: IntGaugeVec,
     pub redis_write_duration: HistogramVec,
     pub redis_errors: IntCounterVec,
     pub redis_retries: IntCounterVec,
@@ -90,6 +92,12 @@ impl Metrics {
                 "Window results written to a region.",
                 &["pipeline", "region"],
             ),
+            bytes_out: counter(
+                &r,
+                "regionflow_bytes_out_total",
+                "Bytes of entry writes sent to the region (key, partial field and partial value).",
+                p,
+            ),
             decode_failures: counter(
                 &r,
                 "regionflow_decode_failures_total",
@@ -119,6 +127,12 @@ impl Metrics {
                 &r,
                 "regionflow_watermark_lag_seconds",
                 "Wall clock minus the partition's watermark.",
+                ptp,
+            ),
+            consumer_lag: gauge(
+                &r,
+                "regionflow_consumer_lag_records",
+                "The partition's high watermark minus the task's next offset (records behind).",
                 ptp,
             ),
             redis_write_duration: histogram(
@@ -209,6 +223,7 @@ impl Metrics {
             self.bytes_in.with_label_values(&[pipeline, topic]);
         }
         self.records_out.with_label_values(&[pipeline, region]);
+        self.bytes_out.with_label_values(&[pipeline]);
         for stage in ["size", "parse", "key", "event_time", "aggregate", "late"] {
             if stage != "late" {
                 self.decode_failures.with_label_values(&[pipeline, stage]);

@@ -116,6 +116,10 @@ struct DeadLetter {
 struct TaskMetrics {
     records_in: IntCounter,
     bytes_in: IntCounter,
+    bytes_out: IntCounter,
+    /// Created once the lag is known (see [`consumer_lag`]), so the series
+    /// never shows a guess.
+    consumer_lag: Option<IntGauge>,
     open_windows: IntGauge,
     watermark_lag: Gauge,
     checkpoint_age: Gauge,
@@ -212,6 +216,8 @@ impl PartitionTask {
         let metrics = TaskMetrics {
             records_in: m.records_in.with_label_values(&[&*pipeline.name, topic]),
             bytes_in: m.bytes_in.with_label_values(&[&*pipeline.name, topic]),
+            bytes_out: m.bytes_out.with_label_values(&[&*pipeline.name]),
+            consumer_lag: None,
             open_windows: m.open_windows.with_label_values(&ptp),
             watermark_lag: m.watermark_lag.with_label_values(&ptp),
             checkpoint_age: m.checkpoint_age.with_label_values(&ptp),
@@ -303,6 +309,7 @@ impl PartitionTask {
         for record in batch {
             self.process_record(record, now)?;
         }
+        self.update_consumer_lag();
         Ok(())
     }
 
@@ -405,6 +412,7 @@ impl PartitionTask {
         self.pending.extend(self.operator.take_results().into_iter().map(|r| (r, position)));
         self.metrics.open_windows.set(self.operator.open_windows() as i64);
         self.metrics.checkpoint_age.set(self.last_checkpoint.elapsed().as_secs_f64());
+        self.update_consumer_lag();
         if watermark > Millis::MIN {
             self.metrics.watermark_lag.set((now - watermark) as f64 / 1000.0);
         }
@@ -412,11 +420,16 @@ impl PartitionTask {
 
     /// Whether every record the partition had when last fetched is processed.
     fn caught_up(&self) -> bool {
-        match ((self.source.high_watermark)(), self.next_offset) {
-            (Some(high), Some(next)) => next >= high,
-            (Some(high), None) => high == 0,
-            (None, _) => false,
-        }
+        consumer_lag((self.source.high_watermark)(), self.next_offset) == Some(0)
+    }
+
+    fn update_consumer_lag(&mut self) {
+        let Some(lag) = consumer_lag((self.source.high_watermark)(), self.next_offset) else { return };
+        let gauge = self.metrics.consumer_lag.get_or_insert_with(|| {
+            let partition = self.partition.to_string();
+            self.pipeline.metrics.consumer_lag.with_label_values(&[&*self.pipeline.name, &*self.topic, &partition])
+        });
+        gauge.set(lag);
     }
 
     /// Writes pending results and dead letters.
@@ -437,6 +450,7 @@ impl PartitionTask {
                 TaskError::Region { topic: self.topic.to_string(), partition: self.partition, source }
             })?;
             timer.observe_duration();
+            self.metrics.bytes_out.inc_by(writes.iter().map(EntryWrite::payload_bytes).sum::<usize>() as u64);
             m.redis_operations.with_label_values(&[region_name, "ok"]).inc_by(writes.len() as u64);
             if outcome.retried > 0 {
                 m.redis_retries.with_label_values(&[region_name]).inc_by(outcome.retried);
@@ -606,5 +620,35 @@ impl PartitionTask {
         let _ = m.open_windows.remove_label_values(&labels);
         let _ = m.watermark_lag.remove_label_values(&labels);
         let _ = m.checkpoint_age.remove_label_values(&labels);
+        let _ = m.consumer_lag.remove_label_values(&labels);
+    }
+}
+
+/// Records the partition holds beyond the task's position: its high
+/// watermark (from the client's statistics) minus the next offset to
+/// process. Never negative, since the statistics trail the task by up to
+/// their interval. `None` while unknown: no statistics yet, or no record
+/// seen and no checkpoint (the start offset is the group's committed one,
+/// which the task does not know), unless the partition is empty.
+fn consumer_lag(high_watermark: Option<i64>, next_offset: Option<i64>) -> Option<i64> {
+    match (high_watermark, next_offset) {
+        (Some(high), Some(next)) => Some((high - next).max(0)),
+        (Some(0), None) => Some(0),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consumer_lag;
+
+    #[test]
+    fn consumer_lag_is_high_watermark_minus_next_offset_once_both_are_known() {
+        assert_eq!(consumer_lag(Some(100), Some(40)), Some(60));
+        assert_eq!(consumer_lag(Some(100), Some(100)), Some(0), "caught up");
+        assert_eq!(consumer_lag(Some(90), Some(100)), Some(0), "statistics older than the task's position");
+        assert_eq!(consumer_lag(Some(0), None), Some(0), "an empty partition");
+        assert_eq!(consumer_lag(Some(5), None), None, "start offset not known yet");
+        assert_eq!(consumer_lag(None, Some(7)), None, "no statistics yet");
     }
 }

@@ -72,6 +72,15 @@ pub struct EntryWrite {
     pub expiry: Expiry,
 }
 
+impl EntryWrite {
+    /// The variable-size arguments the write sends: key, partial field and
+    /// partial value (the fixed-size numbers and the protocol's framing
+    /// are left out). What `regionflow_bytes_out_total` counts.
+    pub fn payload_bytes(&self) -> usize {
+        self.key.len() + self.field.len() + self.partial.len()
+    }
+}
+
 /// What the region did with a batch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WriteOutcome {

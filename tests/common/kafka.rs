@@ -1,6 +1,7 @@
 //! A real Kafka-protocol broker for tests: librdkafka's mock cluster,
 //! listening on loopback TCP ports, with helpers to produce a data set and
-//! read a topic back.
+//! read a topic back. The free functions work on any brokers (the
+//! container lane's Apache Kafka too).
 
 use std::time::{Duration, Instant};
 
@@ -37,40 +38,12 @@ impl Kafka {
     }
 
     pub fn producer(&self) -> FutureProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .set("linger.ms", "5")
-            .set("enable.idempotence", "true")
-            .create()
-            .expect("producer created")
+        producer(&self.brokers)
     }
 
     /// Produces every record and waits for all acknowledgements.
     pub async fn produce(&self, topic: &str, records: &[Produce]) {
-        let producer = self.producer();
-        let mut deliveries = Vec::with_capacity(records.len());
-        for r in records {
-            let mut record: FutureRecord<'_, str, [u8]> =
-                FutureRecord::to(topic).partition(r.partition).payload(&r.value);
-            if let Some(key) = &r.key {
-                record = record.key(key.as_str());
-            }
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
-                    Err((_, returned)) => {
-                        record = returned;
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-            }
-        }
-        for d in deliveries {
-            d.await.expect("delivery not cancelled").expect("record acknowledged by the broker");
-        }
+        produce(&self.brokers, topic, records).await
     }
 
     /// Reads `topic` from the beginning until `expected` records arrived or
@@ -102,6 +75,78 @@ impl Kafka {
             }
         }
         out
+    }
+}
+
+/// An idempotent producer to `brokers`.
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer created")
+}
+
+/// Produces every record to `topic` on `brokers` and waits for all acknowledgements.
+pub async fn produce(brokers: &str, topic: &str, records: &[Produce]) {
+    let producer = producer(brokers);
+    let mut deliveries = Vec::with_capacity(records.len());
+    for r in records {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic).partition(r.partition).payload(&r.value);
+        if let Some(key) = &r.key {
+            record = record.key(key.as_str());
+        }
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    deliveries.push(delivery);
+                    break;
+                }
+                Err((_, returned)) => {
+                    record = returned;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    for d in deliveries {
+        d.await.expect("delivery not cancelled").expect("record acknowledged by the broker");
+    }
+}
+
+/// Creates topics (name, partitions; replication factor 1) on a real
+/// broker, retrying until it accepts them or `timeout` passes; a topic that
+/// already exists is fine.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)], timeout: Duration) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin client created");
+    let new_topics: Vec<NewTopic<'_>> =
+        topics.iter().map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1))).collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let started = Instant::now();
+    loop {
+        let problem = match admin.create_topics(&new_topics, &options).await {
+            Ok(results) => {
+                let failed: Vec<String> = results
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => None,
+                        Err((topic, code)) => Some(format!("{topic}: {code}")),
+                    })
+                    .collect();
+                if failed.is_empty() {
+                    return;
+                }
+                failed.join(", ")
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(started.elapsed() < timeout, "cannot create topics on {brokers} within {timeout:?}: {problem}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -6,6 +6,7 @@ pub mod connector;
 pub mod kafka;
 pub mod redis_cluster;
 pub mod reference;
+pub mod scenario;
 
 /// Logs to the test's captured output (`RUST_LOG` filters, default info).
 pub fn init_logging() {
