@@ -258,9 +258,20 @@ impl PartitionTask {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let result = async {
             loop {
+                // The tick before the records: a queue that never empties
+                // (a backlog, a slow sink) must not starve flushes and
+                // checkpoints. It is ready once per flush interval.
                 let ownership = tokio::select! {
                     biased;
                     _ = cancel.cancelled() => return Ok(Ownership::Owner),
+                    _ = tick.tick() => {
+                        self.on_tick();
+                        if self.last_checkpoint.elapsed() >= self.pipeline.checkpoint_interval {
+                            self.checkpoint().await?
+                        } else {
+                            self.flush().await?
+                        }
+                    }
                     batch = records.recv() => match batch {
                         Some(batch) => {
                             self.process(batch)?;
@@ -272,14 +283,6 @@ impl PartitionTask {
                         }
                         None => break,
                     },
-                    _ = tick.tick() => {
-                        self.on_tick();
-                        if self.last_checkpoint.elapsed() >= self.pipeline.checkpoint_interval {
-                            self.checkpoint().await?
-                        } else {
-                            self.flush().await?
-                        }
-                    }
                 };
                 if ownership == Ownership::Fenced {
                     return Ok(Ownership::Fenced);
