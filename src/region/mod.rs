@@ -10,6 +10,7 @@ mod connection;
 mod entry;
 mod memory;
 mod redis;
+mod slots;
 
 use std::sync::Arc;
 use std::time::Duration;
