@@ -84,7 +84,9 @@ pub struct RedisConfig {
     pub write_deadline: Duration,
     #[serde(default = "default_startup_timeout", with = "humantime_serde")]
     pub startup_timeout: Duration,
-    /// Entry writes in flight at once per task.
+    /// Entries written one command at a time, at once, per task: amendments
+    /// and writes retried after a failed pipeline (an entry's first write
+    /// goes in a pipeline per primary; see `region/redis.rs`).
     #[serde(default = "default_write_concurrency")]
     pub write_concurrency: usize,
     /// How long a checkpoint waits for `region.redundancy` replicas.

@@ -8,13 +8,18 @@
 //! replacement bumps a generation: `WAIT` only covers writes made on the
 //! connection it is sent on, so a checkpoint that needs replicas must not
 //! vouch for writes made on an older generation.
+//!
+//! It also keeps the cluster's slot → primary map ([`SlotMap`]) for the
+//! region writer's per-node pipelines: fetched on demand, forgotten when a
+//! pipeline fails or the connection is replaced.
 
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 
+use super::slots::SlotMap;
 use super::RegionError;
 use crate::config::RedisConfig;
 
@@ -22,12 +27,24 @@ use crate::config::RedisConfig;
 pub const REPLACE_AFTER: Duration = Duration::from_secs(3);
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// After a failed `CLUSTER SLOTS`, writes go without a slot map this long
+/// before it is asked again.
+const SLOT_MAP_RETRY: Duration = Duration::from_secs(1);
 
 pub struct SharedConnection {
     client: ClusterClient,
     current: RwLock<(u64, ClusterConnection)>,
     connect_timeout: Duration,
     replacing: tokio::sync::Mutex<Instant>,
+    slots: RwLock<Slots>,
+    /// Held while fetching the slot map, so that one fetch serves everyone.
+    fetching_slots: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct Slots {
+    map: Option<Arc<SlotMap>>,
+    failed_at: Option<Instant>,
 }
 
 impl SharedConnection {
@@ -51,6 +68,8 @@ impl SharedConnection {
                         current: RwLock::new((0, connection)),
                         connect_timeout: config.connect_timeout,
                         replacing: tokio::sync::Mutex::new(Instant::now()),
+                        slots: RwLock::default(),
+                        fetching_slots: tokio::sync::Mutex::new(()),
                     })
                 }
                 Err(e) if started.elapsed() >= config.startup_timeout => return Err(unreachable(e)),
@@ -83,6 +102,47 @@ impl SharedConnection {
         self.current.read().expect("connection lock").0
     }
 
+    /// The cluster's slot → primary map, fetched with `CLUSTER SLOTS` when
+    /// none is held; `None` while it cannot be had (for [`SLOT_MAP_RETRY`]
+    /// after a failed fetch), in which case writes go one by one.
+    pub async fn slot_map(&self) -> Option<Arc<SlotMap>> {
+        let usable = |slots: &Slots| match &slots.map {
+            Some(map) => Some(Some(map.clone())),
+            None if slots.failed_at.is_some_and(|at| at.elapsed() < SLOT_MAP_RETRY) => Some(None),
+            None => None,
+        };
+        if let Some(known) = usable(&self.slots.read().expect("slot map lock")) {
+            return known;
+        }
+        let _fetching = self.fetching_slots.lock().await;
+        if let Some(known) = usable(&self.slots.read().expect("slot map lock")) {
+            return known;
+        }
+        let (_, mut connection) = self.get();
+        let map = match redis::cmd("CLUSTER").arg("SLOTS").query_async::<redis::Value>(&mut connection).await {
+            Ok(reply) => {
+                let map = SlotMap::parse(&reply).map(Arc::new);
+                if map.is_none() {
+                    tracing::warn!("CLUSTER SLOTS names no primary by address; writing entries one by one for now");
+                }
+                map
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "CLUSTER SLOTS failed; writing entries one by one for now");
+                None
+            }
+        };
+        let failed_at = map.is_none().then(Instant::now);
+        *self.slots.write().expect("slot map lock") = Slots { map: map.clone(), failed_at };
+        map
+    }
+
+    /// Drops the slot map (after a redirect or a connection error); the
+    /// next batch fetches a new one.
+    pub fn forget_slot_map(&self) {
+        self.slots.write().expect("slot map lock").map = None;
+    }
+
     /// Replaces the connection of generation `seen` (once, however many
     /// callers ask; at most every [`REPLACE_AFTER`]).
     async fn replace(&self, seen: u64) {
@@ -93,6 +153,7 @@ impl SharedConnection {
         *last = Instant::now();
         match Self::open(&self.client, self.connect_timeout).await {
             Ok(connection) => {
+                self.forget_slot_map();
                 let mut current = self.current.write().expect("connection lock");
                 *current = (current.0 + 1, connection);
                 tracing::warn!(

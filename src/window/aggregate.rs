@@ -106,6 +106,23 @@ impl Accumulator {
         }
     }
 
+    /// Appends [`Accumulator::to_partial`]'s JSON text to `out`, the bytes
+    /// serde_json writes for it, without building the value.
+    pub fn write_partial(&self, out: &mut Vec<u8>) {
+        fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+            // Non-finite floats become `null`, as `number` makes them.
+            serde_json::to_writer(out, value).expect("JSON of numbers and strings into memory cannot fail");
+        }
+        match self {
+            Accumulator::Count(n) => json(out, n),
+            Accumulator::Sum(s) => json(out, s),
+            Accumulator::Min(m) | Accumulator::Max(m) => json(out, m),
+            Accumulator::Avg { sum, count } => json(out, &(sum, count)),
+            Accumulator::DistinctCount(h) => json(out, &h.to_hex()),
+            Accumulator::First(v) | Accumulator::Last(v) => json(out, v),
+        }
+    }
+
     /// Parses a partial written by [`Accumulator::to_partial`].
     pub fn from_partial(function: AggregateFunction, partial: &Json) -> Option<Accumulator> {
         let pair = |p: &Json| -> Option<Option<(Millis, Box<str>)>> {
