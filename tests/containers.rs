@@ -222,22 +222,7 @@ fn primary_keys(urls: &[String], pattern: &str) -> Vec<String> {
         if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
             continue;
         }
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query(&mut con)
-                .expect("SCAN");
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        common::redis_cluster::scan_into(&mut con, pattern, &mut keys).expect("SCAN");
     }
     keys.into_iter().collect()
 }

@@ -135,8 +135,10 @@ region = {{ name = "orders", redundancy = {redundancy} }}
     }
 
     /// Waits until the region equals the reference; panics with the
-    /// differences after `timeout`.
-    async fn assert_region_equals_reference(&self, timeout: Duration) {
+    /// differences and the state of `connectors` after `timeout`. Then
+    /// checks that no live connector dropped a record as late (the data set
+    /// has none, so one would be a watermark bug).
+    async fn assert_region_equals_reference(&self, timeout: Duration, connectors: &[&Connector]) {
         let expected = self.reference();
         let client = redis::cluster::ClusterClientBuilder::new(self.cluster.urls())
             .connection_timeout(Duration::from_secs(2))
@@ -148,17 +150,20 @@ region = {{ name = "orders", redundancy = {redundancy} }}
         loop {
             let problems = self.differences(&mut con, &expected).await;
             if problems.is_empty() {
-                return;
+                break;
             }
             assert!(
                 Instant::now() < deadline,
-                "{} of {} entries differ, e.g. {:?}",
+                "{} of {} entries differ, e.g. {:?}\nconnectors: {}",
                 problems.len(),
                 expected.len(),
-                &problems[..problems.len().min(5)]
+                &problems[..problems.len().min(5)],
+                connector_states(connectors)
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        let late: f64 = connectors.iter().map(|c| c.metric("regionflow_late_records_total")).sum();
+        assert_eq!(late, 0.0, "no record is late in this data set; connectors: {}", connector_states(connectors));
     }
 
     async fn differences(&self, con: &mut redis::cluster_async::ClusterConnection, expected: &Table) -> Vec<String> {
@@ -187,6 +192,23 @@ region = {{ name = "orders", redundancy = {redundancy} }}
     }
 }
 
+/// Per connector: whether it answers, records in, late records.
+fn connector_states(connectors: &[&Connector]) -> String {
+    let states: Vec<String> = connectors
+        .iter()
+        .map(|c| match c.scrape() {
+            Some(text) => format!(
+                "{} (records in {}, late {})",
+                c.name,
+                common::connector::sum_metric(&text, "regionflow_records_in_total"),
+                common::connector::sum_metric(&text, "regionflow_late_records_total")
+            ),
+            None => format!("{} (not answering)", c.name),
+        })
+        .collect();
+    states.join(", ")
+}
+
 /// Offsets at which `connector` stopped each partition gracefully, and at
 /// which `successor` restored them (partitions from the lines' task span).
 fn handoff_offsets(stopped: &Connector, successor: &Connector) -> (BTreeMap<i64, i64>, BTreeMap<i64, i64>) {
@@ -208,7 +230,7 @@ async fn crash_of_one_connector_loses_and_doubles_nothing() {
     s.wait_produced(0.4).await;
     a.kill();
     producing.await.expect("produced");
-    s.assert_region_equals_reference(Duration::from_secs(120)).await;
+    s.assert_region_equals_reference(Duration::from_secs(120), &[&b]).await;
     let takeovers = b.metric("regionflow_partition_takeovers_total{pipeline=\"orders\",restored_from=\"checkpoint\"}");
     assert!(takeovers >= 1.0, "b restored a's partitions from checkpoints");
     let recovery_sum = b.metric("regionflow_recovery_duration_seconds_sum");
@@ -230,7 +252,7 @@ async fn graceful_handoff_replays_nothing() {
         a.logs()
     );
     producing.await.expect("produced");
-    s.assert_region_equals_reference(Duration::from_secs(120)).await;
+    s.assert_region_equals_reference(Duration::from_secs(120), &[&b]).await;
     let (stops, restores) = handoff_offsets(&a, &b);
     assert!(!stops.is_empty(), "a stopped its partitions gracefully");
     for (partition, stopped_at) in &stops {
@@ -263,7 +285,7 @@ async fn zombie_connector_is_fenced() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     a.resume();
     producing.await.expect("produced");
-    s.assert_region_equals_reference(Duration::from_secs(120)).await;
+    s.assert_region_equals_reference(Duration::from_secs(120), &[&b]).await;
     let fenced =
         a.metric("regionflow_fenced_writes_total") + a.metric("regionflow_checkpoints_total{outcome=\"fenced\"");
     assert!(fenced >= 1.0, "the zombie's stale writes or checkpoints were fenced:\n{}", a.scrape().unwrap_or_default());
@@ -280,7 +302,7 @@ async fn redis_primary_failover_is_ridden_through() {
     let victim = tokio::task::block_in_place(|| s.cluster.kill_primary_for_key("rf:orders:c1:1700000000000"));
     eprintln!("killed Redis primary on port {victim}");
     producing.await.expect("produced");
-    s.assert_region_equals_reference(Duration::from_secs(150)).await;
+    s.assert_region_equals_reference(Duration::from_secs(150), &[&a]).await;
     let ridden = a.metric("regionflow_redis_failovers_total") + a.metric("regionflow_redis_retries_total");
     assert!(ridden >= 1.0, "the failover shows in the metrics:\n{}", a.scrape().unwrap_or_default());
 }
@@ -299,7 +321,7 @@ async fn redis_stall_under_redundancy_restarts_partitions_in_place() {
         s.cluster.node_cmd(port, &["CLIENT", "PAUSE", "6000", "WRITE"]);
     }
     producing.await.expect("produced");
-    s.assert_region_equals_reference(Duration::from_secs(150)).await;
+    s.assert_region_equals_reference(Duration::from_secs(150), &[&a]).await;
     assert!(a.is_running(), "the connector rode the stall out:\n{}", a.logs());
     let restarts = a.log_events("restarting the partition's task from its last checkpoint");
     assert!(!restarts.is_empty(), "the stall replaced the connection and restarted tasks:\n{}", a.logs());
@@ -340,7 +362,7 @@ async fn kafka_broker_faults_delay_but_lose_nothing() {
         &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART; 10],
     );
     producing.await.expect("produced");
-    s.assert_region_equals_reference(Duration::from_secs(150)).await;
+    s.assert_region_equals_reference(Duration::from_secs(150), &[&a, &b]).await;
     drop((a, b));
 }
 
@@ -359,7 +381,7 @@ async fn full_stop_and_restart_continues_from_checkpoints() {
     let c = s.connector("c");
     let d = s.connector("d");
     producing.await.expect("produced");
-    s.assert_region_equals_reference(Duration::from_secs(120)).await;
+    s.assert_region_equals_reference(Duration::from_secs(120), &[&c, &d]).await;
     let restored = c.metric("regionflow_partition_takeovers_total{pipeline=\"orders\",restored_from=\"checkpoint\"}")
         + d.metric("regionflow_partition_takeovers_total{pipeline=\"orders\",restored_from=\"checkpoint\"}");
     assert!(restored >= PARTITIONS as f64, "every partition restored from its checkpoint, got {restored}");

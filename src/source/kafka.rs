@@ -42,7 +42,9 @@ pub type RevokeHandler = Arc<dyn Fn(&[Partition]) + Send + Sync>;
 /// Each partition's high watermark, from librdkafka's statistics (emitted
 /// every `statistics.interval.ms` and served by the consumer's poll), so
 /// tasks can tell a quiet partition from a stalled pipeline without calling
-/// into librdkafka from their own threads.
+/// into librdkafka from their own threads. Only partitions being fetched
+/// from a reachable leader are listed: a partition whose broker is down is
+/// not quiet but cut off, and its idle clock must not run.
 pub type HighWatermarks = Arc<std::sync::Mutex<std::collections::HashMap<Partition, i64>>>;
 
 pub struct SourceContext {
@@ -55,10 +57,21 @@ pub type SourceConsumer = StreamConsumer<SourceContext>;
 
 impl ClientContext for SourceContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
+        let reachable: std::collections::HashSet<i32> = statistics
+            .brokers
+            .values()
+            .filter(|b| matches!(b.state.as_str(), "UP" | "UPDATE"))
+            .map(|b| b.nodeid)
+            .collect();
         let mut high = self.high_watermarks.lock().expect("high watermark lock");
         for (topic, t) in statistics.topics {
-            for (partition, p) in t.partitions.into_iter().filter(|(id, p)| *id >= 0 && p.hi_offset >= 0) {
-                high.insert((topic.clone(), partition), p.hi_offset);
+            for (partition, p) in t.partitions.into_iter().filter(|(id, _)| *id >= 0) {
+                let key = (topic.clone(), partition);
+                if p.hi_offset >= 0 && p.fetch_state == "active" && reachable.contains(&p.leader) {
+                    high.insert(key, p.hi_offset);
+                } else {
+                    high.remove(&key);
+                }
             }
         }
     }

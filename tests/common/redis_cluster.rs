@@ -181,22 +181,7 @@ impl RedisCluster {
         let mut keys = BTreeSet::new();
         for port in self.primary_ports() {
             let mut con = connect(port).unwrap_or_else(|e| panic!("cannot connect to Redis node {port}: {e}"));
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(&mut con)
-                    .unwrap_or_else(|e| panic!("SCAN on Redis node {port} failed: {e}"));
-                keys.extend(batch);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            scan_into(&mut con, pattern, &mut keys).unwrap_or_else(|e| panic!("SCAN on Redis node {port} failed: {e}"));
         }
         keys.into_iter().collect()
     }
@@ -756,4 +741,18 @@ fn spawn_tied_to_test_process(mut cmd: Command) -> io::Result<Child> {
 #[cfg(not(target_os = "linux"))]
 fn spawn_tied_to_test_process(mut cmd: Command) -> io::Result<Child> {
     cmd.spawn()
+}
+
+/// Adds every key of one node matching `pattern` to `keys` (a full SCAN).
+pub fn scan_into(con: &mut redis::Connection, pattern: &str, keys: &mut BTreeSet<String>) -> redis::RedisResult<()> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query(con)?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
 }
