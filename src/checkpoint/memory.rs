@@ -32,7 +32,7 @@ impl CheckpointStore for MemoryCheckpointStore {
         &'a self,
         task: &'a TaskId,
         checkpoint: &'a Checkpoint,
-        _replicas: usize,
+        _replication: super::Replication,
     ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>> {
         async move {
             let mut state = self.state.lock().expect("checkpoint lock");

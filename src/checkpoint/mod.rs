@@ -65,6 +65,19 @@ pub enum CheckpointError {
     NotReplicated { acked: usize, wanted: usize, timeout: std::time::Duration },
     #[error("checkpoint of {task} is unreadable: {message}")]
     Corrupt { task: String, message: String },
+    #[error("the Redis connection was replaced after the task's writes since its last checkpoint; WAIT cannot vouch for them")]
+    ReplicationUnverifiable,
+}
+
+/// What a checkpoint must wait for before it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas that must acknowledge the task's writes (0: no wait).
+    pub replicas: usize,
+    /// The connection generation the task's writes since its last
+    /// checkpoint were made on (`None`: it made none). `WAIT` only covers
+    /// writes made on the connection it is sent on.
+    pub writes_generation: Option<u64>,
 }
 
 pub trait CheckpointStore: Send + Sync {
@@ -73,12 +86,14 @@ pub trait CheckpointStore: Send + Sync {
 
     fn load<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<Option<Checkpoint>, CheckpointError>>;
 
-    /// Waits until `replicas` replicas acknowledged the writes made so far
-    /// (0: no wait), then stores the checkpoint unless a newer epoch exists.
+    /// Waits until `replication.replicas` replicas acknowledged the writes
+    /// made so far, on the connection they were made on (else
+    /// [`CheckpointError::ReplicationUnverifiable`]), then stores the
+    /// checkpoint unless a newer epoch exists.
     fn commit<'a>(
         &'a self,
         task: &'a TaskId,
         checkpoint: &'a Checkpoint,
-        replicas: usize,
+        replication: Replication,
     ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>>;
 }

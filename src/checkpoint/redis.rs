@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use redis::Script;
 
-use super::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, TaskId};
+use super::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, Replication, TaskId};
 use crate::region::SharedConnection;
 
 const COMMIT_SCRIPT: &str = r#"
@@ -175,10 +175,18 @@ impl CheckpointStore for RedisCheckpointStore {
         &'a self,
         task: &'a TaskId,
         checkpoint: &'a Checkpoint,
-        replicas: usize,
+        replication: Replication,
     ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>> {
         async move {
+            let replicas = replication.replicas;
             if replicas > 0 {
+                // Before and after the WAIT: a connection replaced while it
+                // was retried has no record of the task's writes.
+                let unverifiable =
+                    || replication.writes_generation.is_some_and(|written| written != self.connection.generation());
+                if unverifiable() {
+                    return Err(CheckpointError::ReplicationUnverifiable);
+                }
                 let timeout = self.replica_timeout;
                 let (acked, _) = self
                     .connection
@@ -191,6 +199,9 @@ impl CheckpointStore for RedisCheckpointStore {
                     })
                     .await
                     .map_err(Self::unavailable)?;
+                if unverifiable() {
+                    return Err(CheckpointError::ReplicationUnverifiable);
+                }
                 if (acked.max(0) as usize) < replicas {
                     return Err(CheckpointError::NotReplicated {
                         acked: acked.max(0) as usize,

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Pipeline;
-use crate::checkpoint::{encode, Checkpoint, CheckpointError, CommitOutcome, TaskId};
+use crate::checkpoint::{encode, Checkpoint, CheckpointError, CommitOutcome, Replication, TaskId};
 use crate::config::LateAction;
 use crate::region::{partial_field, EntryWrite, RegionError, WriteMode};
 use crate::source::dead_letter::Origin;
@@ -511,12 +511,9 @@ impl PartitionTask {
         };
         let m = &self.pipeline.metrics;
         let name = &*self.pipeline.name;
-        let replicas = self.pipeline.config.region.redundancy;
-        if replicas > 0 && self.writes_generation.is_some_and(|g| g != self.pipeline.region.connection_generation()) {
-            m.checkpoints.with_label_values(&[name, "failed"]).inc();
-            return Err(TaskError::ReplicationUnverifiable { task: self.id.clone() });
-        }
-        match self.pipeline.checkpoints.commit(&self.id, &checkpoint, replicas).await {
+        let replication =
+            Replication { replicas: self.pipeline.config.region.redundancy, writes_generation: self.writes_generation };
+        match self.pipeline.checkpoints.commit(&self.id, &checkpoint, replication).await {
             Ok(CommitOutcome::Stored) => {
                 m.checkpoints.with_label_values(&[name, "ok"]).inc();
                 m.checkpoint_duration.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
@@ -531,6 +528,10 @@ impl PartitionTask {
             Ok(CommitOutcome::Fenced) => {
                 m.checkpoints.with_label_values(&[name, "fenced"]).inc();
                 Ok(Ownership::Fenced)
+            }
+            Err(CheckpointError::ReplicationUnverifiable) => {
+                m.checkpoints.with_label_values(&[name, "failed"]).inc();
+                Err(TaskError::ReplicationUnverifiable { task: self.id.clone() })
             }
             Err(e @ CheckpointError::NotReplicated { .. }) => {
                 m.checkpoints.with_label_values(&[name, "failed"]).inc();

@@ -135,7 +135,10 @@ impl Drop for Connector {
         }
         if std::thread::panicking() {
             if let Ok(dir) = std::env::var("REGIONFLOW_KEEP_LOGS") {
-                let _ = std::fs::copy(&self.log, std::path::Path::new(&dir).join(format!("{}.log", self.name)));
+                // One test binary runs many tests: name the copy after the test.
+                let test = std::thread::current().name().unwrap_or("test").replace("::", "-");
+                let copy = std::path::Path::new(&dir).join(format!("{test}-{}.log", self.name));
+                let _ = std::fs::copy(&self.log, copy);
             }
             let logs = self.logs();
             let tail: Vec<&str> = logs.lines().rev().take(40).collect();
