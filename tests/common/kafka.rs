@@ -84,6 +84,12 @@ pub fn producer(brokers: &str) -> FutureProducer {
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
+        // Back within half a second of a broker's return (librdkafka's
+        // default backoff grows to 10 s): the chaos tests' producer stalls
+        // every partition while one broker is down, and that stall must stay
+        // below the pipelines' idle_timeout, or idle partitions' watermarks
+        // move on and the records after it are rightly late.
+        .set("reconnect.backoff.max.ms", "500")
         .create()
         .expect("producer created")
 }
