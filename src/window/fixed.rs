@@ -84,10 +84,9 @@ impl FixedWindows {
         if last_end.saturating_add(lateness) <= watermark {
             return false;
         }
-        // Room for the latest pane's keys and a little more, so a steady
-        // stream fills a new pane without rehashing or regrowing it.
-        let latest_rows = self.panes.last_key_value().map_or(0, |(_, pane)| pane.len() + pane.len() / 8);
-        let pane = self.panes.entry(start).or_insert_with(|| Pane::with_capacity(&self.functions, latest_rows));
+        // A new pane grows with its keys: sizing it like the previous one
+        // saved a few rehashes but held two full panes while windows overlap.
+        let pane = self.panes.entry(start).or_insert_with(|| Pane::with_capacity(&self.functions, 0));
         let (row, added) = pane.row_or_insert(&event.key);
         self.open_rows += added as usize;
         pane.add(row, &event.inputs, event.time);

@@ -98,8 +98,7 @@ pub(super) struct Pane {
 }
 
 impl Pane {
-    /// An empty pane with room for `rows` keys (panes of a stream tend to
-    /// hold as many keys as the one before, and growing a map rehashes it).
+    /// An empty pane with room for `rows` keys.
     pub(super) fn with_capacity(functions: &[AggregateFunction], rows: usize) -> Self {
         Pane {
             rows: AHashMap::with_capacity(rows),
