@@ -36,7 +36,7 @@ mod support;
 #[path = "../tests/common/redis_cluster.rs"]
 mod redis_cluster;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -65,7 +65,8 @@ use support::{Driver, Raw, Workload, BASE_TS, DISORDER_MS};
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------
-// Live heap bytes, for state size.
+// Live heap bytes, for state size, over mimalloc: the connector child runs
+// on the allocator `regionflow run` uses (`src/main.rs`).
 
 struct CountingAlloc;
 
@@ -74,20 +75,20 @@ static COUNTING: AtomicBool = AtomicBool::new(false);
 
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { mimalloc::MiMalloc.alloc(layout) };
         if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) };
         if COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
         }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
         if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
         }
