@@ -36,7 +36,7 @@ mod support;
 #[path = "../tests/common/redis_cluster.rs"]
 mod redis_cluster;
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -61,12 +61,12 @@ use regionflow::region::{EntryWrite, Region, RegionError, RegionLayout, WriteMod
 use regionflow::source::decode::{Decoder, JsonDecoder, SourceRecord};
 use regionflow::time::{now_millis, Millis};
 use regionflow::window::{Event, WindowResult};
-use support::candidate::PaneDriver;
 use support::{Driver, Raw, Workload, BASE_TS, DISORDER_MS};
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------
-// Live heap bytes, for state size.
+// Live heap bytes, for state size, over mimalloc: the connector child runs
+// on the allocator `regionflow run` uses (`src/main.rs`).
 
 struct CountingAlloc;
 
@@ -75,20 +75,20 @@ static COUNTING: AtomicBool = AtomicBool::new(false);
 
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
+        let p = unsafe { mimalloc::MiMalloc.alloc(layout) };
         if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
         }
         p
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) };
         if COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
         }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        let p = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
         if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
             LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
         }
@@ -564,88 +564,33 @@ fn compute_ceiling(workload: Workload, data: &DataSet, partitions: i32) -> Compu
 struct StateSize {
     bytes_per_window_key: f64,
     open_window_keys: usize,
-    /// Open window-keys at every 1024th event (to size the prototype against).
-    samples: Vec<usize>,
 }
 
-/// Live heap bytes held by the operators over open (key, window) pairs, at
-/// the sample with the most open pairs. Keys are allocated per event, as
+/// Live heap bytes held by the operators over their open window-keys
+/// (`WindowOperator::open_windows`: (key, window) pairs; for fixed windows
+/// (key, pane) rows, one per (key, window) when tumbling), at the sample
+/// with the most. Keys are allocated per event, as
 /// the decoder does, so the state pays for the key copy it keeps.
 fn state_size(workload: Workload, data: &DataSet, partitions: i32) -> StateSize {
     COUNTING.store(true, Ordering::SeqCst);
     let baseline = LIVE_BYTES.load(Ordering::SeqCst);
     let mut ds = drivers(workload, partitions, false);
-    let mut best = StateSize { bytes_per_window_key: 0.0, open_window_keys: 0, samples: Vec::new() };
-    let mut samples = Vec::new();
+    let mut best = StateSize { bytes_per_window_key: 0.0, open_window_keys: 0 };
     for (i, r) in data.raws.iter().enumerate() {
         let event = r.event(data.offset[i]);
         ds[data.partition[i] as usize].feed(&event);
         drop(event);
         if i % 1024 == 1023 {
             let open: usize = ds.iter().map(|d| d.operator.open_windows()).sum();
-            COUNTING.store(false, Ordering::SeqCst);
-            samples.push(open);
-            COUNTING.store(true, Ordering::SeqCst);
             if open > best.open_window_keys {
                 let live = LIVE_BYTES.load(Ordering::SeqCst) - baseline;
-                best = StateSize {
-                    bytes_per_window_key: live as f64 / open as f64,
-                    open_window_keys: open,
-                    samples: Vec::new(),
-                };
+                best = StateSize { bytes_per_window_key: live as f64 / open as f64, open_window_keys: open };
             }
         }
     }
-    best.samples = samples;
     drop(ds);
     COUNTING.store(false, Ordering::SeqCst);
     best
-}
-
-/// The bench-local prototype of pane-based compact fixed windows
-/// (`support::candidate`) on the same data: operator events/s and state
-/// bytes per open (key, pane), one thread, as for the operator itself.
-fn candidate(workload: Workload, data: &DataSet, partitions: i32, operator: &StateSize) -> (f64, StateSize) {
-    let (size, slide) = match workload {
-        Workload::W1 => (10_000, 10_000),
-        Workload::W2 => (60_000, 10_000),
-        Workload::W3 => unreachable!("the prototype covers fixed windows"),
-    };
-    let events: Vec<(usize, Event)> =
-        data.raws.iter().enumerate().map(|(i, r)| (data.partition[i] as usize, r.event(data.offset[i]))).collect();
-    let mut best = f64::MAX;
-    for _ in 0..2 {
-        let mut ds: Vec<PaneDriver> = (0..partitions).map(|_| PaneDriver::new(size, slide, false)).collect();
-        let started = Instant::now();
-        for (p, e) in &events {
-            ds[*p].feed(e);
-        }
-        best = best.min(started.elapsed().as_secs_f64());
-    }
-    drop(events);
-    COUNTING.store(true, Ordering::SeqCst);
-    let baseline = LIVE_BYTES.load(Ordering::SeqCst);
-    let mut ds: Vec<PaneDriver> = (0..partitions).map(|_| PaneDriver::new(size, slide, false)).collect();
-    // Bytes per open (key, window) pair the operator holds at the same
-    // point of the same data (the prototype holds (key, pane) rows instead).
-    let mut state = StateSize { bytes_per_window_key: 0.0, open_window_keys: 0, samples: Vec::new() };
-    for (i, r) in data.raws.iter().enumerate() {
-        ds[data.partition[i] as usize].feed(&r.event(data.offset[i]));
-        if i % 1024 == 1023 {
-            let open = operator.samples.get(i / 1024).copied().unwrap_or(0);
-            if open > state.open_window_keys {
-                let live = LIVE_BYTES.load(Ordering::SeqCst) - baseline;
-                state = StateSize {
-                    bytes_per_window_key: live as f64 / open as f64,
-                    open_window_keys: open,
-                    samples: Vec::new(),
-                };
-            }
-        }
-    }
-    drop(ds);
-    COUNTING.store(false, Ordering::SeqCst);
-    (data.len() as f64 / best, state)
 }
 
 /// W1 with many open window-keys at once: `keys` distinct keys in one
@@ -1419,7 +1364,6 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut live_partitions = None;
-    let mut prototypes: Vec<String> = Vec::new();
     for (name, keys, n, workloads) in plans {
         let topic = format!("bench-{name}");
         let data = DataSet::new(name, &topic, n, keys, opts.partitions, 42);
@@ -1493,19 +1437,6 @@ fn main() {
                 run.cpu_us_per_event,
                 run.note
             );
-            if workload != Workload::W3 && std::env::var("BENCH_PROTOTYPE").as_deref() != Ok("0") {
-                let (rate, proto) = candidate(workload, &data, partitions, &state);
-                prototypes.push(format!(
-                    "{label:<14} operator {}/s ({:.1}x the operator's), state {:.0} B per open window-key at {} \
-                     (operator: {:.0} B at {})",
-                    si(rate),
-                    rate / compute.operator_events_per_s,
-                    proto.bytes_per_window_key,
-                    proto.open_window_keys,
-                    state.bytes_per_window_key,
-                    state.open_window_keys
-                ));
-            }
             rows.push(Row { label, events: n, source, compute, sink, entries, run, state });
         }
         // Free the data set's results before the next one.
@@ -1531,13 +1462,6 @@ fn main() {
     };
 
     print_rows(&rows);
-    if !prototypes.is_empty() {
-        println!();
-        println!("== Prototype, not in src (benches/support/candidate.rs: pane-based compact fixed windows) ==");
-        for line in &prototypes {
-            println!("{line}");
-        }
-    }
     if let Some((rate, bytes, open)) = stress {
         println!();
         println!(

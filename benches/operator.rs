@@ -14,7 +14,6 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use regionflow::region::RegionLayout;
 use regionflow::source::decode::{Decoder, JsonDecoder};
 use regionflow::window::Event;
-use support::candidate::PaneDriver;
 use support::{Driver, Workload, BASE_TS};
 
 /// Events per iteration: 200 s of event time, i.e. 20 tumbling windows,
@@ -49,40 +48,6 @@ fn operator(c: &mut Criterion) {
                 )
             });
         }
-    }
-    group.finish();
-}
-
-/// The bench-local prototype of pane-based, compact fixed windows
-/// (`support::candidate`), checked against the operator, then timed the
-/// same way as `operator/*`.
-fn candidate(c: &mut Criterion) {
-    let mut group = c.benchmark_group("candidate_panes");
-    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
-    group.throughput(Throughput::Elements(EVENTS as u64));
-    let events = events(100_000);
-    for (workload, size, slide) in [(Workload::W1, 10_000, 10_000), (Workload::W2, 60_000, 10_000)] {
-        let mut current = Driver::new(&support::spec(workload), true);
-        let mut proto = PaneDriver::new(size, slide, true);
-        for e in &events {
-            current.feed(e);
-            proto.feed(e);
-        }
-        current.finish();
-        proto.finish();
-        support::candidate::check_same_results(&current.keep.take().unwrap(), &proto.keep.take().unwrap());
-        group.bench_function(format!("{}/100k_keys", workload.name()), |b| {
-            b.iter_batched(
-                || PaneDriver::new(size, slide, false),
-                |mut driver| {
-                    for e in &events {
-                        driver.feed(e);
-                    }
-                    driver
-                },
-                BatchSize::PerIteration,
-            )
-        });
     }
     group.finish();
 }
@@ -137,5 +102,5 @@ fn region_writes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, operator, candidate, decode_and_operator, region_writes);
+criterion_group!(benches, operator, decode_and_operator, region_writes);
 criterion_main!(benches);

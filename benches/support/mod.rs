@@ -16,8 +16,6 @@
 //! lives in one partition in every workload.
 #![allow(dead_code)]
 
-pub mod candidate;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -12,7 +12,8 @@ use crate::time::Millis;
 use crate::window::OperatorSnapshot;
 
 const MAGIC: &[u8; 4] = b"RFCK";
-pub const FORMAT_VERSION: u16 = 1;
+/// v1 kept fixed-window state per window; v2 keeps it per pane.
+pub const FORMAT_VERSION: u16 = 2;
 
 /// Everything a task needs to continue where it stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,18 +60,19 @@ pub fn decode(bytes: &[u8]) -> Result<TaskState, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::window::{Accumulator, WindowSnapshot};
+    use crate::window::{Accumulator, FixedSnapshot, PaneSnapshot};
 
     fn state() -> TaskState {
         TaskState {
             fingerprint: "f".into(),
             max_seen: Some(42),
-            operator: OperatorSnapshot::Fixed(vec![WindowSnapshot {
-                start: 0,
-                end: 10,
-                fired: false,
-                keys: vec![("k".into(), vec![Accumulator::Count(2), Accumulator::Max(Some(1.5))])],
-            }]),
+            operator: OperatorSnapshot::Fixed(FixedSnapshot {
+                fired_through: 7,
+                panes: vec![PaneSnapshot {
+                    start: 0,
+                    keys: vec![("k".into(), vec![Accumulator::Count(2), Accumulator::Max(Some(1.5))])],
+                }],
+            }),
         }
     }
 
@@ -89,5 +91,19 @@ mod tests {
         assert_eq!(decode(b"hello world"), Err(DecodeError::NotACheckpoint));
         let truncated = &encode(&state())[..12];
         assert!(matches!(decode(truncated), Err(DecodeError::Corrupt(_))));
+    }
+
+    /// A checkpoint written before fixed windows moved to panes (v1: one
+    /// entry per window) is refused, not misread as panes.
+    #[test]
+    fn refuses_v1_per_window_state() {
+        // v1 bytes of `Fixed([{ start: 0, end: 10, fired: false, keys: [("k", [Count(2)])] }])`.
+        let mut v1 = MAGIC.to_vec();
+        v1.extend_from_slice(&1u16.to_le_bytes());
+        v1.extend_from_slice(&[1, b'f', 1, 84, 0, 1, 0, 20, 0, 1, 1, b'k', 1, 0, 2]);
+        assert_eq!(FORMAT_VERSION, 2);
+        let error = decode(&v1).unwrap_err();
+        assert_eq!(error, DecodeError::UnknownVersion { found: 1 });
+        assert!(error.to_string().contains("format v1"), "{error}");
     }
 }

@@ -122,7 +122,7 @@ impl Metrics {
                 "Window results produced, by kind (final, update, retract, amend).",
                 &["pipeline", "kind"],
             ),
-            open_windows: gauge(&r, "regionflow_open_windows", "(key, window) pairs held in state.", ptp),
+            open_windows: gauge(&r, "regionflow_open_windows", "(key, window) pairs held in state; for fixed windows, (key, pane) rows.", ptp),
             watermark_lag: gauge_f64(
                 &r,
                 "regionflow_watermark_lag_seconds",

@@ -4,10 +4,21 @@
 //! (Avro, CSV) can follow. A record that cannot become an event yields a
 //! [`DecodeError`] naming the stage that failed and why; the task sends it to
 //! the dead-letter topic.
+//!
+//! JSON records are read in one of two ways (see [`fields`]): when every
+//! configured pointer names a top-level field (`/user`), one pass over the
+//! object materialises only those fields and skips the rest; otherwise the
+//! whole value is parsed into a `serde_json::Value` and the pointers are
+//! looked up in it. Both give the same events and the same errors, except
+//! that a skipped field is not subject to the parser's nesting limit.
+
+mod fields;
 
 use std::sync::Arc;
 
 use serde_json::Value as Json;
+
+use fields::{FieldValue, Fields, TopLevelNames};
 
 use crate::config::{AggregateFunction, EventTimeSource, KeySource, PipelineConfig, TimeFormat};
 use crate::time::{parse_rfc3339, Millis};
@@ -82,45 +93,73 @@ pub struct JsonDecoder {
     event_time: EventTimeSource,
     inputs: Vec<(AggregateFunction, Option<String>)>,
     max_record_bytes: usize,
+    /// Set when every pointer is a single segment.
+    top_level: Option<TopLevelNames>,
 }
 
 impl JsonDecoder {
     pub fn new(config: &PipelineConfig) -> Self {
+        let inputs: Vec<_> = config.aggregates.values().map(|a| (a.function, a.field.clone())).collect();
+        let key_pointer = match &config.key {
+            KeySource::Field { pointer } => Some(pointer.as_str()),
+            KeySource::KafkaKey => None,
+        };
+        let time_pointer = match &config.event_time {
+            EventTimeSource::Field { pointer, .. } => Some(pointer.as_str()),
+            EventTimeSource::ProcessingTime | EventTimeSource::KafkaTimestamp => None,
+        };
+        let pointers =
+            key_pointer.into_iter().chain(time_pointer).chain(inputs.iter().filter_map(|(_, f)| f.as_deref()));
         JsonDecoder {
             key: config.key.clone(),
             event_time: config.event_time.clone(),
-            inputs: config.aggregates.values().map(|a| (a.function, a.field.clone())).collect(),
+            top_level: TopLevelNames::of(pointers),
+            inputs,
             max_record_bytes: config.max_record_bytes,
         }
     }
 
-    fn key(&self, record: &SourceRecord, value: &Json) -> Result<Arc<str>, DecodeError> {
+    /// The record's fields, or why its value is not JSON.
+    fn fields<'a>(&'a self, payload: &'a [u8]) -> Result<Fields<'a>, DecodeError> {
+        let parse_error = |e: serde_json::Error| fail(Stage::Parse, format!("invalid JSON: {e}"));
+        // Payloads that are not UTF-8 take the tree path, whose parser
+        // names the offending position (the single-pass reader would not
+        // check UTF-8 inside skipped strings).
+        if let Some(wanted) = &self.top_level {
+            if let Ok(text) = std::str::from_utf8(payload) {
+                if let Some(values) = wanted.read(text).map_err(parse_error)? {
+                    return Ok(Fields::TopLevel { wanted, values });
+                }
+            }
+        }
+        serde_json::from_slice(payload).map(Fields::Tree).map_err(parse_error)
+    }
+
+    fn key(&self, record: &SourceRecord, fields: &Fields) -> Result<Arc<str>, DecodeError> {
         match &self.key {
             KeySource::KafkaKey => {
                 let key = record.key.as_deref().ok_or_else(|| fail(Stage::Key, "record has no Kafka key"))?;
                 let key = std::str::from_utf8(key).map_err(|_| fail(Stage::Key, "Kafka key is not UTF-8"))?;
                 Ok(Arc::from(key))
             }
-            KeySource::Field { pointer } => match value.pointer(pointer) {
-                None | Some(Json::Null) => Err(fail(Stage::Key, format!("missing key field {pointer}"))),
-                Some(Json::String(s)) => Ok(Arc::from(s.as_str())),
-                Some(v @ (Json::Number(_) | Json::Bool(_))) => Ok(Arc::from(v.to_string())),
+            KeySource::Field { pointer } => match fields.get(pointer) {
+                None => Err(fail(Stage::Key, format!("missing key field {pointer}"))),
+                Some(FieldValue::Str(s)) => Ok(Arc::from(s)),
+                Some(FieldValue::Other(v @ (Json::Number(_) | Json::Bool(_)))) => Ok(Arc::from(v.to_string())),
                 Some(_) => Err(fail(Stage::Key, format!("key field {pointer} is not a string, number or bool"))),
             },
         }
     }
 
-    fn event_time(&self, record: &SourceRecord, value: &Json, now: Millis) -> Result<Millis, DecodeError> {
+    fn event_time(&self, record: &SourceRecord, fields: &Fields, now: Millis) -> Result<Millis, DecodeError> {
         match &self.event_time {
             EventTimeSource::ProcessingTime => Ok(now),
             EventTimeSource::KafkaTimestamp => {
                 record.timestamp.ok_or_else(|| fail(Stage::EventTime, "record has no Kafka timestamp"))
             }
             EventTimeSource::Field { pointer, format } => {
-                let v = match value.pointer(pointer) {
-                    None | Some(Json::Null) => {
-                        return Err(fail(Stage::EventTime, format!("missing event time field {pointer}")))
-                    }
+                let v = match fields.get(pointer) {
+                    None => return Err(fail(Stage::EventTime, format!("missing event time field {pointer}"))),
                     Some(v) => v,
                 };
                 let wrong =
@@ -128,32 +167,39 @@ impl JsonDecoder {
                 match format {
                     TimeFormat::EpochMillis => number(v).map(|n| n as Millis).ok_or_else(wrong),
                     TimeFormat::EpochSeconds => number(v).map(|n| (n * 1000.0).round() as Millis).ok_or_else(wrong),
-                    TimeFormat::Rfc3339 => v.as_str().and_then(parse_rfc3339).ok_or_else(wrong),
+                    TimeFormat::Rfc3339 => match v {
+                        FieldValue::Str(s) => parse_rfc3339(s).ok_or_else(wrong),
+                        FieldValue::Other(_) => Err(wrong()),
+                    },
                 }
             }
         }
     }
 
-    fn input(function: AggregateFunction, field: &Option<String>, value: &Json) -> Result<Input, DecodeError> {
+    fn input(function: AggregateFunction, field: &Option<String>, fields: &Fields) -> Result<Input, DecodeError> {
         let Some(pointer) = field else { return Ok(Input::Unit) };
-        let v = value.pointer(pointer).filter(|v| !v.is_null());
+        let v = fields.get(pointer);
         if function == AggregateFunction::Count {
             return Ok(if v.is_some() { Input::Unit } else { Input::Absent });
         }
         let v = v.ok_or_else(|| fail(Stage::Aggregate, format!("missing field {pointer}")))?;
         match function {
             AggregateFunction::Count => unreachable!("handled above"),
-            AggregateFunction::Sum | AggregateFunction::Min | AggregateFunction::Max | AggregateFunction::Avg => v
-                .as_f64()
+            AggregateFunction::Sum | AggregateFunction::Min | AggregateFunction::Max | AggregateFunction::Avg => {
+                match v {
+                    FieldValue::Other(Json::Number(n)) => n.as_f64(),
+                    _ => None,
+                }
                 .map(Input::Number)
-                .ok_or_else(|| fail(Stage::Aggregate, format!("field {pointer} is not a number"))),
+                .ok_or_else(|| fail(Stage::Aggregate, format!("field {pointer} is not a number")))
+            }
             AggregateFunction::DistinctCount => Ok(Input::Hash(match v {
-                Json::String(s) => stable_hash(s.as_bytes()),
-                other => stable_hash(other.to_string().as_bytes()),
+                FieldValue::Str(s) => stable_hash(s.as_bytes()),
+                FieldValue::Other(other) => stable_hash(other.to_string().as_bytes()),
             })),
             AggregateFunction::First | AggregateFunction::Last => Ok(Input::Text(match v {
-                Json::String(s) => s.as_str().into(),
-                other => other.to_string().into(),
+                FieldValue::Str(s) => s.into(),
+                FieldValue::Other(other) => other.to_string().into(),
             })),
         }
     }
@@ -168,11 +214,11 @@ fn describe(format: TimeFormat) -> &'static str {
 }
 
 /// A JSON number, or a string holding one (common for epoch times).
-fn number(v: &Json) -> Option<f64> {
+fn number(v: FieldValue) -> Option<f64> {
     match v {
-        Json::Number(n) => n.as_f64(),
-        Json::String(s) => s.trim().parse().ok(),
-        _ => None,
+        FieldValue::Other(Json::Number(n)) => n.as_f64(),
+        FieldValue::Str(s) => s.trim().parse().ok(),
+        FieldValue::Other(_) => None,
     }
 }
 
@@ -186,14 +232,13 @@ impl Decoder for JsonDecoder {
             ));
         }
         let payload = record.payload.as_deref().ok_or_else(|| fail(Stage::Parse, "record has no value"))?;
-        let value: Json =
-            serde_json::from_slice(payload).map_err(|e| fail(Stage::Parse, format!("invalid JSON: {e}")))?;
-        let key = self.key(record, &value)?;
-        let time = self.event_time(record, &value, now)?;
+        let fields = self.fields(payload)?;
+        let key = self.key(record, &fields)?;
+        let time = self.event_time(record, &fields, now)?;
         let inputs = self
             .inputs
             .iter()
-            .map(|(function, field)| Self::input(*function, field, &value))
+            .map(|(function, field)| Self::input(*function, field, &fields))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Event { key, time, inputs, offset: record.offset })
     }

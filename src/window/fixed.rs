@@ -1,42 +1,59 @@
 //! Tumbling and sliding windows: aligned to the epoch, `size` long, one
-//! every `slide` (tumbling is `slide == size`).
+//! every `slide` (tumbling is `slide == size`; `size` is a whole multiple of
+//! `slide`, which configuration checks).
 //!
-//! State is a map ordered by window end, so firing and purging on a
-//! watermark is a walk over the front of the map.
+//! State is kept per *pane*, the `slide`-long stretch of event time starting
+//! at each multiple of `slide` ("No pane, no gain", Li et al. 2005), not per
+//! window: a record updates exactly one pane whatever `size / slide` is, and
+//! a window fires by merging the `size / slide` panes it covers (a tumbling
+//! window is its one pane). Each pane stores its keys' aggregates in
+//! columns ([`Pane`]), so a sliding window's keys are not copied into every
+//! window that holds them.
+//!
+//! Which windows have fired is one number, `fired_through`: the highest
+//! watermark seen; every window ending at or before it has fired. A pane is
+//! kept until its last window (ending at `start + size`) is past its allowed
+//! lateness, so every window a late record can still re-fire has all its
+//! panes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::Arc;
 
 use ahash::AHashMap;
 
+use super::pane::Pane;
 use super::{floor_to, Accumulator, Event, ResultKind, Window, WindowResult};
 use crate::config::AggregateFunction;
 use crate::time::Millis;
-
-#[derive(Debug, Default)]
-pub(super) struct WindowState {
-    pub(super) keys: AHashMap<Arc<str>, Slot>,
-    pub(super) fired: bool,
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct Slot {
-    pub(super) accumulators: Vec<Accumulator>,
-    pub(super) dirty: bool,
-}
 
 #[derive(Debug)]
 pub(super) struct FixedWindows {
     size: Millis,
     slide: Millis,
-    /// Keyed by `(end, start)` so the earliest-ending window is first.
-    pub(super) windows: BTreeMap<(Millis, Millis), WindowState>,
-    pub(super) open_slots: usize,
+    pub(super) functions: Vec<AggregateFunction>,
+    /// Keyed by the pane's start.
+    pub(super) panes: BTreeMap<Millis, Pane>,
+    /// Every window ending at or before this has fired.
+    pub(super) fired_through: Millis,
+    /// (key, pane) rows held.
+    pub(super) open_rows: usize,
+    /// Scratch map for merging the panes of a sliding window, kept to reuse
+    /// its allocation.
+    merging: AHashMap<Arc<str>, Vec<Accumulator>>,
 }
 
 impl FixedWindows {
-    pub(super) fn new(size: Millis, slide: Millis) -> Self {
-        FixedWindows { size, slide, windows: BTreeMap::new(), open_slots: 0 }
+    pub(super) fn new(size: Millis, slide: Millis, functions: &[AggregateFunction]) -> Self {
+        FixedWindows {
+            size,
+            slide,
+            functions: functions.to_vec(),
+            panes: BTreeMap::new(),
+            fired_through: Millis::MIN,
+            open_rows: 0,
+            merging: AHashMap::new(),
+        }
     }
 
     /// Every window containing `time`, earliest first.
@@ -49,105 +66,210 @@ impl FixedWindows {
         })
     }
 
-    /// Adds the event to each of its windows still kept; returns whether any
-    /// accepted it. A window already fired re-fires at once.
+    /// Adds the event to its pane if any of its windows is still kept;
+    /// returns whether one was. Windows already fired but within their
+    /// allowed lateness re-fire at once with the new value.
     pub(super) fn process(
         &mut self,
         event: &Event,
-        functions: &[AggregateFunction],
         watermark: Millis,
         lateness: Millis,
         out: &mut Vec<WindowResult>,
     ) -> bool {
-        let mut accepted = false;
-        let windows: Vec<Window> = self.assign(event.time).collect();
-        for window in windows {
-            if window.end.saturating_add(lateness) <= watermark {
-                continue;
-            }
-            accepted = true;
-            let state = self
-                .windows
-                .entry((window.end, window.start))
-                .or_insert_with(|| WindowState { keys: AHashMap::new(), fired: window.end <= watermark });
-            let slot = state.keys.entry(event.key.clone()).or_insert_with(|| {
-                self.open_slots += 1;
-                Slot { accumulators: functions.iter().map(|f| Accumulator::new(*f)).collect(), dirty: false }
-            });
-            for (acc, input) in slot.accumulators.iter_mut().zip(&event.inputs) {
-                acc.add(input, event.time);
-            }
-            if state.fired {
-                out.push(WindowResult {
-                    key: event.key.clone(),
-                    window,
-                    accumulators: slot.accumulators.clone(),
-                    kind: ResultKind::Final,
-                });
-            } else {
-                slot.dirty = true;
-            }
+        // Windows complete at this watermark fire before the record lands
+        // (a no-op when the caller advanced to it, as tasks do).
+        self.fire(watermark, out);
+        let start = floor_to(event.time, self.slide);
+        let last_end = start + self.size;
+        if last_end.saturating_add(lateness) <= watermark {
+            return false;
         }
-        accepted
+        // A new pane grows with its keys: sizing it like the previous one
+        // saved a few rehashes but held two full panes while windows overlap.
+        let pane = self.panes.entry(start).or_insert_with(|| Pane::with_capacity(&self.functions, 0));
+        let (row, added) = pane.row_or_insert(&event.key);
+        self.open_rows += added as usize;
+        pane.add(row, &event.inputs, event.time);
+        if last_end > self.fired_through {
+            pane.mark_dirty(row);
+        }
+        // Fired windows of the pane that are still kept, earliest first.
+        let mut end = start + self.slide;
+        while end <= last_end && end <= self.fired_through {
+            if end.saturating_add(lateness) > watermark {
+                let window = Window { start: end - self.size, end };
+                let accumulators = self.merged(&event.key, window);
+                out.push(WindowResult { key: event.key.clone(), window, accumulators, kind: ResultKind::Final });
+            }
+            end += self.slide;
+        }
+        true
     }
 
-    /// Fires windows that end at or before the watermark and drops those
-    /// past their allowed lateness.
+    /// Fires windows that end at or before the watermark and drops panes
+    /// whose last window is past its allowed lateness.
     pub(super) fn advance(&mut self, watermark: Millis, lateness: Millis, out: &mut Vec<WindowResult>) {
-        for (&(end, start), state) in self.windows.range_mut(..=(watermark, Millis::MAX)) {
-            if state.fired {
-                continue;
-            }
-            state.fired = true;
-            let window = Window { start, end };
-            out.extend(state.keys.iter_mut().map(|(key, slot)| {
-                slot.dirty = false;
-                WindowResult {
-                    key: key.clone(),
-                    window,
-                    accumulators: slot.accumulators.clone(),
-                    kind: ResultKind::Final,
-                }
-            }));
-        }
-        while let Some(entry) = self.windows.first_entry() {
-            let (end, _) = *entry.key();
-            if end.saturating_add(lateness) > watermark {
+        self.fire(watermark, out);
+        while let Some(entry) = self.panes.first_entry() {
+            if (*entry.key() + self.size).saturating_add(lateness) > watermark {
                 break;
             }
-            self.open_slots -= entry.get().keys.len();
+            self.open_rows -= entry.get().len();
             entry.remove();
         }
     }
 
     /// Running values of open windows changed since the last call.
     pub(super) fn updates(&mut self, out: &mut Vec<WindowResult>) {
-        for (&(end, start), state) in self.windows.iter_mut().filter(|(_, s)| !s.fired) {
-            for (key, slot) in state.keys.iter_mut().filter(|(_, s)| s.dirty) {
-                slot.dirty = false;
-                out.push(WindowResult {
-                    key: key.clone(),
-                    window: Window { start, end },
-                    accumulators: slot.accumulators.clone(),
-                    kind: ResultKind::Update,
-                });
+        let mut due: BTreeSet<(Millis, Arc<str>)> = BTreeSet::new();
+        for (&start, pane) in self.panes.range_mut((self.open_panes_from(self.fired_through), Bound::Unbounded)) {
+            let keys = pane.take_dirty();
+            let mut end = start + self.slide;
+            while end <= start + self.size {
+                if end > self.fired_through {
+                    due.extend(keys.iter().map(|k| (end, k.clone())));
+                }
+                end += self.slide;
             }
         }
+        for (end, key) in due {
+            let window = Window { start: end - self.size, end };
+            let accumulators = self.merged(&key, window);
+            out.push(WindowResult { key, window, accumulators, kind: ResultKind::Update });
+        }
+    }
+
+    /// Fires every window with data ending after `fired_through` and at or
+    /// before `watermark`, in order of their ends.
+    fn fire(&mut self, watermark: Millis, out: &mut Vec<WindowResult>) {
+        if watermark <= self.fired_through {
+            return;
+        }
+        let mut after = self.fired_through;
+        while let Some(end) = self.next_end(after).filter(|&end| end <= watermark) {
+            self.fire_window(Window { start: end - self.size, end }, out);
+            after = end;
+        }
+        self.fired_through = watermark;
+    }
+
+    /// The bound excluding panes all of whose windows end at or before `time`.
+    fn open_panes_from(&self, time: Millis) -> Bound<Millis> {
+        Bound::Excluded(time.saturating_sub(self.size))
+    }
+
+    /// The earliest end, after `after`, of a window holding some pane.
+    fn next_end(&self, after: Millis) -> Option<Millis> {
+        let (&start, _) = self.panes.range((self.open_panes_from(after), Bound::Unbounded)).next()?;
+        // The pane's windows end at start + slide, ..., start + size, and
+        // the last is after `after`.
+        let first = start + self.slide;
+        Some(if first > after { first } else { floor_to(after, self.slide) + self.slide })
+    }
+
+    fn fire_window(&mut self, window: Window, out: &mut Vec<WindowResult>) {
+        let result = |key: Arc<str>, accumulators| WindowResult { key, window, accumulators, kind: ResultKind::Final };
+        if self.size == self.slide {
+            if let Some(pane) = self.panes.get(&window.start) {
+                out.reserve(pane.len());
+                out.extend(pane.keys().map(|(key, row)| result(key.clone(), pane.values(row))));
+            }
+            return;
+        }
+        for (_, pane) in self.panes.range(window.start..window.end) {
+            for (key, row) in pane.keys() {
+                match self.merging.get_mut(&**key) {
+                    Some(accumulators) => pane.merge_into(row, accumulators),
+                    None => {
+                        self.merging.insert(key.clone(), pane.values(row));
+                    }
+                }
+            }
+        }
+        out.reserve(self.merging.len());
+        out.extend(self.merging.drain().map(|(key, accumulators)| result(key, accumulators)));
+    }
+
+    /// The value of one key in one window: its rows of the window's panes merged.
+    fn merged(&self, key: &str, window: Window) -> Vec<Accumulator> {
+        let mut accumulators: Vec<Accumulator> = self.functions.iter().map(|f| Accumulator::new(*f)).collect();
+        for (_, pane) in self.panes.range(window.start..window.end) {
+            if let Some(row) = pane.row(key) {
+                pane.merge_into(row, &mut accumulators);
+            }
+        }
+        accumulators
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::window::Input;
 
     #[test]
     fn sliding_assigns_size_over_slide_windows_including_negative_times() {
-        let f = FixedWindows::new(30, 10);
+        let f = FixedWindows::new(30, 10, &[]);
         let w: Vec<_> = f.assign(25).map(|w| (w.start, w.end)).collect();
         assert_eq!(w, vec![(0, 30), (10, 40), (20, 50)]);
         let w: Vec<_> = f.assign(-5).map(|w| (w.start, w.end)).collect();
         assert_eq!(w, vec![(-30, 0), (-20, 10), (-10, 20)]);
-        let t = FixedWindows::new(10, 10);
+        let t = FixedWindows::new(10, 10, &[]);
         assert_eq!(t.assign(10).collect::<Vec<_>>(), vec![Window { start: 10, end: 20 }]);
+    }
+
+    fn event(key: &str, time: Millis) -> Event {
+        Event { key: Arc::from(key), time, inputs: vec![Input::Unit], offset: 0 }
+    }
+
+    fn summary(out: &mut Vec<WindowResult>) -> Vec<(ResultKind, &'static str, Millis, Millis, Accumulator)> {
+        let mut s: Vec<_> = out
+            .drain(..)
+            .map(|r| {
+                let key: &'static str = if &*r.key == "a" { "a" } else { "b" };
+                (r.kind, key, r.window.start, r.window.end, r.accumulators[0].clone())
+            })
+            .collect();
+        s.sort_by_key(|(_, k, start, _, _)| (*start, *k));
+        s
+    }
+
+    /// A late record lands in a pane whose earlier windows have fired while
+    /// its later ones are still open: the fired ones re-fire, the open ones
+    /// take it when they fire, and updates name only the open ones.
+    #[test]
+    fn late_record_in_a_pane_shared_by_fired_and_open_windows() {
+        use ResultKind::{Final, Update};
+        let mut f = FixedWindows::new(30, 10, &[AggregateFunction::Count]);
+        let mut out = Vec::new();
+        let lateness = 100;
+        assert!(f.process(&event("a", 5), Millis::MIN, lateness, &mut out));
+        assert!(f.process(&event("b", 15), Millis::MIN, lateness, &mut out));
+        f.advance(20, lateness, &mut out);
+        let c = Accumulator::Count;
+        assert_eq!(
+            summary(&mut out),
+            vec![(Final, "a", -20, 10, c(1)), (Final, "a", -10, 20, c(1)), (Final, "b", -10, 20, c(1))]
+        );
+        f.updates(&mut out);
+        assert_eq!(
+            summary(&mut out),
+            vec![(Update, "a", 0, 30, c(1)), (Update, "b", 0, 30, c(1)), (Update, "b", 10, 40, c(1))]
+        );
+        assert!(f.process(&event("a", 7), 20, lateness, &mut out));
+        assert_eq!(summary(&mut out), vec![(Final, "a", -20, 10, c(2)), (Final, "a", -10, 20, c(2))]);
+        f.updates(&mut out);
+        assert_eq!(summary(&mut out), vec![(Update, "a", 0, 30, c(2))]);
+        f.advance(40, lateness, &mut out);
+        assert_eq!(
+            summary(&mut out),
+            vec![(Final, "a", 0, 30, c(2)), (Final, "b", 0, 30, c(1)), (Final, "b", 10, 40, c(1))]
+        );
+        assert_eq!(f.open_rows, 2);
+        f.advance(130, lateness, &mut out);
+        assert_eq!(f.open_rows, 1, "pane 0 purged: its last window, [0, 30), is past its lateness");
+        assert!(!f.process(&event("a", 8), 130, lateness, &mut out), "late for every window of pane 0");
+        f.advance(140, lateness, &mut out);
+        assert_eq!((f.open_rows, f.panes.len()), (0, 0));
     }
 }

@@ -15,12 +15,13 @@ mod aggregate;
 mod fixed;
 pub mod hll;
 mod operator;
+mod pane;
 mod session;
 mod snapshot;
 
 pub use aggregate::{render_number, Accumulator, Input};
 pub use operator::{Accepted, WindowOperator, WindowSpec};
-pub use snapshot::{KeySessions, OperatorSnapshot, SessionSnapshot, WindowSnapshot};
+pub use snapshot::{FixedSnapshot, KeySessions, OperatorSnapshot, PaneSnapshot, SessionSnapshot};
 
 use std::sync::Arc;
 

@@ -53,8 +53,8 @@ pub struct WindowOperator {
 impl WindowOperator {
     pub fn new(spec: WindowSpec) -> Self {
         let state = match spec.kind {
-            WindowKind::Tumbling { size } => State::Fixed(FixedWindows::new(size, size)),
-            WindowKind::Sliding { size, slide } => State::Fixed(FixedWindows::new(size, slide)),
+            WindowKind::Tumbling { size } => State::Fixed(FixedWindows::new(size, size, &spec.functions)),
+            WindowKind::Sliding { size, slide } => State::Fixed(FixedWindows::new(size, slide, &spec.functions)),
             WindowKind::Session { gap } => State::Session(SessionWindows::new(gap)),
         };
         WindowOperator { spec, state, results: Vec::new() }
@@ -68,7 +68,7 @@ impl WindowOperator {
     pub fn process(&mut self, event: &Event, watermark: Millis) -> Accepted {
         let (functions, lateness) = (&self.spec.functions, self.spec.allowed_lateness);
         let accepted = match &mut self.state {
-            State::Fixed(f) => f.process(event, functions, watermark, lateness, &mut self.results),
+            State::Fixed(f) => f.process(event, watermark, lateness, &mut self.results),
             State::Session(s) => s.process(event, functions, watermark, lateness, &mut self.results),
         };
         if accepted {
@@ -134,12 +134,12 @@ impl WindowOperator {
     }
 
     /// An operator holding a snapshot's state; `None` when the snapshot is
-    /// of another window kind than `spec`.
+    /// of another window kind than `spec` (or holds aggregates of others).
     pub fn restore(spec: WindowSpec, snapshot: OperatorSnapshot) -> Option<WindowOperator> {
         let mut operator = WindowOperator::new(spec);
         let lateness = operator.spec.allowed_lateness;
         match (&mut operator.state, snapshot) {
-            (State::Fixed(f), OperatorSnapshot::Fixed(windows)) => f.restore(windows),
+            (State::Fixed(f), OperatorSnapshot::Fixed(panes)) => f.restore(panes)?,
             (State::Session(s), OperatorSnapshot::Session(keys)) => s.restore(keys, lateness),
             _ => return None,
         }
@@ -153,10 +153,12 @@ impl WindowOperator {
         format!("{:?}/{:?}", self.spec.kind, self.spec.functions)
     }
 
-    /// Open (key, window) pairs held in state.
+    /// Open (key, window) pairs held in state. For fixed windows, (key,
+    /// pane) rows: the same for tumbling windows; for sliding windows one
+    /// row serves the up to `size / slide` windows holding the pane.
     pub fn open_windows(&self) -> usize {
         match &self.state {
-            State::Fixed(f) => f.open_slots,
+            State::Fixed(f) => f.open_rows,
             State::Session(s) => s.open_slots,
         }
     }

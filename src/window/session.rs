@@ -49,7 +49,9 @@ impl SessionWindows {
         out: &mut Vec<WindowResult>,
     ) -> bool {
         let mut merged = Window { start: event.time, end: event.time.saturating_add(self.gap) };
-        let sessions = self.sessions.entry(event.key.clone()).or_default();
+        // Most keys have one session at a time: room for exactly one (a
+        // first push would make room for four).
+        let sessions = self.sessions.entry(event.key.clone()).or_insert_with(|| Vec::with_capacity(1));
         let intersects = |s: &Session, w: &Window| s.window.start <= w.end && s.window.end >= w.start;
         // Sessions of one key never intersect each other, so one pass finds
         // the extent of the merge.

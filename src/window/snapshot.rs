@@ -1,30 +1,39 @@
 //! Operator state as plain data, for checkpoints.
 //!
-//! A snapshot lists every window (or session) with its fired/emitted flags
-//! and each key's accumulators; restoring it
-//! gives an operator that behaves exactly like the one snapshotted. The
+//! A fixed-window snapshot lists every pane with each key's accumulators,
+//! plus the watermark through which windows have fired; a session snapshot
+//! lists every session with its fired/emitted flags and accumulators.
+//! Restoring one gives an operator that behaves exactly like the one
+//! snapshotted (running values not yet emitted as updates are re-emitted
+//! only when changed again, or when their window fires). The
 //! byte encoding and its versioning live in `checkpoint::encode`.
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::fixed::{FixedWindows, Slot, WindowState};
+use super::fixed::FixedWindows;
+use super::pane::Pane;
 use super::session::{Session, SessionWindows};
 use super::{Accumulator, Window};
 use crate::time::Millis;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum OperatorSnapshot {
-    Fixed(Vec<WindowSnapshot>),
+    Fixed(FixedSnapshot),
     Session(Vec<KeySessions>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WindowSnapshot {
+pub struct FixedSnapshot {
+    /// Every window ending at or before this has fired.
+    pub fired_through: Millis,
+    pub panes: Vec<PaneSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaneSnapshot {
     pub start: Millis,
-    pub end: Millis,
-    pub fired: bool,
     pub keys: Vec<(String, Vec<Accumulator>)>,
 }
 
@@ -44,28 +53,33 @@ pub struct SessionSnapshot {
 }
 
 impl FixedWindows {
-    pub(super) fn snapshot(&self) -> Vec<WindowSnapshot> {
-        self.windows
-            .iter()
-            .map(|(&(end, start), state)| WindowSnapshot {
-                start,
-                end,
-                fired: state.fired,
-                keys: state.keys.iter().map(|(k, slot)| (k.to_string(), slot.accumulators.clone())).collect(),
-            })
-            .collect()
+    pub(super) fn snapshot(&self) -> FixedSnapshot {
+        FixedSnapshot {
+            fired_through: self.fired_through,
+            panes: self
+                .panes
+                .iter()
+                .map(|(&start, pane)| PaneSnapshot {
+                    start,
+                    keys: pane.keys().map(|(key, row)| (key.to_string(), pane.values(row))).collect(),
+                })
+                .collect(),
+        }
     }
 
-    pub(super) fn restore(&mut self, windows: Vec<WindowSnapshot>) {
-        for w in windows {
-            self.open_slots += w.keys.len();
-            let keys = w
-                .keys
-                .into_iter()
-                .map(|(k, accumulators)| (Arc::from(k), Slot { accumulators, dirty: false }))
-                .collect();
-            self.windows.insert((w.end, w.start), WindowState { keys, fired: w.fired });
+    /// `None` when a pane holds accumulators of other aggregates than the
+    /// operator's (or a key twice).
+    pub(super) fn restore(&mut self, snapshot: FixedSnapshot) -> Option<()> {
+        self.fired_through = snapshot.fired_through;
+        for p in snapshot.panes {
+            let mut pane = Pane::with_capacity(&self.functions, p.keys.len());
+            for (key, values) in p.keys {
+                pane.insert(Arc::from(key), values).then_some(())?;
+            }
+            self.open_rows += pane.len();
+            self.panes.insert(p.start, pane);
         }
+        Some(())
     }
 }
 

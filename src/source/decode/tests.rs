@@ -99,3 +99,90 @@ fn time_formats_and_kafka_sources() {
     let no_key = SourceRecord { key: None, ..record(r#"{"amount":1,"user":"u"}"#) };
     assert_eq!(kafka_ts.decode(&no_key, 0).expect_err("no key").stage, Stage::Key);
 }
+
+/// The single-pass top-level reader and the `Value` tree give the same
+/// event, or the same error, for every kind of payload.
+#[test]
+fn top_level_fields_decode_exactly_like_the_tree() {
+    let decoders = [
+        (r#"{ from = "field", pointer = "/page" }"#, r#"{ from = "field", pointer = "/ts" }"#),
+        (r#"{ from = "field", pointer = "/0" }"#, r#"{ from = "field", pointer = "/ts", format = "epoch_seconds" }"#),
+        (r#"{ from = "field", pointer = "/a~1b" }"#, r#"{ from = "field", pointer = "/t~0", format = "rfc3339" }"#),
+    ];
+    let payloads: Vec<Vec<u8>> = [
+        r#"{"page":"/a","ts":1234,"amount":2.5,"user":"u1"}"#,
+        r#"{"pa\u0067e":"/\u00e9","ts":"1234","amount":-0.0,"user":{"a":[1,2.50,"x"]},"coupon":[]}"#,
+        r#"{"page":"a","page":"b","ts":1,"ts":2,"amount":1e2,"user":null,"coupon":false}"#,
+        r#"{"page":null,"ts":1,"amount":1}"#,
+        r#"{"page":true,"ts":1.5e3,"amount":3,"user":true}"#,
+        r#"{"page":12345678901234567890,"ts":-7,"amount":1,"user":1.0}"#,
+        r#"{"page":-1.25,"ts":1,"amount":1,"user":-3}"#,
+        r#"{"page":{"x":[1,{"y":null}]},"ts":1,"amount":1,"user":"u"}"#,
+        r#"{"page":"p","ts":1,"amount":"1","user":"u"}"#,
+        r#"{"page":"p","ts":null,"amount":1,"user":"u"}"#,
+        r#"{"0":"zero","ts":"12.5","amount":1,"user":[1],"a/b":"slash","t~":"2024-01-01T00:00:01Z"}"#,
+        r#"{"a/b":7,"t~":"yesterday","0":false,"ts":1,"amount":1}"#,
+        r#"  {"page":"p","ts":1,"amount":1,"user":"u","extra":{"deep":[[[]]],"s":"\"\\"}}  "#,
+        r#"{}"#,
+        r#"["zero","b"]"#,
+        r#""str""#,
+        r#"42"#,
+        r#"null"#,
+        r#"{"page":"a",}"#,
+        r#"{"page":"a"} x"#,
+        r#"{"page":"a""#,
+        r#"{"page" "a"}"#,
+        r#"{"page":tru}"#,
+        r#"{"page":"\x"}"#,
+        "",
+    ]
+    .iter()
+    .map(|p| p.as_bytes().to_vec())
+    .chain([
+        b"{\"skipped\":\"\xff\",\"page\":\"a\",\"ts\":1,\"amount\":1}".to_vec(),
+        b"{\"page\":\"\xc3\",\"ts\":1,\"amount\":1}".to_vec(),
+    ])
+    .collect();
+    for (key, time) in decoders {
+        let top = JsonDecoder { max_record_bytes: 10_000, ..JsonDecoder::new(&pipeline(key, time)) };
+        assert!(top.top_level.is_some(), "single-segment pointers read top-level fields");
+        let tree = JsonDecoder { top_level: None, max_record_bytes: 10_000, ..JsonDecoder::new(&pipeline(key, time)) };
+        for payload in &payloads {
+            let record = SourceRecord { payload: Some(payload.clone()), ..record("") };
+            assert_eq!(
+                top.decode(&record, 0),
+                tree.decode(&record, 0),
+                "{key} {time} {:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+    }
+}
+
+/// The one difference: a skipped field is not built, so it is not subject
+/// to the parser's nesting limit (128), which guards the tree's recursion.
+#[test]
+fn deeply_nested_skipped_fields_do_not_hit_the_nesting_limit() {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let skipped = format!(r#"{{"page":"a","x":{deep},"ts":1,"amount":1,"user":"u"}}"#);
+    let wanted = format!(r#"{{"page":{deep},"ts":1,"amount":1,"user":"u"}}"#);
+    let top = JsonDecoder { max_record_bytes: 10_000, ..json_decoder() };
+    let tree = JsonDecoder { top_level: None, max_record_bytes: 10_000, ..json_decoder() };
+    let skipped = SourceRecord { payload: Some(skipped.into_bytes()), ..record("") };
+    assert_eq!(top.decode(&skipped, 0).map(|e| e.time), Ok(1));
+    let error = tree.decode(&skipped, 0).expect_err("too deep for the tree");
+    assert!(error.reason.contains("recursion limit"), "{}", error.reason);
+    let wanted = SourceRecord { payload: Some(wanted.into_bytes()), ..record("") };
+    assert_eq!(top.decode(&wanted, 0), tree.decode(&wanted, 0), "a wanted field is built, limit included");
+}
+
+#[test]
+fn deeper_pointers_parse_the_whole_value() {
+    let d = JsonDecoder::new(&pipeline(
+        r#"{ from = "field", pointer = "/user/id" }"#,
+        r#"{ from = "field", pointer = "/ts" }"#,
+    ));
+    assert!(d.top_level.is_none());
+    let e = d.decode(&record(r#"{"user":{"id":"u9"},"ts":3,"amount":1}"#), 0).expect("valid");
+    assert_eq!((&*e.key, e.time), ("u9", 3));
+}

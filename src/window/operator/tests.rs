@@ -49,13 +49,7 @@ fn run_restoring(
                     region.remove(&entry);
                 }
                 _ => {
-                    let values = match (&r.accumulators[0], &r.accumulators[1], &r.accumulators[2]) {
-                        (Accumulator::Count(c), Accumulator::Sum(s), Accumulator::Max(Some(m))) => {
-                            (*c, *s as i64, *m as i64)
-                        }
-                        other => panic!("unexpected accumulators {other:?}"),
-                    };
-                    region.insert(entry, values);
+                    region.insert(entry, values(&r));
                 }
             }
         }
@@ -87,6 +81,13 @@ fn run_restoring(
     region
 }
 
+fn values(r: &crate::window::WindowResult) -> (u64, i64, i64) {
+    match (&r.accumulators[0], &r.accumulators[1], &r.accumulators[2]) {
+        (Accumulator::Count(c), Accumulator::Sum(s), Accumulator::Max(Some(m))) => (*c, *s as i64, *m as i64),
+        other => panic!("unexpected accumulators {other:?}"),
+    }
+}
+
 fn add(table: &mut Table, key: u8, window: Window, value: i64) {
     let e = table.entry((format!("k{key}"), window)).or_insert((0, 0, i64::MIN));
     e.0 += 1;
@@ -111,6 +112,62 @@ fn reference_fixed(size: Millis, slide: Millis, lateness: Millis, disorder: Mill
         watermark = watermark.max(rec.time - disorder);
     }
     table
+}
+
+/// Fixed windows, result by result: every result carries the value of the
+/// records accepted into its (key, window) so far; finals are of complete
+/// windows, updates of open ones; right after `emit_updates`, every open
+/// window's latest emitted value is its current one.
+fn check_fixed_results_as_emitted(
+    size: Millis,
+    slide: Millis,
+    lateness: Millis,
+    disorder: Millis,
+    records: &[Rec],
+) -> Result<(), TestCaseError> {
+    let kind = if size == slide { WindowKind::Tumbling { size } } else { WindowKind::Sliding { size, slide } };
+    let mut op = WindowOperator::new(WindowSpec { kind, allowed_lateness: lateness, functions: FUNCTIONS.to_vec() });
+    let (mut so_far, mut emitted) = (Table::new(), Table::new());
+    let mut watermark = Millis::MIN;
+    for (offset, rec) in records.iter().enumerate() {
+        let mut start = (rec.time - size).div_euclid(slide) * slide;
+        while start <= rec.time {
+            let window = Window { start, end: start + size };
+            if rec.time < window.end && window.end + lateness > watermark {
+                add(&mut so_far, rec.key, window, rec.value);
+            }
+            start += slide;
+        }
+        let event = Event {
+            key: Arc::from(format!("k{}", rec.key)),
+            time: rec.time,
+            inputs: vec![Input::Unit, Input::Number(rec.value as f64), Input::Number(rec.value as f64)],
+            offset: offset as i64,
+        };
+        op.process(&event, watermark);
+        watermark = watermark.max(rec.time - disorder);
+        op.advance(watermark);
+        let updated = offset % 3 == 0;
+        if updated {
+            op.emit_updates();
+        }
+        for r in op.take_results() {
+            let entry = (r.key.to_string(), r.window);
+            prop_assert_eq!(Some(&values(&r)), so_far.get(&entry), "{:?} at watermark {}", r, watermark);
+            match r.kind {
+                ResultKind::Final => prop_assert!(r.window.end <= watermark, "final of an open window: {:?}", r),
+                ResultKind::Update => prop_assert!(r.window.end > watermark, "update of a complete window: {:?}", r),
+                other => prop_assert!(false, "unexpected {:?}", other),
+            }
+            emitted.insert(entry, values(&r));
+        }
+        if updated {
+            for (entry, value) in so_far.iter().filter(|((_, w), _)| w.end > watermark) {
+                prop_assert_eq!(emitted.get(entry), Some(value), "no update for {:?}", entry);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sessions, naively, for streams without late records: sort each key's
@@ -145,18 +202,26 @@ fn reference_sessions(gap: Millis, records: &[Rec]) -> Table {
 }
 
 /// A stream whose event time advances ~`step` per record, each record up to
-/// `disorder` behind, plus (optionally) some records far behind.
+/// `disorder` behind, plus (optionally) some records behind the watermark:
+/// by up to 3 s (into windows already fired, some sharing a pane with
+/// windows still open) and far behind.
 fn stream(disorder: Millis, with_late: bool) -> impl Strategy<Value = Vec<Rec>> {
-    prop::collection::vec((0u8..5, 0..=disorder, -50i64..50, 0u8..20, 0..40i64), 1..300).prop_map(move |raw| {
-        let mut clock = 1_000_000;
-        raw.into_iter()
-            .map(|(key, behind, value, late_roll, step)| {
-                clock += step;
-                let time = if with_late && late_roll == 0 { clock - 5 * disorder - 2_000 } else { clock - behind };
-                Rec { key, time, value }
-            })
-            .collect()
-    })
+    prop::collection::vec((0u8..5, 0..=disorder, -50i64..50, 0u8..20, 0..40i64, 0..3_000i64), 1..300).prop_map(
+        move |raw| {
+            let mut clock = 1_000_000;
+            raw.into_iter()
+                .map(|(key, behind, value, late_roll, step, late_by)| {
+                    clock += step;
+                    let time = match late_roll {
+                        0 if with_late => clock - 5 * disorder - 2_000,
+                        1 if with_late => clock - disorder - late_by,
+                        _ => clock - behind,
+                    };
+                    Rec { key, time, value }
+                })
+                .collect()
+        },
+    )
 }
 
 proptest! {
@@ -169,10 +234,15 @@ proptest! {
     }
 
     #[test]
-    fn sliding_matches_reference(records in stream(300, true), slide in 1..500i64, n in 1..6i64, lateness in prop::sample::select(vec![0i64, 700]), updates: bool) {
+    fn sliding_matches_reference(records in stream(300, true), slide in 1..500i64, n in 1..6i64, lateness in prop::sample::select(vec![0i64, 700, 3_000]), updates: bool) {
         let size = slide * n;
         let got = run(WindowKind::Sliding { size, slide }, lateness, 300, &records, updates);
         prop_assert_eq!(got, reference_fixed(size, slide, lateness, 300, &records));
+    }
+
+    #[test]
+    fn fixed_results_carry_running_values(records in stream(300, true), slide in 1..500i64, n in 1..6i64, lateness in prop::sample::select(vec![0i64, 700, 3_000])) {
+        check_fixed_results_as_emitted(slide * n, slide, lateness, 300, &records)?;
     }
 
     #[test]
