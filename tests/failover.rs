@@ -134,18 +134,38 @@ region = {{ name = "orders", redundancy = {redundancy} }}
         table
     }
 
+    async fn redis(&self) -> redis::cluster_async::ClusterConnection {
+        let client = redis::cluster::ClusterClientBuilder::new(self.cluster.urls())
+            .connection_timeout(Duration::from_secs(2))
+            .response_timeout(Duration::from_secs(2))
+            .build()
+            .expect("client");
+        client.get_async_connection().await.expect("connection")
+    }
+
+    /// Waits until every partition has a stored checkpoint (the store's
+    /// index lists it): a crash or stop from then on must be recovered from
+    /// checkpoints, however slowly the group formed and caught up.
+    async fn wait_for_checkpoints(&self, timeout: Duration) {
+        let mut con = self.redis().await;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let tasks: Vec<String> = con.smembers("rf:_ckpt_index:orders").await.unwrap_or_default();
+            if tasks.len() >= PARTITIONS as usize {
+                return;
+            }
+            assert!(Instant::now() < deadline, "every partition checkpointed within {timeout:?}, only {tasks:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the region equals the reference; panics with the
     /// differences and the state of `connectors` after `timeout`. Then
     /// checks that no live connector dropped a record as late (the data set
     /// has none, so one would be a watermark bug).
     async fn assert_region_equals_reference(&self, timeout: Duration, connectors: &[&Connector]) {
         let expected = self.reference();
-        let client = redis::cluster::ClusterClientBuilder::new(self.cluster.urls())
-            .connection_timeout(Duration::from_secs(2))
-            .response_timeout(Duration::from_secs(2))
-            .build()
-            .expect("client");
-        let mut con = client.get_async_connection().await.expect("connection");
+        let mut con = self.redis().await;
         let deadline = Instant::now() + timeout;
         loop {
             let problems = self.differences(&mut con, &expected).await;
@@ -228,6 +248,7 @@ async fn crash_of_one_connector_loses_and_doubles_nothing() {
     let b = s.connector("b");
     let producing = s.start_producing();
     s.wait_produced(0.4).await;
+    s.wait_for_checkpoints(Duration::from_secs(30)).await;
     a.kill();
     producing.await.expect("produced");
     s.assert_region_equals_reference(Duration::from_secs(120), &[&b]).await;
@@ -373,6 +394,7 @@ async fn full_stop_and_restart_continues_from_checkpoints() {
     let mut b = s.connector("b");
     let producing = s.start_producing();
     s.wait_produced(0.4).await;
+    s.wait_for_checkpoints(Duration::from_secs(30)).await;
     let (ta, tb) =
         tokio::task::block_in_place(|| (a.terminate(Duration::from_secs(30)), b.terminate(Duration::from_secs(30))));
     assert!(ta && tb, "both exit 0");
