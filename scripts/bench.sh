@@ -5,7 +5,8 @@
 #                                 10M keys, state at 10M open window-keys,
 #                                 latency at half of W1's throughput
 #   scripts/bench.sh --criterion  also the criterion micro-benchmarks
-#                                 (decode, operator, region layout)
+#                                 (decode, operator, region layout,
+#                                 state encoding)
 #   scripts/bench.sh --criterion-only
 #   scripts/bench.sh -h           this help, with the knobs below
 #
@@ -59,7 +60,7 @@ echo "== machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head 
 echo "== commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
 
 if $criterion; then
-    cargo bench --bench decode --bench operator
+    cargo bench --bench decode --bench operator --bench state_encoding
 fi
 if $end_to_end; then
     cargo bench --bench end_to_end --no-run
