@@ -23,6 +23,18 @@ type Table = BTreeMap<(String, Window), (u64, i64, i64)>;
 /// Runs the operator with a per-record bounded-out-of-orderness watermark,
 /// then a final watermark that closes everything; returns the last value
 /// written per (key, window), with retracted entries removed.
+impl Rec {
+    /// The operator's input for this record, at source position `offset`.
+    fn event(&self, offset: usize) -> Event {
+        Event {
+            key: Arc::from(format!("k{}", self.key)),
+            time: self.time,
+            inputs: vec![Input::Unit, Input::Number(self.value as f64), Input::Number(self.value as f64)],
+            offset: offset as i64,
+        }
+    }
+}
+
 fn run(kind: WindowKind, lateness: Millis, disorder: Millis, records: &[Rec], updates: bool) -> Table {
     run_restoring(kind, lateness, disorder, records, updates, None)
 }
@@ -61,12 +73,7 @@ fn run_restoring(
             let restored = decode(&encode(&state)).expect("decodes");
             op = WindowOperator::restore(spec.clone(), restored.operator).expect("same window kind");
         }
-        let event = Event {
-            key: Arc::from(format!("k{}", rec.key)),
-            time: rec.time,
-            inputs: vec![Input::Unit, Input::Number(rec.value as f64), Input::Number(rec.value as f64)],
-            offset: offset as i64,
-        };
+        let event = rec.event(offset);
         op.process(&event, watermark);
         watermark = watermark.max(rec.time - disorder);
         op.advance(watermark);
@@ -138,12 +145,7 @@ fn check_fixed_results_as_emitted(
             }
             start += slide;
         }
-        let event = Event {
-            key: Arc::from(format!("k{}", rec.key)),
-            time: rec.time,
-            inputs: vec![Input::Unit, Input::Number(rec.value as f64), Input::Number(rec.value as f64)],
-            offset: offset as i64,
-        };
+        let event = rec.event(offset);
         op.process(&event, watermark);
         watermark = watermark.max(rec.time - disorder);
         op.advance(watermark);
