@@ -351,8 +351,10 @@ async fn redis_stall_under_redundancy_restarts_partitions_in_place() {
     let mut a = s.connector("a");
     let producing = s.start_producing();
     s.wait_produced(0.4).await;
+    // Long enough that writes time out in a pipeline (2 s), then fail one
+    // by one for longer than the connection's replacement threshold (3 s).
     for port in s.cluster.primary_ports() {
-        s.cluster.node_cmd(port, &["CLIENT", "PAUSE", "6000", "WRITE"]);
+        s.cluster.node_cmd(port, &["CLIENT", "PAUSE", "12000", "WRITE"]);
     }
     producing.await.expect("produced");
     s.assert_region_equals_reference(Duration::from_secs(150), &[&a]).await;
