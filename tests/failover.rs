@@ -26,6 +26,28 @@ const DISORDER_MS: i64 = 200;
 const RECORDS: usize = 24_000;
 const PER_SECOND: usize = 2_000;
 
+/// A scenario's timing settings.
+struct Timing {
+    /// Must exceed the longest upstream stall the scenario causes (see the
+    /// README's idle-partition limit), or records after it are rightly
+    /// late; every scenario pays it once more at the end of the stream, when
+    /// only idleness closes the last windows.
+    idle_timeout: Duration,
+    checkpoint_interval: Duration,
+    /// The Kafka group's; a crashed connector's partitions move after it.
+    session_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            idle_timeout: Duration::from_secs(8),
+            checkpoint_interval: Duration::from_millis(500),
+            session_timeout: Duration::from_secs(6),
+        }
+    }
+}
+
 struct Scenario {
     cluster: RedisCluster,
     kafka: Kafka,
@@ -52,14 +74,11 @@ fn orders(seed: u64) -> Vec<Order> {
 
 impl Scenario {
     fn new(seed: u64, redundancy: usize) -> Scenario {
-        Scenario::custom(seed, redundancy, Duration::from_secs(8), Duration::from_millis(500))
+        Scenario::custom(seed, redundancy, Timing::default())
     }
 
-    /// `idle_timeout` must exceed the longest upstream stall the scenario
-    /// causes (see the README's idle-partition limit), or records after it
-    /// are rightly late; every scenario pays it once more at the end of the
-    /// stream, when only idleness closes the last windows.
-    fn custom(seed: u64, redundancy: usize, idle_timeout: Duration, checkpoint_interval: Duration) -> Scenario {
+    fn custom(seed: u64, redundancy: usize, timing: Timing) -> Scenario {
+        let Timing { idle_timeout, checkpoint_interval, session_timeout } = timing;
         common::init_logging();
         let cluster = tokio::task::block_in_place(RedisCluster::start);
         let kafka = Kafka::start(&[("orders", PARTITIONS)]);
@@ -72,7 +91,7 @@ impl Scenario {
 [kafka]
 brokers = "{brokers}"
 group_id = "chaos"
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+properties = {{ "session.timeout.ms" = "{session}", "heartbeat.interval.ms" = "500" }}
 [redis]
 nodes = {nodes}
 write_deadline = "90s"
@@ -96,7 +115,8 @@ region = {{ name = "orders", redundancy = {redundancy} }}
                 nodes = common::toml_nodes(&cluster.urls()),
                 aggregates = reference::AGGREGATES,
                 idle = idle_timeout.as_millis(),
-                checkpoint = checkpoint_interval.as_millis()
+                checkpoint = checkpoint_interval.as_millis(),
+                session = session_timeout.as_millis()
             ),
         )
         .expect("config written");
@@ -347,7 +367,14 @@ async fn redis_stall_under_redundancy_restarts_partitions_in_place() {
     // every second, so tasks are writing results when the stall begins; a
     // task caught in a checkpoint instead would wait there (its WAIT ran
     // before the stall) and need no restart, so checkpoints are rare here.
-    let s = Scenario::custom(8, 1, Duration::from_secs(8), Duration::from_secs(10));
+    // While its tasks wait on Redis the connector stops polling Kafka
+    // (backpressure), so the group session must outlast the stall.
+    let timing = Timing {
+        checkpoint_interval: Duration::from_secs(10),
+        session_timeout: Duration::from_secs(30),
+        ..Timing::default()
+    };
+    let s = Scenario::custom(8, 1, timing);
     let mut a = s.connector("a");
     let producing = s.start_producing();
     s.wait_produced(0.4).await;
@@ -373,7 +400,7 @@ async fn kafka_broker_faults_delay_but_lose_nothing() {
     // plus its reconnect and idempotent-producer recovery, several seconds
     // more on a loaded machine. Partitions on the other brokers are then
     // genuinely idle, so the idle timeout must be longer than that stall.
-    let s = Scenario::custom(5, 1, Duration::from_secs(20), Duration::from_millis(500));
+    let s = Scenario::custom(5, 1, Timing { idle_timeout: Duration::from_secs(20), ..Timing::default() });
     let a = s.connector("a");
     let b = s.connector("b");
     let producing = s.start_producing();
