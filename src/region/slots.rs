@@ -27,24 +27,10 @@ pub fn key_slot(key: &[u8]) -> u16 {
     crc16(tag.unwrap_or(key)) % SLOTS
 }
 
-const CRC16_TABLE: [u16; 256] = {
-    let mut table = [0u16; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut crc = (i as u16) << 8;
-        let mut bit = 0;
-        while bit < 8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-            bit += 1;
-        }
-        table[i] = crc;
-        i += 1;
-    }
-    table
-};
-
+/// CRC16/XMODEM, the checksum Redis Cluster hashes keys with (the crate
+/// redis-rs itself uses; it keeps its slot function private).
 fn crc16(data: &[u8]) -> u16 {
-    data.iter().fold(0u16, |crc, &b| (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ b)])
+    crc16::State::<crc16::XMODEM>::calculate(data)
 }
 
 /// The primary of every slot, as one `CLUSTER SLOTS` reply gave it.
