@@ -16,7 +16,7 @@
 //!   one thread; also decode + operator from the raw records;
 //! - sink ceiling: the entries the pipeline writes (built from the compute
 //!   run's results with the connector's own `RegionLayout`), written with raw
-//!   pipelines per primary: the same `EVALSHA merge.lua`, and plain `HSET`
+//!   pipelines per primary: the same `FCALL` of the merge function, and plain `HSET`
 //!   of the public fields;
 //! - the connector: this binary re-executed as a child process
 //!   (`BENCH_ROLE=connector`) that does exactly what `regionflow run` does
@@ -57,6 +57,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Produc
 use rdkafka::{Message, TopicPartitionList};
 use regionflow::config::Settings;
 use regionflow::metrics::{Health, Metrics};
+use regionflow::region::function::MERGE_FUNCTION;
 use regionflow::region::{EntryWrite, Region, RegionError, RegionLayout, WriteMode, WriteOutcome};
 use regionflow::source::decode::{Decoder, JsonDecoder, SourceRecord};
 use regionflow::time::{now_millis, Millis};
@@ -651,7 +652,6 @@ struct Redis {
     slot_owner: Vec<u16>,
     primaries: Vec<u16>,
     connections: HashMap<u16, redis::aio::MultiplexedConnection>,
-    merge_sha: String,
 }
 
 impl Redis {
@@ -685,16 +685,10 @@ impl Redis {
                 }
             }
         }
-        let mut merge_sha = String::new();
         for con in connections.values_mut() {
-            merge_sha = redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(regionflow::region::MERGE_SCRIPT)
-                .query_async(con)
-                .await
-                .expect("SCRIPT LOAD");
+            MERGE_FUNCTION.load().query_async::<redis::Value>(con).await.expect("FUNCTION LOAD");
         }
-        Redis { slot_owner, primaries, connections, merge_sha }
+        Redis { slot_owner, primaries, connections }
     }
 
     async fn each_primary(&self, cmd: &redis::Cmd) -> Vec<String> {
@@ -797,7 +791,7 @@ impl Redis {
 }
 
 struct Sink {
-    evalsha_per_s: f64,
+    merge_per_s: f64,
     hset_per_s: f64,
     /// Commands one `merge.lua` run issues (counted by Redis as calls too).
     inner_per_script: f64,
@@ -830,24 +824,11 @@ async fn sink_ceiling(
     let fields: Vec<Arc<str>> = (0..partitions).map(|p| regionflow::region::partial_field(topic, p).into()).collect();
     let writes: Vec<EntryWrite> =
         results.iter().map(|(p, r)| layout.write(r, &fields[*p as usize], 1, 1_000_000_000)).collect();
-    let evalsha: Vec<(String, redis::Cmd)> = writes
+    let merges: Vec<(String, redis::Cmd)> = writes
         .iter()
         .map(|w| {
-            let mut cmd = redis::cmd("EVALSHA");
-            cmd.arg(&redis.merge_sha)
-                .arg(1)
-                .arg(&w.key)
-                .arg(&*w.field)
-                .arg(w.epoch)
-                .arg(w.offset)
-                .arg(w.mode.as_arg())
-                .arg(&w.partial)
-                .arg(w.window.start)
-                .arg(w.window.end)
-                .arg("n")
-                .arg(0)
-                .arg(&*layout.spec);
-            (w.key.clone(), cmd)
+            let args = (&*w.field, w.epoch, w.offset, w.mode.as_arg(), &w.partial, w.window.start, w.window.end);
+            (w.key.clone(), MERGE_FUNCTION.call(&w.key, (args, "n", 0, &*layout.spec)))
         })
         .collect();
     let hset: Vec<(String, redis::Cmd)> = writes
@@ -866,16 +847,16 @@ async fn sink_ceiling(
     redis.flush_all().await;
     redis.reset_stats().await;
     let cpu = cpu_seconds(std::process::id(), clock_ticks());
-    let evalsha_per_s = redis.pipelined(evalsha, opts.sink_chunk, opts.sink_inflight).await;
+    let merge_per_s = redis.pipelined(merges, opts.sink_chunk, opts.sink_inflight).await;
     let client_us = (cpu_seconds(std::process::id(), clock_ticks()) - cpu) * 1e6 / results.len().max(1) as f64;
     let counters = redis.counters().await;
-    let scripts = (counters.get("calls_evalsha").copied().unwrap_or(0) as f64).max(1.0);
+    let scripts = (counters.get("calls_fcall").copied().unwrap_or(0) as f64).max(1.0);
     let inner_per_script = (all_calls(&counters) - scripts) / scripts;
-    let script_us = counters.get("usec_evalsha").copied().unwrap_or(0) as f64 / scripts;
+    let script_us = counters.get("usec_fcall").copied().unwrap_or(0) as f64 / scripts;
     redis.flush_all().await;
     let hset_per_s = redis.pipelined(hset, opts.sink_chunk, opts.sink_inflight).await;
     redis.flush_all().await;
-    Sink { evalsha_per_s, hset_per_s, inner_per_script, script_us, client_us }
+    Sink { merge_per_s, hset_per_s, inner_per_script, script_us, client_us }
 }
 
 // ---------------------------------------------------------------------------
@@ -1024,7 +1005,7 @@ struct Run {
     entries_per_s: f64,
     seconds: f64,
     commands_per_event: f64,
-    evalsha_per_event: f64,
+    merges_per_event: f64,
     script_inner_per_event: f64,
     peak_rss: u64,
     cpu_us_per_event: f64,
@@ -1120,9 +1101,9 @@ async fn connector_run(
     // Commandstats also count the commands a script runs (`redis.call`);
     // the sink ceiling's EVALSHA-only run gives how many one merge runs, so
     // client commands are the rest (less this harness's INFO/CONFIG).
-    let evalsha = get("calls_evalsha") + get("calls_eval");
-    let inner = inner_per_script * evalsha;
-    run.evalsha_per_event = evalsha / n;
+    let merges = get("calls_fcall");
+    let inner = inner_per_script * merges;
+    run.merges_per_event = merges / n;
     run.script_inner_per_event = inner / n;
     run.commands_per_event = (all_calls(&counters) - inner) / n;
     run
@@ -1255,7 +1236,7 @@ fn print_rows(rows: &[Row]) {
         "ratio",
         "entries",
         "e2e ent/s",
-        "EVALSHA/s",
+        "merge FCALL/s",
         "HSET/s",
         "ratio"
     );
@@ -1273,16 +1254,16 @@ fn print_rows(rows: &[Row]) {
             pct(r.run.events_per_s, r.compute.operator_events_per_s),
             si(r.entries as f64),
             si(r.run.entries_per_s),
-            si(r.sink.evalsha_per_s),
+            si(r.sink.merge_per_s),
             si(r.sink.hset_per_s),
-            pct(r.run.entries_per_s, r.sink.evalsha_per_s),
+            pct(r.run.entries_per_s, r.sink.merge_per_s),
         );
     }
     println!();
     println!("== Cost per event ==");
     println!(
         "{:<14} {:>8} {:>10} {:>9} {:>9} {:>10} {:>11} {:>12} {:>10}  note",
-        "workload", "run s", "cmds/ev", "EVALSHA", "in-script", "peak RSS", "state B/wk", "open w-keys", "CPU us/ev"
+        "workload", "run s", "cmds/ev", "FCALL", "in-function", "peak RSS", "state B/wk", "open w-keys", "CPU us/ev"
     );
     for r in rows {
         println!(
@@ -1290,7 +1271,7 @@ fn print_rows(rows: &[Row]) {
             r.label,
             r.run.seconds,
             r.run.commands_per_event,
-            r.run.evalsha_per_event,
+            r.run.merges_per_event,
             r.run.script_inner_per_event,
             r.run.peak_rss as f64 / 1048576.0,
             r.state.bytes_per_window_key,
@@ -1405,9 +1386,9 @@ fn main() {
             let entries = compute.results.len();
             let sink = runtime.block_on(sink_ceiling(&redis, workload, &topic, &compute.results, &opts));
             println!(
-                "    sink ceiling: EVALSHA {}/s ({:.1} us of Redis time per merge.lua run, {:.1} us client CPU \
+                "    sink ceiling: merge FCALL {}/s ({:.1} us of Redis time per merge function run, {:.1} us client CPU \
                  per entry), HSET {}/s",
-                si(sink.evalsha_per_s),
+                si(sink.merge_per_s),
                 sink.script_us,
                 sink.client_us,
                 si(sink.hset_per_s)

@@ -1,8 +1,9 @@
 //! `src/region/merge.lua` against the Rust accumulators it must agree with.
 //!
-//! Each test runs the script on a real `redis-server` (one plain node shared
-//! by the tests running at the same time; a script behaves the same on a
-//! cluster node) and compares the entry it leaves with an independent
+//! Each test calls the merge function (the library regionflow loads, see
+//! `regionflow::region::function`) on a real `redis-server` (one plain node
+//! shared by the tests running at the same time; a function behaves the
+//! same on a cluster node) and compares the entry it leaves with an independent
 //! reference: the partials' [`Accumulator`]s merged with
 //! [`Accumulator::merge`] and rendered with [`Accumulator::render`].
 //!
@@ -28,7 +29,7 @@ use std::ops::Range;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,14 +37,13 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseResult, TestRunner};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redis::{Connection, RedisResult, Script};
+use redis::{Connection, RedisResult, ToRedisArgs};
 use regionflow::config::AggregateFunction as F;
+use regionflow::region::function::{is_not_loaded, MERGE_FUNCTION};
 use regionflow::window::hll::{stable_hash, HyperLogLog};
 use regionflow::window::{Accumulator, Input};
 use serde_json::Value as Json;
 use tempfile::TempDir;
-
-const MERGE_SCRIPT: &str = include_str!("../src/region/merge.lua");
 
 /// Every aggregate function once, as a pipeline would configure them.
 const ALL: &[(F, &str)] = &[
@@ -211,9 +211,17 @@ fn server() -> Arc<RedisServer> {
     server
 }
 
-fn script() -> &'static Script {
-    static SCRIPT: OnceLock<Script> = OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new(MERGE_SCRIPT))
+/// `FCALL` of the merge function, loading its library first where the
+/// server does not have it yet (as the region does).
+fn merge(con: &mut Connection, key: &str, args: impl ToRedisArgs) -> RedisResult<i64> {
+    let call = MERGE_FUNCTION.call(key, args);
+    match call.query(con) {
+        Err(e) if is_not_loaded(&e) => {
+            MERGE_FUNCTION.load().query::<redis::Value>(con)?;
+            call.query(con)
+        }
+        reply => reply,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -288,19 +296,8 @@ impl Entry {
             Ttl::After(ms) => ("r", ms),
             Ttl::At(ms) => ("a", ms),
         };
-        script()
-            .key(&self.key)
-            .arg(&write.field)
-            .arg(write.epoch)
-            .arg(write.offset)
-            .arg(write.mode)
-            .arg(&write.partial)
-            .arg(WINDOW.0)
-            .arg(WINDOW.1)
-            .arg(ttl_mode)
-            .arg(ttl)
-            .arg(self.spec_arg())
-            .invoke(con)
+        let args = (&write.field, write.epoch, write.offset, write.mode, &write.partial, WINDOW.0, WINDOW.1);
+        merge(con, &self.key, (args, ttl_mode, ttl, self.spec_arg()))
     }
 
     fn write(&self, con: &mut Connection, write: &Write) -> i64 {
@@ -1110,20 +1107,8 @@ fn malformed_input_is_refused_before_anything_is_written() {
         assert!(!entry.exists(con), "{write:?} wrote something");
     }
 
-    let error = script()
-        .key(&entry.key)
-        .arg("_p:t:0")
-        .arg(1)
-        .arg(1)
-        .arg("r")
-        .arg(r#"{"e":1,"o":1,"a":[1]}"#)
-        .arg(WINDOW.0)
-        .arg(WINDOW.1)
-        .arg("n")
-        .arg(0)
-        .arg("median:m")
-        .invoke::<i64>(con)
-        .expect_err("an unknown function was accepted");
+    let args = ("_p:t:0", 1, 1, "r", r#"{"e":1,"o":1,"a":[1]}"#, WINDOW.0, WINDOW.1, "n", 0, "median:m");
+    let error = merge(con, &entry.key, args).expect_err("an unknown function was accepted");
     assert!(error.to_string().contains("merge script"), "{error}");
     assert!(!entry.exists(con));
 

@@ -1,9 +1,10 @@
 //! `RedisRegion::write` on a real Redis Cluster. A batch spread over every
 //! primary, with entries that are applied, fenced and stale, amendments
 //! after an entry's first write, merges first and deletions, reports each
-//! outcome as the script decided it and leaves every entry as writing one
-//! command at a time would: on the pipelined path, after the script was
-//! flushed from the nodes (NOSCRIPT), and when a slot moved to another
+//! outcome as the merge function decided it and leaves every entry as
+//! writing one command at a time would: on the pipelined path, after the
+//! function was flushed from the nodes (on both paths: "Function not
+//! found" loads it again), and when a slot moved to another
 //! primary behind the writer's back (MOVED: the pipeline is resent and its
 //! writes retried one by one, so some run two or three times).
 //!
@@ -172,15 +173,32 @@ async fn batch_outcomes_and_entries_are_per_write() {
     assert_eq!(region.write(&batch).await.expect("batch"), expected);
     assert_entries(&connection, "k").await;
 
-    // The script gone from every node: the pipelines load it again.
-    for port in cluster.primary_ports() {
-        cluster.node_cmd(port, &["SCRIPT", "FLUSH"]);
-    }
+    // The function gone from every node: the pipelines load it again.
+    let flush = || {
+        for port in cluster.primary_ports() {
+            cluster.node_cmd(port, &["FUNCTION", "FLUSH"]);
+        }
+    };
+    flush();
     let seed = seed_writes("n");
     assert_eq!(region.write(&seed).await.expect("seed").applied, seed.len() as u64);
     let (batch, expected) = batch_writes("n");
-    assert_eq!(region.write(&batch).await.expect("batch after SCRIPT FLUSH"), expected);
+    assert_eq!(region.write(&batch).await.expect("batch after FUNCTION FLUSH"), expected);
     assert_entries(&connection, "n").await;
+
+    // Gone again, and a batch of entries whose first write is a merge,
+    // which only the per-entry path writes: it loads the function too.
+    flush();
+    let (batch, _) = batch_writes("m");
+    let merge_first: Vec<EntryWrite> = batch
+        .into_iter()
+        .filter(|w| w.key.trim_start_matches("rf:test:m").parse::<usize>().unwrap() % 10 == 4)
+        .collect();
+    let outcome = region.write(&merge_first).await.expect("merges first after FUNCTION FLUSH");
+    assert_eq!(outcome, WriteOutcome { applied: merge_first.len() as u64, ..WriteOutcome::default() });
+    for i in (4..KEYS).step_by(10).take(20) {
+        assert_eq!(entry(&connection, &format!("m{i}")).await, expected_entry(i), "m{i}");
+    }
 }
 
 fn int(value: &redis::Value) -> i64 {

@@ -188,7 +188,7 @@ impl SharedConnection {
             let (generation, connection) = self.get();
             match op(connection).await {
                 Ok(value) => return Ok((value, retries)),
-                Err(e) if is_deliberate_script_error(&e) || started.elapsed() >= deadline => {
+                Err(e) if is_permanent(&e) || started.elapsed() >= deadline => {
                     return Err((started.elapsed(), e.to_string()))
                 }
                 Err(e) => {
@@ -205,8 +205,11 @@ impl SharedConnection {
     }
 }
 
-/// `merge.lua` reports bad input as `ERR merge script: ...`; anything else
-/// (including errors of commands the script calls) may pass.
-fn is_deliberate_script_error(e: &redis::RedisError) -> bool {
-    e.to_string().contains("merge script:")
+/// Errors that retrying cannot mend: `merge.lua` refusing bad input (`ERR
+/// merge script: ...`), and a server without a command regionflow needs
+/// (`FCALL` and `FUNCTION` came with Redis 7.0). Anything else (including
+/// errors of commands a script calls) may pass.
+fn is_permanent(e: &redis::RedisError) -> bool {
+    let message = e.to_string();
+    message.contains("merge script:") || message.contains("unknown command")
 }

@@ -1,6 +1,14 @@
 --[[
-merge.lua: writes one source partition's partial into a region entry and
-recomputes the entry's public fields from all partials, atomically.
+merge.lua: a Redis Functions library (Redis 7.0+) whose one function writes
+one source partition's partial into a region entry and recomputes the
+entry's public fields from all partials, atomically.
+
+The file is the library's body. `src/region/function.rs` prepends the
+`#!lua name=...` line and `local FUNCTION_NAME = '...'`, both named after a
+hash of this text, so that two regionflow versions in one cluster never
+replace each other's function. The body runs once, at FUNCTION LOAD: the
+helpers and tables below are built once per server, not once per write as
+they would be for EVALSHA, and aggregate specs are parsed once and cached.
 
 An entry is a Redis hash holding one window's aggregate for one group key.
 Each writer (one per Kafka source partition) owns a partial in the field
@@ -16,6 +24,8 @@ with one element per aggregate, exactly as `Accumulator::to_partial`
   first, last     [event_time_ms, "value"] or null
 The public fields (`window_start`, `window_end` and one per aggregate name)
 are the merge of all partials.
+
+Called as `FCALL <FUNCTION_NAME> 1 <key> <ARGV[1]> ... <ARGV[10]>`:
 
 KEYS[1]   entry key
 ARGV[1]   partial field name (`_p:<topic>:<partition>`)
@@ -426,16 +436,17 @@ local FUNCTIONS = {
 
 -- Arguments ------------------------------------------------------------------
 
-local function integer_arg(index, what)
-  local text = ARGV[index]
-  if type(text) ~= 'string' or not string.find(text, '^-?%d+$') or string.find(text, '^-?0%d') then
+-- An integer without leading zeros ('0', '-0', '12', '-12'; not '012').
+local function integer_arg(argv, index, what)
+  local text = argv[index]
+  if type(text) ~= 'string' or not (string.find(text, '^-?[1-9]%d*$') or text == '0' or text == '-0') then
     fail(what .. ' (ARGV[' .. index .. ']) must be an integer, got ' .. tostring(text))
   end
   return tonumber(text)
 end
 
-local function choice_arg(index, what, allowed)
-  local text = ARGV[index]
+local function choice_arg(argv, index, what, allowed)
+  local text = argv[index]
   if not allowed[text] then
     fail('unknown ' .. what .. ' (ARGV[' .. index .. ']) ' .. tostring(text))
   end
@@ -443,7 +454,7 @@ local function choice_arg(index, what, allowed)
 end
 
 -- `function:name,...` into a list of {fn = FUNCTIONS entry, name = ...}.
-local function parse_spec(text)
+local function parse_spec_text(text)
   local spec = {}
   if text == nil or text == '' then
     return spec
@@ -459,6 +470,25 @@ local function parse_spec(text)
       fail('aggregate name "' .. name .. '" clashes with the entry layout')
     end
     spec[#spec + 1] = { fn = fn, name = name }
+  end
+  return spec
+end
+
+-- Parsed specs by their text. A connector sends one spec per region, so a
+-- few entries; the cache starts over should it ever reach SPEC_CACHE_SIZE.
+local SPEC_CACHE_SIZE = 64
+local specs, cached_specs = {}, 0
+
+local function parse_spec(text)
+  local spec = text and specs[text]
+  if spec == nil then
+    spec = parse_spec_text(text) -- fails before anything is cached
+    if text then
+      if cached_specs >= SPEC_CACHE_SIZE then
+        specs, cached_specs = {}, 0
+      end
+      specs[text], cached_specs = spec, cached_specs + 1
+    end
   end
   return spec
 end
@@ -508,20 +538,23 @@ end
 
 -- The script ---------------------------------------------------------------------
 
-local function main()
+local MODES = { r = true, m = true, d = true }
+local TTL_MODES = { n = true, r = true, a = true }
+
+local function main(KEYS, ARGV)
   local key = KEYS[1]
   local field = ARGV[1]
   if type(field) ~= 'string' or string.sub(field, 1, #PARTIAL_PREFIX) ~= PARTIAL_PREFIX then
     fail('partial field (ARGV[1]) must start with ' .. PARTIAL_PREFIX .. ', got ' .. tostring(field))
   end
-  local epoch = integer_arg(2, 'epoch')
-  local offset = integer_arg(3, 'offset')
-  local mode = choice_arg(4, 'mode', { r = true, m = true, d = true })
+  local epoch = integer_arg(ARGV, 2, 'epoch')
+  local offset = integer_arg(ARGV, 3, 'offset')
+  local mode = choice_arg(ARGV, 4, 'mode', MODES)
   local text = ARGV[5]
-  integer_arg(6, 'window_start')
-  integer_arg(7, 'window_end')
-  local ttl_mode = choice_arg(8, 'ttl mode', { n = true, r = true, a = true })
-  local ttl = integer_arg(9, 'ttl')
+  integer_arg(ARGV, 6, 'window_start')
+  integer_arg(ARGV, 7, 'window_end')
+  local ttl_mode = choice_arg(ARGV, 8, 'ttl mode', TTL_MODES)
+  local ttl = integer_arg(ARGV, 9, 'ttl')
   local spec = parse_spec(ARGV[10])
 
   -- Every partial of the entry, as text and (lazily) decoded.
@@ -581,12 +614,11 @@ local function main()
     return 2
   end
   table.sort(names, bytes_less)
-  local merged = {}
-  for i, aggregate in ipairs(spec) do
-    merged[i] = aggregate.fn.empty()
-  end
-  for _, name in ipairs(names) do
-    merged = merge_values(spec, merged, partial(name).values)
+  -- From the first partial rather than from empty values: the same result
+  -- except that 0 + -0.0 is 0.0, and both render as "0".
+  local merged = partial(names[1]).values
+  for n = 2, #names do
+    merged = merge_values(spec, merged, partial(names[n]).values)
   end
 
   local set = { key, 'window_start', ARGV[6], 'window_end', ARGV[7] }
@@ -621,10 +653,12 @@ local function main()
   return 1
 end
 
-local ok, result = pcall(main)
-if ok then
-  return result
-elseif type(result) == 'table' then
-  return result -- an error reply raised by redis.call
-end
-return redis.error_reply('ERR merge script: ' .. tostring(result))
+redis.register_function(FUNCTION_NAME, function(keys, args)
+  local ok, result = pcall(main, keys, args)
+  if ok then
+    return result
+  elseif type(result) == 'table' then
+    return result -- an error reply raised by redis.call
+  end
+  return redis.error_reply('ERR merge script: ' .. tostring(result))
+end)

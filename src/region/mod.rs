@@ -8,6 +8,7 @@
 
 mod connection;
 mod entry;
+pub mod function;
 mod memory;
 mod redis;
 mod slots;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-pub use self::redis::{RedisRegion, MERGE_SCRIPT};
+pub use self::redis::RedisRegion;
 pub use connection::SharedConnection;
 pub use entry::{partial_field, KeyTemplate};
 pub use memory::MemoryRegion;
