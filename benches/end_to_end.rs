@@ -1030,11 +1030,19 @@ async fn connector_run(
     let group = format!("bench-{}-{}", workload.name(), data.topic);
     let mut child = ConnectorChild::start(workload, brokers, redis_nodes, &group, &data.topic);
     let pid = child.pid();
-    // BENCH_PROFILE_DIR: sample the connector with `perf record -g` while it runs.
+    // BENCH_PROFILE_DIR: sample the connector with `perf record` while it
+    // runs; with BENCH_PROFILE_SYSTEM=1 every process on the machine (Redis,
+    // the mock brokers, the connector), to see which one the time goes to.
     let mut perf = std::env::var("BENCH_PROFILE_DIR").ok().map(|dir| {
         let out = format!("{dir}/perf-{}-{}.data", workload.name(), data.name);
+        let pid = pid.to_string();
+        let target = match std::env::var("BENCH_PROFILE_SYSTEM").as_deref() {
+            Ok("1") => vec!["-a", "-g"],
+            _ => vec!["--call-graph", "dwarf,16384", "-p", &pid],
+        };
         Command::new("perf")
-            .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-o", &out, "-p", &pid.to_string()])
+            .args(["record", "-F", "499", "-o", &out])
+            .args(target)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -34,6 +34,8 @@
 #   BENCH_SINK_PIPELINE=1000   commands per pipeline in the sink ceiling
 #   BENCH_SINK_INFLIGHT=4      pipelines in flight per primary
 #   BENCH_PROFILE_DIR=         if set, `perf record` each connector run there
+#   BENCH_PROFILE_SYSTEM=      1: record every process (perf record -a -g),
+#                              not just the connector (dwarf call graphs)
 #   BENCH_SOURCE_DEBUG=        `k=v;k=v` librdkafka properties: only repeat the
 #                              source-ceiling read with them (diagnostics)
 #   RUST_LOG=warn              the connector child's log filter
