@@ -50,8 +50,11 @@ impl MergeFunction {
 
     /// `FCALL` of the function on `key` with `args` (`ARGV[1..]`).
     pub fn call(&self, key: &str, args: impl ToRedisArgs) -> Cmd {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg(&self.name).arg(1).arg(key).arg(args);
+        // Sized up front: one allocation each instead of a few growths per
+        // write (the connector builds one of these per entry write).
+        let args_len: usize = args.num_of_args();
+        let mut cmd = Cmd::with_capacity(4 + args_len, 64 + self.name.len() + key.len() + 16 * args_len);
+        cmd.arg("FCALL").arg(&self.name).arg(1).arg(key).arg(args);
         cmd
     }
 
