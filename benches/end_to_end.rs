@@ -115,6 +115,8 @@ struct Options {
     workloads: Vec<String>,
     latency_secs: u64,
     latency_rate: Option<f64>,
+    /// The live latency run's `emit` table (TOML inline), if not final.
+    latency_emit: Option<String>,
     stress_keys: usize,
     sink_chunk: usize,
     sink_inflight: usize,
@@ -147,6 +149,7 @@ impl Options {
                 .collect(),
             latency_secs: env("BENCH_LATENCY_SECS", 25u64),
             latency_rate: std::env::var("BENCH_LATENCY_RATE").ok().map(|v| v.parse().expect("BENCH_LATENCY_RATE")),
+            latency_emit: std::env::var("BENCH_LATENCY_EMIT").ok().filter(|v| !v.is_empty()),
             stress_keys: env("BENCH_STRESS_KEYS", 10_000_000usize),
             sink_chunk: env("BENCH_SINK_PIPELINE", 1_000usize),
             sink_inflight: env("BENCH_SINK_INFLIGHT", 4usize),
@@ -206,6 +209,11 @@ struct TimedRegion {
     latency: Arc<Mutex<Vec<u32>>>,
     writes: Arc<AtomicU64>,
     last_ack: Arc<AtomicI64>,
+    /// With `BENCH_PER_ENTRY=1`: per entry key, its window's end and the
+    /// acknowledgement of its latest write, i.e. when the region got the
+    /// value it ends with (with `emit = updates` that can be an update
+    /// written before the window closed).
+    entries: Option<Arc<Mutex<HashMap<String, (i64, i64)>>>>,
 }
 
 impl Region for TimedRegion {
@@ -213,11 +221,20 @@ impl Region for TimedRegion {
         async move {
             let outcome = self.inner.write(writes).await?;
             let now = now_millis();
-            {
+            if let Some(entries) = &self.entries {
+                let mut entries = entries.lock().expect("entries lock");
+                for w in writes.iter().filter(|w| w.mode == WriteMode::Replace) {
+                    match entries.get_mut(&w.key) {
+                        Some(entry) => *entry = (w.window.end, now),
+                        None => {
+                            entries.insert(w.key.clone(), (w.window.end, now));
+                        }
+                    }
+                }
+            } else {
                 let mut latency = self.latency.lock().expect("latency lock");
                 for w in writes.iter().filter(|w| w.mode == WriteMode::Replace) {
-                    let ms = (now - w.window.end).clamp(0, LATENCY_BUCKETS as i64 - 1) as usize;
-                    latency[ms] += 1;
+                    latency[latency_bucket(now - w.window.end)] += 1;
                 }
             }
             self.writes.fetch_add(writes.len() as u64, Ordering::Relaxed);
@@ -230,6 +247,10 @@ impl Region for TimedRegion {
     fn connection_generation(&self) -> u64 {
         self.inner.connection_generation()
     }
+}
+
+fn latency_bucket(ms: i64) -> usize {
+    ms.clamp(0, LATENCY_BUCKETS as i64 - 1) as usize
 }
 
 fn percentile(histogram: &[u32], q: f64) -> Option<u64> {
@@ -260,6 +281,8 @@ fn connector_child() {
     let latency = Arc::new(Mutex::new(vec![0u32; LATENCY_BUCKETS]));
     let writes = Arc::new(AtomicU64::new(0));
     let last_ack = Arc::new(AtomicI64::new(0));
+    let entries =
+        (std::env::var("BENCH_PER_ENTRY").as_deref() == Ok("1")).then(|| Arc::new(Mutex::new(HashMap::new())));
     let result: anyhow::Result<()> = runtime.block_on(async {
         let settings = Settings::load(&config)?;
         let metrics = Arc::new(Metrics::new());
@@ -279,15 +302,25 @@ fn connector_child() {
         sinks.regions = std::mem::take(&mut sinks.regions)
             .into_iter()
             .map(|(name, inner)| {
-                let timed =
-                    TimedRegion { inner, latency: latency.clone(), writes: writes.clone(), last_ack: last_ack.clone() };
+                let timed = TimedRegion {
+                    inner,
+                    latency: latency.clone(),
+                    writes: writes.clone(),
+                    last_ack: last_ack.clone(),
+                    entries: entries.clone(),
+                };
                 (name, Arc::new(timed) as Arc<dyn Region>)
             })
             .collect();
         regionflow::connector::run(settings, sinks, metrics, health, shutdown).await?;
         Ok(())
     });
-    let histogram = latency.lock().expect("latency lock");
+    let mut histogram = latency.lock().expect("latency lock");
+    if let Some(entries) = &entries {
+        for &(end, ack) in entries.lock().expect("entries lock").values() {
+            histogram[latency_bucket(ack - end)] += 1;
+        }
+    }
     let count: u64 = histogram.iter().map(|&c| c as u64).sum();
     let sum: u64 = histogram.iter().enumerate().map(|(ms, &c)| ms as u64 * c as u64).sum();
     let mut out = String::new();
@@ -924,13 +957,24 @@ struct ConnectorChild {
 }
 
 impl ConnectorChild {
-    fn start(workload: Workload, brokers: &str, redis_nodes: &[String], group: &str, topic: &str) -> ConnectorChild {
+    /// `emit`: the pipeline's `emit` table (see `support::settings_toml`);
+    /// when set, the child also times each entry's last write (the live
+    /// latency run), which costs a map entry per entry.
+    fn start(
+        workload: Workload,
+        brokers: &str,
+        redis_nodes: &[String],
+        group: &str,
+        topic: &str,
+        emit: Option<&str>,
+    ) -> ConnectorChild {
         let dir = tempfile::Builder::new().prefix("regionflow-bench-").tempdir().expect("temp dir");
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let toml = support::settings_toml(
             workload,
             &support::Endpoints { brokers, redis_nodes, group, topic, metrics_listen: &listen },
+            emit,
         );
         let config = dir.path().join("connector.toml");
         std::fs::write(&config, toml).expect("config written");
@@ -939,6 +983,7 @@ impl ConnectorChild {
             .env("BENCH_ROLE", "connector")
             .env("BENCH_CONFIG", &config)
             .env("BENCH_REPORT", &report)
+            .env("BENCH_PER_ENTRY", if emit.is_some() { "1" } else { "" })
             .spawn()
             .expect("connector child started");
         ConnectorChild { child, port, report, _dir: dir }
@@ -1028,7 +1073,7 @@ async fn connector_run(
 ) -> Run {
     redis.flush_all().await;
     let group = format!("bench-{}-{}", workload.name(), data.topic);
-    let mut child = ConnectorChild::start(workload, brokers, redis_nodes, &group, &data.topic);
+    let mut child = ConnectorChild::start(workload, brokers, redis_nodes, &group, &data.topic, None);
     let pid = child.pid();
     // BENCH_PROFILE_DIR: sample the connector with `perf record` while it
     // runs; with BENCH_PROFILE_SYSTEM=1 every process on the machine (Redis,
@@ -1139,7 +1184,8 @@ fn latency_run(
     topic: &str,
     partitions: i32,
 ) -> Latency {
-    let mut child = ConnectorChild::start(Workload::W1, brokers, redis_nodes, "bench-latency", topic);
+    let emit = opts.latency_emit.as_deref().unwrap_or(r#"{ mode = "final" }"#);
+    let mut child = ConnectorChild::start(Workload::W1, brokers, redis_nodes, "bench-latency", topic, Some(emit));
     child.wait_ready(partitions);
     let producer = producer(brokers);
     let mut rng = StdRng::seed_from_u64(11);
@@ -1466,15 +1512,16 @@ fn main() {
         let beyond = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0} ms", v - DISORDER_MS as f64));
         println!();
         println!(
-            "== Latency: W1 live at {}/s ({}) for {} s, {} events, {} entries ==",
+            "== Latency: W1 live at {}/s ({}) for {} s, emit = {}, {} events, {} writes applied ==",
             si(l.rate),
             if opts.latency_rate.is_some() { "BENCH_LATENCY_RATE" } else { "half the W1 end-to-end rate" },
             l.seconds,
+            opts.latency_emit.as_deref().unwrap_or(r#"{ mode = "final" }"#),
             l.produced,
             l.entries
         );
         println!(
-            "window end → entry acknowledged (measured per write): p50 {}, p90 {}, p99 {}, max {} ({} writes)",
+"window end → the entry's last write acknowledged (0 when before the end): p50 {}, p90 {}, p99 {}, max {} ({} entries)",
             fmt(ms("latency_p50_ms")),
             fmt(ms("latency_p90_ms")),
             fmt(ms("latency_p99_ms")),

@@ -31,6 +31,8 @@
 #   BENCH_LATENCY_SECS=25      length of the live latency run
 #   BENCH_LATENCY_RATE=        events/s of the latency run (default: half
 #                              of the W1 end-to-end rate just measured)
+#   BENCH_LATENCY_EMIT=        the latency run's `emit` (TOML inline), e.g.
+#                              '{ mode = "updates", interval = "200ms" }'
 #   BENCH_SINK_PIPELINE=1000   commands per pipeline in the sink ceiling
 #   BENCH_SINK_INFLIGHT=4      pipelines in flight per primary
 #   BENCH_PROFILE_DIR=         if set, `perf record` each connector run there

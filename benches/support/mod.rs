@@ -107,8 +107,9 @@ pub struct Endpoints<'a> {
 }
 
 /// The connector configuration of one workload (pipeline name `bench`,
-/// region `bench_<workload>`).
-pub fn settings_toml(workload: Workload, e: &Endpoints<'_>) -> String {
+/// region `bench_<workload>`); `emit` is the pipeline's `emit` table (TOML
+/// inline), `{ mode = "final" }` when `None`.
+pub fn settings_toml(workload: Workload, e: &Endpoints<'_>, emit: Option<&str>) -> String {
     let nodes: Vec<String> = e.redis_nodes.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
         r#"
@@ -131,6 +132,7 @@ event_time = {{ from = "field", pointer = "/ts", format = "epoch_millis" }}
 window = {window}
 watermark = {{ max_out_of_orderness = "{DISORDER_MS}ms", idle_timeout = "1h" }}
 late_records = "drop"
+emit = {emit}
 region = {{ name = "bench_{region}", key = "{{key}}:{{window_start}}" }}
 
 [pipelines.bench.aggregates]
@@ -146,6 +148,7 @@ sum = {{ function = "sum", field = "/amount" }}
         key = workload.key_toml(),
         window = workload.window_toml(),
         region = workload.name().to_ascii_lowercase(),
+        emit = emit.unwrap_or(r#"{ mode = "final" }"#),
     )
 }
 
@@ -160,6 +163,7 @@ pub fn settings(workload: Workload) -> Settings {
             topic: "bench",
             metrics_listen: "127.0.0.1:0",
         },
+        None,
     );
     Settings::from_toml_str(&toml).expect("benchmark configuration is valid")
 }

@@ -346,9 +346,20 @@ impl PartitionTask {
             self.operator.advance(watermark);
         }
         if self.operator.pending_results() > 0 {
-            self.pending.extend(self.operator.take_results().into_iter().map(|r| (r, position)));
+            self.take_operator_results(position);
         }
         Ok(())
+    }
+
+    /// Moves the operator's results to the pending ones, stamped with the
+    /// source position, and counts the windows that fired with nothing to
+    /// write (their final value already written as an update).
+    fn take_operator_results(&mut self, position: i64) {
+        self.pending.extend(self.operator.take_results().into_iter().map(|r| (r, position)));
+        let unchanged = self.operator.take_unchanged_finals();
+        if unchanged > 0 {
+            self.pipeline.metrics.windows_fired.with_label_values(&[&*self.pipeline.name, "final"]).inc_by(unchanged);
+        }
     }
 
     fn reject(&mut self, record: SourceRecord, error: DecodeError) -> Result<(), TaskError> {
@@ -411,8 +422,7 @@ impl PartitionTask {
                 self.operator.emit_updates();
             }
         }
-        let position = self.next_offset.unwrap_or(0);
-        self.pending.extend(self.operator.take_results().into_iter().map(|r| (r, position)));
+        self.take_operator_results(self.next_offset.unwrap_or(0));
         self.metrics.open_windows.set(self.operator.open_windows() as i64);
         self.metrics.checkpoint_age.set(self.last_checkpoint.elapsed().as_secs_f64());
         self.update_consumer_lag();

@@ -15,6 +15,13 @@
 //! kept until its last window (ending at `start + size`) is past its allowed
 //! lateness, so every window a late record can still re-fire has all its
 //! panes.
+//!
+//! A pane row is *dirty* from its first record until running values are
+//! emitted ([`FixedWindows::updates`], emit mode `updates`), and again after
+//! each later record. A window fires a final result only for the keys with
+//! a dirty row among its panes: for the others the region already holds the
+//! final value, written as the last update. Without updates every row with
+//! records is dirty, so every key fires, as it must.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
@@ -39,8 +46,12 @@ pub(super) struct FixedWindows {
     /// (key, pane) rows held.
     pub(super) open_rows: usize,
     /// Scratch map for merging the panes of a sliding window, kept to reuse
-    /// its allocation.
-    merging: AHashMap<Arc<str>, Vec<Accumulator>>,
+    /// its allocation: per key, the merged value and whether any of its rows
+    /// is dirty.
+    merging: AHashMap<Arc<str>, (Vec<Accumulator>, bool)>,
+    /// Final results not emitted because the region already held them (see
+    /// the module docs), since the last [`FixedWindows::take_unchanged`].
+    unchanged_finals: u64,
 }
 
 impl FixedWindows {
@@ -53,6 +64,7 @@ impl FixedWindows {
             fired_through: Millis::MIN,
             open_rows: 0,
             merging: AHashMap::new(),
+            unchanged_finals: 0,
         }
     }
 
@@ -169,25 +181,48 @@ impl FixedWindows {
 
     fn fire_window(&mut self, window: Window, out: &mut Vec<WindowResult>) {
         let result = |key: Arc<str>, accumulators| WindowResult { key, window, accumulators, kind: ResultKind::Final };
+        let before = out.len();
+        let mut keys = 0;
         if self.size == self.slide {
             if let Some(pane) = self.panes.get(&window.start) {
-                out.reserve(pane.len());
-                out.extend(pane.keys().map(|(key, row)| result(key.clone(), pane.values(row))));
+                keys = pane.len();
+                out.reserve(keys);
+                out.extend(
+                    pane.keys()
+                        .filter(|&(_, row)| pane.is_dirty(row))
+                        .map(|(key, row)| result(key.clone(), pane.values(row))),
+                );
             }
-            return;
-        }
-        for (_, pane) in self.panes.range(window.start..window.end) {
-            for (key, row) in pane.keys() {
-                match self.merging.get_mut(&**key) {
-                    Some(accumulators) => pane.merge_into(row, accumulators),
-                    None => {
-                        self.merging.insert(key.clone(), pane.values(row));
+        } else {
+            for (_, pane) in self.panes.range(window.start..window.end) {
+                for (key, row) in pane.keys() {
+                    match self.merging.get_mut(&**key) {
+                        Some((accumulators, dirty)) => {
+                            pane.merge_into(row, accumulators);
+                            *dirty |= pane.is_dirty(row);
+                        }
+                        None => {
+                            self.merging.insert(key.clone(), (pane.values(row), pane.is_dirty(row)));
+                        }
                     }
                 }
             }
+            keys = self.merging.len();
+            out.reserve(keys);
+            out.extend(
+                self.merging
+                    .drain()
+                    .filter(|(_, (_, dirty))| *dirty)
+                    .map(|(key, (accumulators, _))| result(key, accumulators)),
+            );
         }
-        out.reserve(self.merging.len());
-        out.extend(self.merging.drain().map(|(key, accumulators)| result(key, accumulators)));
+        self.unchanged_finals += (keys - (out.len() - before)) as u64;
+    }
+
+    /// Final results left out since the last call because the region held
+    /// them already (the count for the `windows fired` metric).
+    pub(super) fn take_unchanged(&mut self) -> u64 {
+        std::mem::take(&mut self.unchanged_finals)
     }
 
     /// The value of one key in one window: its rows of the window's panes merged.
@@ -234,6 +269,46 @@ mod tests {
         s
     }
 
+    /// With updates, a window fires a final result for the keys changed
+    /// since the last update only; without, for every key.
+    #[test]
+    fn finals_skip_keys_the_last_update_already_wrote() {
+        use ResultKind::{Final, Update};
+        let c = Accumulator::Count;
+        // (size, slide, updates emitted, finals after "b" changes, unchanged)
+        let cases = [
+            (10, 10, 3, vec![(Final, "b", 0, 10, c(2))], 1),
+            // Windows [-10, 10) and [0, 20) fire; "b" changed in pane 0,
+            // which both hold; "a" did not.
+            (20, 10, 5, vec![(Final, "b", -10, 10, c(2)), (Final, "b", 0, 20, c(3))], 2),
+        ];
+        for (size, slide, updates, finals, unchanged) in cases {
+            let mut f = FixedWindows::new(size, slide, &[AggregateFunction::Count]);
+            let mut out = Vec::new();
+            for (key, time) in [("a", 1), ("b", 2), ("b", 12)] {
+                assert!(f.process(&event(key, time), Millis::MIN, 0, &mut out));
+            }
+            f.updates(&mut out);
+            assert_eq!(out.iter().filter(|r| r.kind == Update).count(), updates, "{size}/{slide}");
+            out.clear();
+            assert!(f.process(&event("b", 3), Millis::MIN, 0, &mut out));
+            f.advance(size, 0, &mut out);
+            assert_eq!(summary(&mut out), finals, "{size}/{slide}");
+            assert_eq!(f.take_unchanged(), unchanged, "{size}/{slide}");
+            assert_eq!(f.take_unchanged(), 0);
+        }
+
+        // No updates: every key fires.
+        let mut f = FixedWindows::new(10, 10, &[AggregateFunction::Count]);
+        let mut out = Vec::new();
+        for (key, time) in [("a", 1), ("b", 2)] {
+            assert!(f.process(&event(key, time), Millis::MIN, 0, &mut out));
+        }
+        f.advance(10, 0, &mut out);
+        assert_eq!(summary(&mut out), vec![(Final, "a", 0, 10, c(1)), (Final, "b", 0, 10, c(1))]);
+        assert_eq!(f.take_unchanged(), 0);
+    }
+
     /// A late record lands in a pane whose earlier windows have fired while
     /// its later ones are still open: the fired ones re-fire, the open ones
     /// take it when they fire, and updates name only the open ones.
@@ -260,11 +335,11 @@ mod tests {
         assert_eq!(summary(&mut out), vec![(Final, "a", -20, 10, c(2)), (Final, "a", -10, 20, c(2))]);
         f.updates(&mut out);
         assert_eq!(summary(&mut out), vec![(Update, "a", 0, 30, c(2))]);
+        // Every window firing now was written by the last updates with its
+        // final value: nothing to write, three windows counted as fired.
         f.advance(40, lateness, &mut out);
-        assert_eq!(
-            summary(&mut out),
-            vec![(Final, "a", 0, 30, c(2)), (Final, "b", 0, 30, c(1)), (Final, "b", 10, 40, c(1))]
-        );
+        assert_eq!(summary(&mut out), vec![]);
+        assert_eq!(f.take_unchanged(), 3);
         assert_eq!(f.open_rows, 2);
         f.advance(130, lateness, &mut out);
         assert_eq!(f.open_rows, 1, "pane 0 purged: its last window, [0, 30), is past its lateness");

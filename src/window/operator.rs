@@ -122,6 +122,16 @@ impl WindowOperator {
         std::mem::take(&mut self.results)
     }
 
+    /// Windows (per key) that fired since the last call without a final
+    /// result, because nothing changed since their last update: the region
+    /// already holds their final value (emit mode `updates` only).
+    pub fn take_unchanged_finals(&mut self) -> u64 {
+        match &mut self.state {
+            State::Fixed(f) => f.take_unchanged(),
+            State::Session(s) => s.take_unchanged(),
+        }
+    }
+
     pub fn pending_results(&self) -> usize {
         self.results.len()
     }

@@ -129,7 +129,9 @@ impl Pane {
         (row, true)
     }
 
-    /// Adds a row restored from a snapshot; `false` when the values do not
+    /// Adds a row restored from a snapshot, marked changed (whether the
+    /// region holds its latest value is not in the snapshot, so the row's
+    /// windows write it when they fire); `false` when the values do not
     /// match the pane's aggregates (or the key is already there).
     pub(super) fn insert(&mut self, key: Arc<str>, values: Vec<Accumulator>) -> bool {
         let fits = values.len() == self.columns.len() && self.columns.iter().zip(&values).all(|(c, v)| c.fits(v));
@@ -141,7 +143,7 @@ impl Pane {
             column.push_value(value);
         }
         self.rows.insert(key, row);
-        self.dirty.push(false);
+        self.dirty.push(true);
         true
     }
 
@@ -153,6 +155,12 @@ impl Pane {
 
     pub(super) fn mark_dirty(&mut self, row: usize) {
         self.dirty[row] = true;
+    }
+
+    /// Whether the row changed since the last [`Pane::take_dirty`] (or was
+    /// never taken).
+    pub(super) fn is_dirty(&self, row: usize) -> bool {
+        self.dirty[row]
     }
 
     /// Keys changed since the last call, their flags cleared.

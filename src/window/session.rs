@@ -6,6 +6,11 @@
 //! session already fired retracts the old entry, since its bounds (and so its
 //! region key) change. Timers `(time, key)` in an ordered set drive firing
 //! and purging; stale timers are skipped when they come due.
+//!
+//! A session that fires unchanged since its last update (emit mode
+//! `updates`) emits no final result: the region holds it already. A
+//! restored session counts as changed, since the snapshot does not say
+//! whether its latest value was written.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -33,11 +38,14 @@ pub(super) struct SessionWindows {
     pub(super) sessions: AHashMap<Arc<str>, Vec<Session>>,
     timers: BTreeSet<(Millis, Arc<str>)>,
     pub(super) open_slots: usize,
+    /// Final results not emitted because the region already held them,
+    /// since the last [`SessionWindows::take_unchanged`].
+    unchanged_finals: u64,
 }
 
 impl SessionWindows {
     pub(super) fn new(gap: Millis) -> Self {
-        SessionWindows { gap, sessions: AHashMap::new(), timers: BTreeSet::new(), open_slots: 0 }
+        SessionWindows { gap, sessions: AHashMap::new(), timers: BTreeSet::new(), open_slots: 0, unchanged_finals: 0 }
     }
 
     pub(super) fn process(
@@ -130,14 +138,18 @@ impl SessionWindows {
             for s in sessions.iter_mut() {
                 if !s.fired && s.window.end <= watermark {
                     s.fired = true;
+                    if s.dirty || !s.emitted {
+                        out.push(WindowResult {
+                            key: key.clone(),
+                            window: s.window,
+                            accumulators: s.accumulators.clone(),
+                            kind: ResultKind::Final,
+                        });
+                    } else {
+                        self.unchanged_finals += 1;
+                    }
                     s.emitted = true;
                     s.dirty = false;
-                    out.push(WindowResult {
-                        key: key.clone(),
-                        window: s.window,
-                        accumulators: s.accumulators.clone(),
-                        kind: ResultKind::Final,
-                    });
                     if lateness > 0 {
                         self.timers.insert((s.window.end.saturating_add(lateness), key.clone()));
                     }
@@ -150,6 +162,12 @@ impl SessionWindows {
                 self.sessions.remove(&key);
             }
         }
+    }
+
+    /// Final results left out since the last call because the region held
+    /// them already (the count for the `windows fired` metric).
+    pub(super) fn take_unchanged(&mut self) -> u64 {
+        std::mem::take(&mut self.unchanged_finals)
     }
 
     pub(super) fn schedule(&mut self, time: Millis, key: Arc<str>) {

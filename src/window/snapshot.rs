@@ -114,7 +114,7 @@ impl SessionWindows {
                     accumulators: s.accumulators,
                     fired: s.fired,
                     emitted: s.emitted,
-                    dirty: false,
+                    dirty: true,
                 })
                 .collect();
             for s in &sessions {

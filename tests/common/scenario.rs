@@ -160,13 +160,14 @@ flush_interval = "100ms"
             sliding = pipeline(
                 "sliding",
                 r#"{ kind = "sliding", size = "4s", slide = "1s" }"#,
-                "key = { from = \"field\", pointer = \"/customer\" }\nallowed_lateness = \"500ms\"\nlate_records = \"amend\"",
+                "key = { from = \"field\", pointer = \"/customer\" }\nallowed_lateness = \"500ms\"\nlate_records = \"amend\"\n\
+                 emit = { mode = \"updates\", interval = \"300ms\" }",
                 r#"{ name = "sliding_orders", key = "{key}:{window_start}", ttl = "3650days", ttl_from = "window_end" }"#
             ),
             session = pipeline(
                 "session",
                 r#"{ kind = "session", gap = "150ms" }"#,
-                "key = { from = \"kafka_key\" }\nlate_records = \"drop\"",
+                "key = { from = \"kafka_key\" }\nlate_records = \"drop\"\nemit = { mode = \"updates\", interval = \"100ms\" }",
                 r#"{ name = "session_orders", key = "{key}:{window_start}:{window_end}" }"#
             ),
         );
@@ -243,6 +244,14 @@ flush_interval = "100ms"
             metric("regionflow_windows_fired_total{kind=\"amend\",pipeline=\"sliding\"}") > 0.0,
             "late records amended"
         );
+        // Sliding and session windows emit updates: running values were
+        // written, and every (key, window) fired as final, written or not.
+        for (pipeline, table) in [("sliding", &self.sliding), ("session", &self.session)] {
+            let updates = metric(&format!("regionflow_windows_fired_total{{kind=\"update\",pipeline=\"{pipeline}\"}}"));
+            assert!(updates > 0.0, "{pipeline}: updates emitted");
+            let finals = metric(&format!("regionflow_windows_fired_total{{kind=\"final\",pipeline=\"{pipeline}\"}}"));
+            assert!(finals >= table.len() as f64, "{pipeline}: {finals} finals for {} entries", table.len());
+        }
 
         // Bytes out: every entry was written at least once with its key, and
         // a write (key, partial field, partial JSON of eight aggregates, the
