@@ -203,6 +203,9 @@ fn status_bytes(pid: u32, field: &str) -> u64 {
 /// buckets up to two minutes; the last bucket takes the rest.
 const LATENCY_BUCKETS: usize = 120_001;
 
+/// Per entry key: its window's end and when its latest write was acknowledged.
+type EntryAcks = Arc<Mutex<HashMap<String, (i64, i64)>>>;
+
 /// The region as the connector sees it, timestamping every acknowledged write.
 struct TimedRegion {
     inner: Arc<dyn Region>,
@@ -213,7 +216,7 @@ struct TimedRegion {
     /// acknowledgement of its latest write, i.e. when the region got the
     /// value it ends with (with `emit = updates` that can be an update
     /// written before the window closed).
-    entries: Option<Arc<Mutex<HashMap<String, (i64, i64)>>>>,
+    entries: Option<EntryAcks>,
 }
 
 impl Region for TimedRegion {
