@@ -252,6 +252,15 @@ impl Region for TimedRegion {
     }
 }
 
+/// The watermark the harness's data reached (`<report>.closed`, written
+/// before it stops the child): windows ending at or before it are closed.
+fn closed_by(report: &std::path::Path) -> i64 {
+    std::fs::read_to_string(report.with_extension("closed"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(i64::MAX)
+}
+
 fn latency_bucket(ms: i64) -> usize {
     ms.clamp(0, LATENCY_BUCKETS as i64 - 1) as usize
 }
@@ -320,7 +329,10 @@ fn connector_child() {
     });
     let mut histogram = latency.lock().expect("latency lock");
     if let Some(entries) = &entries {
-        for &(end, ack) in entries.lock().expect("entries lock").values() {
+        // Only windows the data closed: updates also write windows still
+        // open at the end, whose "latency" would count as 0.
+        let closed_by = closed_by(&report);
+        for &(end, ack) in entries.lock().expect("entries lock").values().filter(|(end, _)| *end <= closed_by) {
             histogram[latency_bucket(ack - end)] += 1;
         }
     }
@@ -1018,6 +1030,12 @@ impl ConnectorChild {
     }
 
     /// SIGTERM, wait, and read the report.
+    /// Tells the child that windows ending at or before `watermark` are
+    /// closed (see `closed_by`).
+    fn closed_by(&self, watermark: i64) {
+        std::fs::write(self.report.with_extension("closed"), watermark.to_string()).expect("closed_by written");
+    }
+
     fn stop(mut self) -> HashMap<String, String> {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -1194,6 +1212,9 @@ fn latency_run(
     let mut rng = StdRng::seed_from_u64(11);
     let started = Instant::now();
     let mut produced = 0u64;
+    // Per partition, the latest event time produced: the watermarks reach
+    // the least of them minus the out-of-orderness.
+    let mut latest = vec![i64::MIN; partitions as usize];
     let run_for = Duration::from_secs(opts.latency_secs);
     while started.elapsed() < run_for {
         let due = (rate * started.elapsed().as_secs_f64()) as u64;
@@ -1207,7 +1228,9 @@ fn latency_run(
                 country: rng.random_range(0..8),
             };
             let key = raw.key();
-            send(&producer, topic, support::partition_of(&key, partitions), &key, &raw.json());
+            let partition = support::partition_of(&key, partitions);
+            latest[partition as usize] = latest[partition as usize].max(raw.ts);
+            send(&producer, topic, partition, &key, &raw.json());
             produced += 1;
         }
         producer.poll(Duration::ZERO);
@@ -1232,6 +1255,7 @@ fn latency_run(
     let hist = "regionflow_event_to_region_latency_seconds";
     let histogram_p50 = histogram_quantile(&text, hist, 0.5);
     let histogram_p99 = histogram_quantile(&text, hist, 0.99);
+    child.closed_by(latest.iter().copied().min().unwrap_or(i64::MIN).saturating_sub(DISORDER_MS));
     let direct = child.stop();
     Latency {
         rate,
