@@ -178,7 +178,9 @@ pub enum EmitConfig {
     /// re-fires for late records within the allowed lateness).
     #[default]
     Final,
-    /// Also write the running result of open windows at this interval.
+    /// Also write the running result of open windows at this interval;
+    /// when a window closes, only its keys changed since their last update
+    /// are written again (the region holds the others' final values).
     Updates {
         #[serde(with = "humantime_serde")]
         interval: Duration,
