@@ -3,7 +3,9 @@
 //!
 //! Its dispatch loop polls the consumer, groups records by partition and
 //! hands each group to that partition's task over a bounded channel (a full
-//! channel stops the loop from polling: backpressure reaches Kafka). Inside
+//! channel stops the loop from polling: backpressure reaches Kafka; a
+//! shutdown request still ends the wait, and the records not handed over
+//! are replayed by the partition's next owner). Inside
 //! the rebalance callback it starts a task for each assigned partition
 //! (epoch, checkpoint restore, start offset) and, on revoke, closes the
 //! task's channel and waits until the task has flushed and checkpointed, so
@@ -214,7 +216,9 @@ pub async fn run(
                         next = consumer.recv().now_or_never();
                     }
                 }
-                dispatch(&mut buffers, &tasks).await;
+                if !dispatch(&mut buffers, &tasks, &shutdown).await {
+                    break Ok(());
+                }
             }
         }
     };
@@ -337,20 +341,30 @@ async fn restart(consumer: &SourceConsumer, starter: &TaskStarter, failure: Fail
     Ok(())
 }
 
-async fn dispatch(buffers: &mut [(Partition, Vec<SourceRecord>)], tasks: &Tasks) {
+/// Hands each partition's records to its task, waiting while a task's queue
+/// is full (backpressure). Returns `false` when shutdown was requested
+/// during such a wait: the records not handed over were never processed,
+/// so no checkpoint covers them and the partition's next owner replays
+/// them; a Redis stall must not hold a shutdown past its timeout.
+async fn dispatch(buffers: &mut [(Partition, Vec<SourceRecord>)], tasks: &Tasks, shutdown: &CancellationToken) -> bool {
     for (partition, records) in buffers.iter_mut().filter(|(_, r)| !r.is_empty()) {
         let sender = tasks.lock().expect("task table lock").get(partition).map(|h| h.records.clone());
         let records = std::mem::take(records);
         match sender {
             // A closed channel means the task just stopped; its successor replays.
             Some(sender) => {
-                let _ = sender.send(records).await;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return false,
+                    _ = sender.send(records) => {}
+                }
             }
             None => {
                 tracing::debug!(?partition, "records for a partition without a task dropped; they will be replayed")
             }
         }
     }
+    true
 }
 
 /// Closes the tasks' channels and waits (bounded) for them to flush.

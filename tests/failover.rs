@@ -36,6 +36,8 @@ struct Timing {
     checkpoint_interval: Duration,
     /// The Kafka group's; a crashed connector's partitions move after it.
     session_timeout: Duration,
+    /// `connector.shutdown_timeout`: how long SIGTERM waits for tasks.
+    shutdown_timeout: Duration,
 }
 
 impl Default for Timing {
@@ -44,6 +46,7 @@ impl Default for Timing {
             idle_timeout: Duration::from_secs(8),
             checkpoint_interval: Duration::from_millis(500),
             session_timeout: Duration::from_secs(6),
+            shutdown_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -78,7 +81,7 @@ impl Scenario {
     }
 
     fn custom(seed: u64, redundancy: usize, timing: Timing) -> Scenario {
-        let Timing { idle_timeout, checkpoint_interval, session_timeout } = timing;
+        let Timing { idle_timeout, checkpoint_interval, session_timeout, shutdown_timeout } = timing;
         common::init_logging();
         let cluster = tokio::task::block_in_place(RedisCluster::start);
         let kafka = Kafka::start(&[("orders", PARTITIONS)]);
@@ -100,7 +103,7 @@ replica_timeout = "2s"
 [connector]
 flush_interval = "100ms"
 checkpoint_interval = "{checkpoint}ms"
-shutdown_timeout = "20s"
+shutdown_timeout = "{shutdown}ms"
 [pipelines.orders]
 topics = ["orders"]
 key = {{ from = "field", pointer = "/customer" }}
@@ -116,7 +119,8 @@ region = {{ name = "orders", redundancy = {redundancy} }}
                 aggregates = reference::AGGREGATES,
                 idle = idle_timeout.as_millis(),
                 checkpoint = checkpoint_interval.as_millis(),
-                session = session_timeout.as_millis()
+                session = session_timeout.as_millis(),
+                shutdown = shutdown_timeout.as_millis()
             ),
         )
         .expect("config written");
@@ -418,6 +422,51 @@ async fn redis_stall_under_redundancy_restarts_partitions_in_place() {
     // the stall came before its first one).
     let starts = a.metric("regionflow_partition_takeovers_total{pipeline=\"orders\"");
     assert_eq!(starts, (PARTITIONS as usize + restarts.len()) as f64, "a task start per partition and per restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_redis_stall_stops_within_the_shutdown_timeout() {
+    // Redis takes no writes for 25 s: the tasks wait on their writes, their
+    // queues fill and the dispatch loop waits to hand over more records.
+    // SIGTERM must still stop the connector within its shutdown timeout
+    // (3 s here), not when the stall ends; what it had not written or
+    // checkpointed, the next connector replays.
+    let timing = Timing {
+        session_timeout: Duration::from_secs(30),
+        shutdown_timeout: Duration::from_secs(3),
+        ..Timing::default()
+    };
+    let s = Scenario::custom(9, 0, timing);
+    let mut a = s.connector("a");
+    let producing = s.start_producing();
+    s.wait_produced(0.3).await;
+    s.wait_for_checkpoints(Duration::from_secs(30)).await;
+    let stall = Duration::from_secs(25);
+    for port in s.cluster.primary_ports() {
+        s.cluster.node_cmd(port, &["CLIENT", "PAUSE", &stall.as_millis().to_string(), "WRITE"]);
+    }
+    let stalled = Instant::now();
+    // Records keep coming: the tasks stop taking them (their writes are
+    // stuck), so their queues fill and the dispatch loop waits.
+    s.wait_produced(0.55).await;
+    let processed = a.metric("regionflow_records_in_total");
+    s.wait_produced(0.6).await;
+    assert_eq!(a.metric("regionflow_records_in_total"), processed, "the stall stopped the tasks:\n{}", a.logs());
+    let asked = Instant::now();
+    let exited = tokio::task::block_in_place(|| a.terminate(Duration::from_secs(15)));
+    let took = asked.elapsed();
+    eprintln!("SIGTERM {:?} into the stall; the connector exited after {took:?}", asked - stalled);
+    assert!(exited, "SIGTERM during the stall: exit 0 within 15 s (took {took:?}):\n{}", a.logs());
+    assert!(
+        took < Duration::from_secs(10) && stalled.elapsed() < stall,
+        "stopped {took:?} after SIGTERM, {:?} into the {stall:?} stall:\n{}",
+        stalled.elapsed(),
+        a.logs()
+    );
+    tokio::time::sleep(stall.saturating_sub(stalled.elapsed())).await;
+    let b = s.connector("b");
+    producing.await.expect("produced");
+    s.assert_region_equals_reference(Duration::from_secs(120), &[&b]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
