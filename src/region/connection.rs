@@ -103,7 +103,7 @@ impl SharedConnection {
     }
 
     /// The cluster's slot → primary map, fetched with `CLUSTER SLOTS` when
-    /// none is held; `None` while it cannot be had (for [`SLOT_MAP_RETRY`]
+    /// none is held; `None` while it cannot be had (for `SLOT_MAP_RETRY`
     /// after a failed fetch), in which case writes go one by one.
     pub async fn slot_map(&self) -> Option<Arc<SlotMap>> {
         let usable = |slots: &Slots| match &slots.map {

@@ -5,7 +5,7 @@
 //! [`DecodeError`] naming the stage that failed and why; the task sends it to
 //! the dead-letter topic.
 //!
-//! JSON records are read in one of two ways (see [`fields`]): when every
+//! JSON records are read in one of two ways (see `decode::fields`): when every
 //! configured pointer names a top-level field (`/user`), one pass over the
 //! object materialises only those fields and skips the rest; otherwise the
 //! whole value is parsed into a `serde_json::Value` and the pointers are
