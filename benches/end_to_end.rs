@@ -117,6 +117,8 @@ struct Options {
     latency_rate: Option<f64>,
     /// The live latency run's `emit` table (TOML inline), if not final.
     latency_emit: Option<String>,
+    /// The live latency run's `connector.flush_interval`, if not the default.
+    latency_flush: Option<String>,
     stress_keys: usize,
     sink_chunk: usize,
     sink_inflight: usize,
@@ -150,6 +152,7 @@ impl Options {
             latency_secs: env("BENCH_LATENCY_SECS", 25u64),
             latency_rate: std::env::var("BENCH_LATENCY_RATE").ok().map(|v| v.parse().expect("BENCH_LATENCY_RATE")),
             latency_emit: std::env::var("BENCH_LATENCY_EMIT").ok().filter(|v| !v.is_empty()),
+            latency_flush: std::env::var("BENCH_LATENCY_FLUSH").ok().filter(|v| !v.is_empty()),
             stress_keys: env("BENCH_STRESS_KEYS", 10_000_000usize),
             sink_chunk: env("BENCH_SINK_PIPELINE", 1_000usize),
             sink_inflight: env("BENCH_SINK_INFLIGHT", 4usize),
@@ -972,16 +975,16 @@ struct ConnectorChild {
 }
 
 impl ConnectorChild {
-    /// `emit`: the pipeline's `emit` table (see `support::settings_toml`);
-    /// when set, the child also times each entry's last write (the live
-    /// latency run), which costs a map entry per entry.
+    /// `live`: the live latency run's settings (see `support::settings_toml`);
+    /// when set, the child also times each entry's last write, which costs a
+    /// map entry per entry.
     fn start(
         workload: Workload,
         brokers: &str,
         redis_nodes: &[String],
         group: &str,
         topic: &str,
-        emit: Option<&str>,
+        live: Option<&support::Tuning<'_>>,
     ) -> ConnectorChild {
         let dir = tempfile::Builder::new().prefix("regionflow-bench-").tempdir().expect("temp dir");
         let port = free_port();
@@ -989,7 +992,7 @@ impl ConnectorChild {
         let toml = support::settings_toml(
             workload,
             &support::Endpoints { brokers, redis_nodes, group, topic, metrics_listen: &listen },
-            emit,
+            live,
         );
         let config = dir.path().join("connector.toml");
         std::fs::write(&config, toml).expect("config written");
@@ -998,7 +1001,7 @@ impl ConnectorChild {
             .env("BENCH_ROLE", "connector")
             .env("BENCH_CONFIG", &config)
             .env("BENCH_REPORT", &report)
-            .env("BENCH_PER_ENTRY", if emit.is_some() { "1" } else { "" })
+            .env("BENCH_PER_ENTRY", if live.is_some() { "1" } else { "" })
             .spawn()
             .expect("connector child started");
         ConnectorChild { child, port, report, _dir: dir }
@@ -1205,8 +1208,11 @@ fn latency_run(
     topic: &str,
     partitions: i32,
 ) -> Latency {
-    let emit = opts.latency_emit.as_deref().unwrap_or(r#"{ mode = "final" }"#);
-    let mut child = ConnectorChild::start(Workload::W1, brokers, redis_nodes, "bench-latency", topic, Some(emit));
+    let tuning = support::Tuning {
+        emit: opts.latency_emit.as_deref().unwrap_or(r#"{ mode = "final" }"#),
+        flush_interval: opts.latency_flush.as_deref(),
+    };
+    let mut child = ConnectorChild::start(Workload::W1, brokers, redis_nodes, "bench-latency", topic, Some(&tuning));
     child.wait_ready(partitions);
     let producer = producer(brokers);
     let mut rng = StdRng::seed_from_u64(11);
@@ -1539,11 +1545,12 @@ fn main() {
         let beyond = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0} ms", v - DISORDER_MS as f64));
         println!();
         println!(
-            "== Latency: W1 live at {}/s ({}) for {} s, emit = {}, {} events, {} writes applied ==",
+            "== Latency: W1 live at {}/s ({}) for {} s, emit = {}, flush_interval = {}, {} events, {} writes applied ==",
             si(l.rate),
             if opts.latency_rate.is_some() { "BENCH_LATENCY_RATE" } else { "half the W1 end-to-end rate" },
             l.seconds,
             opts.latency_emit.as_deref().unwrap_or(r#"{ mode = "final" }"#),
+            opts.latency_flush.as_deref().unwrap_or("default"),
             l.produced,
             l.entries
         );

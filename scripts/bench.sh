@@ -33,6 +33,8 @@
 #                              of the W1 end-to-end rate just measured)
 #   BENCH_LATENCY_EMIT=        the latency run's `emit` (TOML inline), e.g.
 #                              '{ mode = "updates", interval = "200ms" }'
+#   BENCH_LATENCY_FLUSH=       the latency run's connector.flush_interval
+#                              (default: the connector's, 200ms)
 #   BENCH_SINK_PIPELINE=1000   commands per pipeline in the sink ceiling
 #   BENCH_SINK_INFLIGHT=4      pipelines in flight per primary
 #   BENCH_PROFILE_DIR=         if set, `perf record` each connector run there

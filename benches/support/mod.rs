@@ -106,10 +106,23 @@ pub struct Endpoints<'a> {
     pub metrics_listen: &'a str,
 }
 
+/// Settings the live latency run varies.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning<'a> {
+    /// The pipeline's `emit` table (TOML inline).
+    pub emit: &'a str,
+    /// `connector.flush_interval`; the connector's default when `None`.
+    pub flush_interval: Option<&'a str>,
+}
+
 /// The connector configuration of one workload (pipeline name `bench`,
-/// region `bench_<workload>`); `emit` is the pipeline's `emit` table (TOML
-/// inline), `{ mode = "final" }` when `None`.
-pub fn settings_toml(workload: Workload, e: &Endpoints<'_>, emit: Option<&str>) -> String {
+/// region `bench_<workload>`), with `emit = { mode = "final" }` and the
+/// default flush interval unless `tuning` says otherwise.
+pub fn settings_toml(workload: Workload, e: &Endpoints<'_>, tuning: Option<&Tuning<'_>>) -> String {
+    let connector = match tuning.and_then(|t| t.flush_interval) {
+        Some(interval) => format!("[connector]\nflush_interval = \"{interval}\"\n"),
+        None => String::new(),
+    };
     let nodes: Vec<String> = e.redis_nodes.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
         r#"
@@ -125,6 +138,7 @@ key_prefix = "rf"
 [metrics]
 listen = "{metrics}"
 
+{connector}
 [pipelines.bench]
 topics = ["{topic}"]
 key = {key}
@@ -148,7 +162,7 @@ sum = {{ function = "sum", field = "/amount" }}
         key = workload.key_toml(),
         window = workload.window_toml(),
         region = workload.name().to_ascii_lowercase(),
-        emit = emit.unwrap_or(r#"{ mode = "final" }"#),
+        emit = tuning.map_or(r#"{ mode = "final" }"#, |t| t.emit),
     )
 }
 
