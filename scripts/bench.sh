@@ -8,6 +8,9 @@
 #                                 (decode, operator, region layout,
 #                                 state encoding)
 #   scripts/bench.sh --criterion-only
+#   scripts/bench.sh --merge-only the merge function alone on one idle
+#                                 redis-server: Redis µs per FCALL of a W1
+#                                 entry write vs a plain HSET of its fields
 #   scripts/bench.sh -h           this help, with the knobs below
 #
 # Builds in release (the `bench` profile) and runs benches/end_to_end.rs,
@@ -49,10 +52,12 @@ cd "$(dirname "$0")/.."
 
 criterion=false
 end_to_end=true
+merge_only=false
 for arg in "$@"; do
     case "$arg" in
         --criterion) criterion=true ;;
         --criterion-only) criterion=true; end_to_end=false ;;
+        --merge-only) merge_only=true; end_to_end=false ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg (try -h)" >&2; exit 2 ;;
     esac
@@ -65,6 +70,48 @@ done
 echo "== machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM"
 echo "== commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
 
+# The merge function (src/region/merge.lua, loaded as regionflow does: see
+# src/region/function.rs) on one idle redis-server, against a plain HSET of
+# the same fields: Redis's own time per call from INFO commandstats.
+merge_function() {
+    command -v redis-benchmark >/dev/null || { echo "bench.sh: redis-benchmark not on PATH: run scripts/setup-test-deps.sh" >&2; exit 1; }
+    local port dir name key partial
+    port=$(shuf -i 20000-60000 -n 1)
+    dir=$(mktemp -d)
+    redis-server --port "$port" --save '' --appendonly no --daemonize yes --dir "$dir" --logfile "$dir/redis.log"
+    trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"' RETURN
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+    name="regionflow_merge_$(sha1sum src/region/merge.lua | cut -c1-16)"
+    { printf '#!lua name=%s\nlocal FUNCTION_NAME = %s\n' "$name" "'$name'"; cat src/region/merge.lua; } |
+        redis-cli -p "$port" -x FUNCTION LOAD REPLACE >/dev/null
+    key='u__rand_int__:1700000010000'
+    partial='{"a":[3,1627.5],"e":1,"o":12345}'
+    echo "== merge function on one idle redis-server ($(redis-server --version | cut -d' ' -f3)), 200000 writes over 100000 keys, 100 per pipeline"
+    for round in 1 2 3; do
+        for command in FCALL HSET; do
+            redis-cli -p "$port" flushall >/dev/null
+            redis-cli -p "$port" config resetstat >/dev/null
+            if [ "$command" = FCALL ]; then
+                redis-benchmark -p "$port" -n 200000 -r 100000 -P 100 -q FCALL "$name" 1 "$key" _p:bench:0 1 12345 r \
+                    "$partial" 1700000010000 1700000020000 n 0 count:count,sum:sum >/dev/null
+            else
+                redis-benchmark -p "$port" -n 200000 -r 100000 -P 100 -q HSET "$key" _p:bench:0 "$partial" \
+                    window_start 1700000010000 window_end 1700000020000 count 3 sum 1627.5 >/dev/null
+            fi
+            local stat
+            stat=$(redis-cli -p "$port" info commandstats | tr -d '\r' | grep "^cmdstat_${command,,}:")
+            case "$stat" in
+                *failed_calls=0*) ;;
+                *) echo "bench.sh: $command failed: $stat" >&2; redis-cli -p "$port" "${command}" 2>&1 | head -1 >&2; exit 1 ;;
+            esac
+            echo "  round $round: $command ${stat##*usec_per_call=}" | sed 's/,.*//; s/$/ µs per call/'
+        done
+    done
+}
+
+if $merge_only; then
+    merge_function
+fi
 if $criterion; then
     cargo bench --bench decode --bench operator --bench state_encoding
 fi
