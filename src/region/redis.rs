@@ -2,9 +2,9 @@
 //!
 //! Every entry write is one `FCALL` of the merge function (`merge.lua`, see
 //! [`super::function`]) on the shard that owns the entry's key, so the merge
-//! of partials is atomic there. A batch goes
-//! out two ways, both over the one shared cluster connection (so that a
-//! checkpoint's `WAIT` covers every write):
+//! of partials is atomic there. A batch goes out two ways, both over the one
+//! shared cluster connection (so that a checkpoint's `WAIT` covers every
+//! write):
 //!
 //! - **Pipelined per primary**, the fast path: each entry's first write is
 //!   grouped by the primary that owns its key (the slot map that
@@ -15,12 +15,13 @@
 //! - **Per entry**, the path that rides through failures: one entry's writes
 //!   one at a time, in order, each retried by [`SharedConnection::with_retry`]
 //!   until the write deadline, riding through MOVED/ASK and primary
-//!   failovers (and loading the library where it is missing); up to `write_concurrency` entries at once. It takes what the
-//!   fast path does not: an entry's writes after its first (amendments), an
-//!   entry whose first write is a merge, keys whose slot has no known
-//!   primary, and every write of a pipeline that failed (redirect, lost
-//!   connection, timeout; the slot map is then forgotten and fetched again
-//!   for the next batch). Those count as retried.
+//!   failovers (and loading the library where it is missing); up to
+//!   `write_concurrency` entries at once. It takes what the fast path does
+//!   not: an entry's writes after its first (amendments), an entry whose
+//!   first write is a merge, keys whose slot has no known primary, and
+//!   every write of a pipeline that failed (redirect, lost connection,
+//!   timeout; the slot map is then forgotten and fetched again for the next
+//!   batch). Those count as retried.
 //!
 //! Why only first writes, and never a merge, are pipelined: redis-rs resends
 //! a whole pipeline when one of its replies is a redirect or its connection
@@ -51,7 +52,8 @@ const PIPELINE_LEN: usize = 1000;
 /// Pipelines of one batch in flight at once (over all primaries).
 const PIPELINES_IN_FLIGHT: usize = 8;
 
-/// The merge function's replies for one entry's writes, and the retries they took.
+/// The merge function's replies for one entry's writes, and the retries
+/// they took.
 type EntryReplies = Result<(Vec<i64>, u64), RegionError>;
 
 /// What became of a pipelined write: the function's reply, or `None` when it
