@@ -834,6 +834,32 @@ fn retracting_recomputes_and_the_last_retraction_deletes_the_entry() {
     assert!(!entry.exists(con));
 }
 
+/// The function caches parsed specs (64 at most, then it starts over): 150
+/// regions with their own field names, written twice over, each name its own
+/// fields every time, whichever specs the cache holds by then.
+#[test]
+fn many_specs_each_name_their_own_fields() {
+    let server = server();
+    let con = &mut server.connection();
+    let names: Vec<(String, String)> = (0..150).map(|i| (format!("n{i}"), format!("total{i}"))).collect();
+    let entries: Vec<Entry> =
+        names.iter().map(|(n, t)| Entry::new("specs", &[(F::Count, n.as_str()), (F::Sum, t.as_str())])).collect();
+    let field = "_p:orders:0";
+    for (offset, records) in [(1, vec![rec(1, 2.5, "a", 1)]), (2, vec![rec(1, 2.5, "a", 1), rec(2, 4.0, "b", 2)])] {
+        for entry in &entries {
+            let accumulators = accumulate(&entry.spec, &records);
+            let partial = entry.partial(1, offset, &accumulators);
+            assert_eq!(entry.write(con, &Write::replace(field, 1, offset, &partial)), 1);
+            assert_eq!(
+                entry.public(con),
+                entry.expected_public(&BTreeMap::from([(field.into(), accumulators)])),
+                "{}",
+                entry.spec_arg()
+            );
+        }
+    }
+}
+
 #[test]
 fn absent_values_are_removed_from_the_entry() {
     let server = server();
