@@ -80,7 +80,14 @@ merge_function() {
     dir=$(mktemp -d)
     redis-server --port "$port" --save '' --appendonly no --daemonize yes --dir "$dir" --logfile "$dir/redis.log"
     trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"' RETURN
-    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
+    local tries=0
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do
+        tries=$((tries + 1))
+        if [ "$tries" -gt 100 ]; then
+            echo "bench.sh: redis-server on port $port did not start:" >&2; cat "$dir/redis.log" >&2; exit 1
+        fi
+        sleep 0.1
+    done
     name="regionflow_merge_$(sha1sum src/region/merge.lua | cut -c1-16)"
     { printf '#!lua name=%s\nlocal FUNCTION_NAME = %s\n' "$name" "'$name'"; cat src/region/merge.lua; } |
         redis-cli -p "$port" -x FUNCTION LOAD REPLACE >/dev/null

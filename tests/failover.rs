@@ -410,9 +410,7 @@ async fn redis_stall_under_redundancy_restarts_partitions_in_place() {
     s.wait_produced(0.4).await;
     // Long enough that writes time out in a pipeline (2 s), then fail one
     // by one for longer than the connection's replacement threshold (3 s).
-    for port in s.cluster.primary_ports() {
-        s.cluster.node_cmd(port, &["CLIENT", "PAUSE", "12000", "WRITE"]);
-    }
+    s.cluster.pause_writes(Duration::from_secs(12));
     producing.await.expect("produced");
     s.assert_region_equals_reference(Duration::from_secs(150), &[&a]).await;
     assert!(a.is_running(), "the connector rode the stall out:\n{}", a.logs());
@@ -442,9 +440,7 @@ async fn sigterm_during_a_redis_stall_stops_within_the_shutdown_timeout() {
     s.wait_produced(0.3).await;
     s.wait_for_checkpoints(Duration::from_secs(30)).await;
     let stall = Duration::from_secs(25);
-    for port in s.cluster.primary_ports() {
-        s.cluster.node_cmd(port, &["CLIENT", "PAUSE", &stall.as_millis().to_string(), "WRITE"]);
-    }
+    s.cluster.pause_writes(stall);
     let stalled = Instant::now();
     // Records keep coming: the tasks stop taking them (their writes are
     // stuck), so their queues fill and the dispatch loop waits.

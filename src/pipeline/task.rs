@@ -14,10 +14,10 @@
 //! the source position it was produced at, so replayed results never
 //! overwrite newer ones, and the epoch, so a zombie's writes are refused.
 //! Its log lines carry the span `task{pipeline, topic, partition}` (set by
-//! the connector). A task that finds itself fenced stops quietly: its successor owns the
-//! partition. It fails, and stops the connector, on a bad record under
-//! `errors.tolerance = "none"`, or when Redis stays unavailable past the
-//! write deadline. It fails and is restarted from its checkpoint (see
+//! the connector). A task that finds itself fenced stops quietly: its
+//! successor owns the partition. It fails, and stops the connector, on a
+//! bad record under `errors.tolerance = "none"`, or when Redis stays
+//! unavailable past the write deadline. It fails and is restarted from its checkpoint (see
 //! [`TaskError::restartable`]) when replication of its writes since the
 //! last checkpoint cannot be verified.
 

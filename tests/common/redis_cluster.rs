@@ -129,6 +129,15 @@ impl RedisCluster {
         ports
     }
 
+    /// `CLIENT PAUSE <for> WRITE` on every primary: writes (scripts and
+    /// functions included) wait in Redis until the pause ends; reads go on.
+    pub fn pause_writes(&self, duration: Duration) {
+        let millis = duration.as_millis().to_string();
+        for port in self.primary_ports() {
+            self.node_cmd(port, &["CLIENT", "PAUSE", &millis, "WRITE"]);
+        }
+    }
+
     /// SIGKILLs the primary owning `key`'s slot and waits until a replica has
     /// been promoted and every surviving node reports a healthy cluster.
     /// Returns the killed port.
