@@ -5,6 +5,9 @@
 #                                          a local six-node Redis Cluster
 #   redis-cli     (package redis-tools)  - creates that cluster
 #   prometheus, promtool (package prometheus) - metrics tests
+# and the C libraries the build links (librdkafka with TLS, SASL and every
+# compression codec):
+#   libssl-dev, libsasl2-dev, pkg-config (found by pkg-config)
 #
 # Does nothing but report versions when everything is already on PATH, so it
 # is cheap to run before every test run. Needs root or sudo to install.
@@ -16,15 +19,30 @@ readonly REQUIRED=(
     redis-cli:redis-tools
     prometheus:prometheus
     promtool:prometheus
+    pkg-config:pkg-config
+)
+
+# pkg-config module:package pairs, for the libraries the build links.
+readonly LIBRARIES=(
+    openssl:libssl-dev
+    libsasl2:libsasl2-dev
 )
 
 missing_packages() {
-    local entry program package
+    local entry program package module
     local -A seen=()
     for entry in "${REQUIRED[@]}"; do
         program=${entry%%:*}
         package=${entry#*:}
         if ! command -v "$program" >/dev/null 2>&1 && [[ -z ${seen[$package]:-} ]]; then
+            seen[$package]=1
+            echo "$package"
+        fi
+    done
+    for entry in "${LIBRARIES[@]}"; do
+        module=${entry%%:*}
+        package=${entry#*:}
+        if ! pkg-config --exists "$module" 2>/dev/null && [[ -z ${seen[$package]:-} ]]; then
             seen[$package]=1
             echo "$package"
         fi
@@ -37,6 +55,10 @@ missing_programs() {
         program=${entry%%:*}
         command -v "$program" >/dev/null 2>&1 || echo "$program"
     done
+    for entry in "${LIBRARIES[@]}"; do
+        module=${entry%%:*}
+        pkg-config --exists "$module" 2>/dev/null || echo "$module (pkg-config)"
+    done
 }
 
 fail() {
@@ -45,8 +67,9 @@ fail() {
     cat >&2 <<EOF
 setup-test-deps: $1
 Missing on PATH: ${programs:-nothing?}
-The integration tests need Redis 7 (redis-server, redis-cli) and Prometheus (prometheus, promtool).
-  Debian/Ubuntu, as root:  apt-get update && apt-get install -y redis-server redis-tools prometheus
+The integration tests need Redis 7 (redis-server, redis-cli) and Prometheus (prometheus, promtool);
+the build needs OpenSSL and Cyrus SASL headers (libssl-dev, libsasl2-dev) and pkg-config.
+  Debian/Ubuntu, as root:  apt-get update && apt-get install -y redis-server redis-tools prometheus libssl-dev libsasl2-dev pkg-config
   Elsewhere: install Redis 7 (https://redis.io/download) and Prometheus (https://prometheus.io/download)
   and put those programs on PATH.
 EOF
@@ -82,3 +105,4 @@ echo "  $(command -v redis-server): $(redis-server --version)"
 echo "  $(command -v redis-cli): $(redis-cli --version)"
 echo "  $(command -v prometheus): $(prometheus --version 2>&1 | head -n 1)"
 echo "  $(command -v promtool): $(promtool --version 2>&1 | head -n 1)"
+echo "  openssl $(pkg-config --modversion openssl), libsasl2 $(pkg-config --modversion libsasl2)"

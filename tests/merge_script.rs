@@ -956,6 +956,55 @@ fn fractions_negatives_and_large_integers() {
     }
 }
 
+/// A sum past the largest double is infinity, as in Rust: written, merged
+/// across partials and amended without an error, rendered `inf`, `-inf` or
+/// `NaN` (infinities of both signs).
+#[test]
+fn overflowing_sums_become_infinities_and_never_fail() {
+    let server = server();
+    let con = &mut server.connection();
+    let spec = [(F::Sum, "total"), (F::Avg, "mean"), (F::Count, "n")];
+    let cases: &[(&[f64], &[f64], [&str; 3])] = &[
+        (&[1e308, 1e308], &[1.0], ["inf", "inf", "3"]),
+        (&[1e308], &[1e308], ["inf", "inf", "2"]),
+        (&[-1e308, -1e308], &[5.0], ["-inf", "-inf", "3"]),
+        (&[-1e308, -1e308], &[1e308, 1e308], ["NaN", "NaN", "4"]),
+        // Once infinite, a sum stays so: inf - MAX is inf.
+        (&[f64::MAX, f64::MAX, -f64::MAX], &[1.0], ["inf", "inf", "4"]),
+    ];
+    for (left, right, rendered) in cases {
+        let entry = Entry::new("overflow", &spec);
+        let mut partials = BTreeMap::new();
+        for (i, values) in [left, right].into_iter().enumerate() {
+            let records: Vec<Record> = values.iter().map(|v| rec(0, *v, "", 0)).collect();
+            let accumulators = accumulate(&entry.spec, &records);
+            let field = format!("_p:orders:{i}");
+            assert_eq!(entry.write(con, &Write::replace(&field, 1, 1, &entry.partial(1, 1, &accumulators))), 1);
+            partials.insert(field, accumulators);
+        }
+        let public = entry.public(con);
+        let got: Vec<&str> = spec.iter().map(|(_, name)| public[*name].as_str()).collect();
+        assert_eq!(got, rendered, "{left:?} + {right:?}");
+        assert_eq!(public, entry.expected_public(&partials), "{left:?} + {right:?}");
+        entry.delete(con);
+    }
+
+    // Amending: the script encodes the overflowed partial itself.
+    let entry = Entry::new("overflow_amend", &spec);
+    let field = "_p:orders:0";
+    let first = accumulate(&entry.spec, &[rec(0, 1e308, "", 0)]);
+    assert_eq!(entry.write(con, &Write::replace(field, 1, 1, &entry.partial(1, 1, &first))), 1);
+    let late = accumulate(&entry.spec, &[rec(0, 1e308, "", 0)]);
+    assert_eq!(entry.write(con, &Write::amend(field, 1, 2, &entry.partial(1, 2, &late))), 1);
+    let both = accumulate(&entry.spec, &[rec(0, 1e308, "", 0), rec(0, 1e308, "", 0)]);
+    assert_eq!(entry.stored(con, field), (1, 2, both));
+    assert_eq!(entry.public(con)["total"], "inf");
+    let minus = accumulate(&entry.spec, &[rec(0, -1e308, "", 0), rec(0, -1e308, "", 0), rec(0, -1.0, "", 0)]);
+    assert_eq!(entry.write(con, &Write::amend(field, 1, 3, &entry.partial(1, 3, &minus))), 1);
+    assert_eq!(entry.public(con)["total"], "NaN", "inf + -inf");
+    entry.delete(con);
+}
+
 /// Writes each value as a sum and compares the script's rendering with
 /// Rust's; then amends with zeros, so that the script encodes the values as
 /// JSON itself, and checks they parse back to the same doubles.

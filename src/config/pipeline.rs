@@ -121,6 +121,15 @@ pub struct WatermarkConfig {
     /// with the wall clock so its windows still close.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Records whose event time is further ahead of the wall clock than
+    /// this go to the dead-letter topic (stage `event_time`) instead of
+    /// moving the watermark (and making every later record late).
+    #[serde(default = "default_max_ahead_of_clock", with = "humantime_serde")]
+    pub max_ahead_of_clock: Duration,
+    /// Records whose event time is further behind the wall clock than this
+    /// go to the dead-letter topic; absent means no bound.
+    #[serde(default, with = "humantime_serde")]
+    pub max_behind_clock: Option<Duration>,
 }
 
 fn default_out_of_orderness() -> Duration {
@@ -131,9 +140,18 @@ fn default_idle_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_max_ahead_of_clock() -> Duration {
+    Duration::from_secs(3600)
+}
+
 impl Default for WatermarkConfig {
     fn default() -> Self {
-        WatermarkConfig { max_out_of_orderness: default_out_of_orderness(), idle_timeout: default_idle_timeout() }
+        WatermarkConfig {
+            max_out_of_orderness: default_out_of_orderness(),
+            idle_timeout: default_idle_timeout(),
+            max_ahead_of_clock: default_max_ahead_of_clock(),
+            max_behind_clock: None,
+        }
     }
 }
 
@@ -285,6 +303,24 @@ impl PipelineConfig {
                 }
             }
             WindowConfig::Session { gap } => positive_millis(gap).map_err(|m| invalid("window.gap", m))?,
+        }
+        let (window_key, window_span, slide) = match self.window {
+            WindowConfig::Tumbling { size } => ("window.size", size, None),
+            WindowConfig::Sliding { size, slide } => ("window.size", size, Some(slide)),
+            WindowConfig::Session { gap } => ("window.gap", gap, None),
+        };
+        let spans = [
+            (window_key, Some(window_span)),
+            ("window.slide", slide),
+            ("allowed_lateness", Some(self.allowed_lateness)),
+            ("watermark.max_out_of_orderness", Some(self.watermark.max_out_of_orderness)),
+            ("watermark.max_ahead_of_clock", Some(self.watermark.max_ahead_of_clock)),
+            ("watermark.max_behind_clock", self.watermark.max_behind_clock),
+        ];
+        for (key, span) in spans {
+            if span.is_some_and(|d| d > crate::time::MAX_SPAN) {
+                return Err(invalid(key, "at most 100 years (event times are kept within years 0000 to 9999)".into()));
+            }
         }
         if self.aggregates.is_empty() {
             return Err(invalid(

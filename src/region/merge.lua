@@ -22,6 +22,8 @@ with one element per aggregate, exactly as `Accumulator::to_partial`
   distinct_count  1024 one-byte HyperLogLog registers as 2048 lower-case hex
                   characters, or "" when empty
   first, last     [event_time_ms, "value"] or null
+A number that overflowed (sum, avg's sum) is the string "inf", "-inf" or
+"NaN" wherever a number may stand; the public field renders it the same way.
 The public fields (`window_start`, `window_end` and one per aggregate name)
 are the merge of all partials.
 
@@ -118,10 +120,6 @@ local function is_integral(v)
   return v == math.floor(v) and math.abs(v) < 1e15
 end
 
-local function is_finite(v)
-  return v == v and v ~= math.huge and v ~= -math.huge
-end
-
 -- A decimal digit string plus one in its last place ('199' -> '200',
 -- '99' -> '100').
 local function increment(digits)
@@ -202,10 +200,15 @@ end
 
 -- JSON text of a number: integers exactly, others in the shortest of
 -- %.15g/%.16g/%.17g that reads back as the same double. Non-finite numbers
--- are null, as serde_json writes them.
+-- (a sum past the largest double) are the strings "inf", "-inf" and "NaN",
+-- as `Accumulator::write_partial` writes them.
 local function json_number(v)
-  if not is_finite(v) then
-    return 'null'
+  if v ~= v then
+    return '"NaN"'
+  elseif v == math.huge then
+    return '"inf"'
+  elseif v == -math.huge then
+    return '"-inf"'
   elseif is_integral(v) then
     return string.format('%d', v)
   end
@@ -288,8 +291,19 @@ end
 -- {sum, count}; distinct_count a register table or nil; first/last {t=, v=}
 -- or nil. `decode` returns false for a malformed partial element.
 
+-- A number element: a JSON number, or the name of a non-finite one. (The
+-- library's body cannot read `math` at FUNCTION LOAD, so no table of them.)
 local function decode_number(p)
-  return type(p) == 'number' and p
+  if type(p) == 'number' then
+    return p
+  elseif p == 'inf' then
+    return math.huge
+  elseif p == '-inf' then
+    return -math.huge
+  elseif p == 'NaN' then
+    return 0 / 0
+  end
+  return false
 end
 
 local function decode_optional_number(p)
@@ -394,10 +408,14 @@ local FUNCTIONS = {
   avg = {
     empty = function() return { 0, 0 } end,
     decode = function(p)
-      if type(p) ~= 'table' or type(p[1]) ~= 'number' or type(p[2]) ~= 'number' then
+      if type(p) ~= 'table' or type(p[2]) ~= 'number' then
         return false
       end
-      return { p[1], p[2] }
+      local sum = decode_number(p[1])
+      if sum == false then
+        return false
+      end
+      return { sum, p[2] }
     end,
     merge = function(a, b) return { a[1] + b[1], a[2] + b[2] } end,
     encode = function(v) return '[' .. json_number(v[1]) .. ',' .. json_integer(v[2]) .. ']' end,

@@ -21,7 +21,7 @@ use serde_json::Value as Json;
 use fields::{FieldValue, Fields, TopLevelNames};
 
 use crate::config::{AggregateFunction, EventTimeSource, KeySource, PipelineConfig, TimeFormat};
-use crate::time::{parse_rfc3339, Millis};
+use crate::time::{millis_from_f64, parse_rfc3339, EventTimeBounds, Millis};
 use crate::window::hll::stable_hash;
 use crate::window::{Event, Input};
 
@@ -93,6 +93,7 @@ pub struct JsonDecoder {
     event_time: EventTimeSource,
     inputs: Vec<(AggregateFunction, Option<String>)>,
     max_record_bytes: usize,
+    time_bounds: EventTimeBounds,
     /// Set when every pointer is a single segment.
     top_level: Option<TopLevelNames>,
 }
@@ -116,6 +117,7 @@ impl JsonDecoder {
             top_level: TopLevelNames::of(pointers),
             inputs,
             max_record_bytes: config.max_record_bytes,
+            time_bounds: EventTimeBounds::new(config.watermark.max_ahead_of_clock, config.watermark.max_behind_clock),
         }
     }
 
@@ -151,11 +153,14 @@ impl JsonDecoder {
         }
     }
 
+    /// The record's event time, refused when it is not a plausible time
+    /// at `now` (see `time::bounds`): such a record must not move the
+    /// watermark.
     fn event_time(&self, record: &SourceRecord, fields: &Fields, now: Millis) -> Result<Millis, DecodeError> {
-        match &self.event_time {
-            EventTimeSource::ProcessingTime => Ok(now),
+        let time = match &self.event_time {
+            EventTimeSource::ProcessingTime => return Ok(now),
             EventTimeSource::KafkaTimestamp => {
-                record.timestamp.ok_or_else(|| fail(Stage::EventTime, "record has no Kafka timestamp"))
+                record.timestamp.ok_or_else(|| fail(Stage::EventTime, "record has no Kafka timestamp"))?
             }
             EventTimeSource::Field { pointer, format } => {
                 let v = match fields.get(pointer) {
@@ -164,16 +169,26 @@ impl JsonDecoder {
                 };
                 let wrong =
                     || fail(Stage::EventTime, format!("event time field {pointer} is not {}", describe(*format)));
+                let out_of_range = |n: f64| {
+                    fail(Stage::EventTime, format!("event time field {pointer} ({n}) is outside years 0000 to 9999"))
+                };
                 match format {
-                    TimeFormat::EpochMillis => number(v).map(|n| n as Millis).ok_or_else(wrong),
-                    TimeFormat::EpochSeconds => number(v).map(|n| (n * 1000.0).round() as Millis).ok_or_else(wrong),
+                    TimeFormat::EpochMillis => {
+                        let n = number(v).ok_or_else(wrong)?;
+                        millis_from_f64(n).ok_or_else(|| out_of_range(n))?
+                    }
+                    TimeFormat::EpochSeconds => {
+                        let n = number(v).ok_or_else(wrong)?;
+                        millis_from_f64((n * 1000.0).round()).ok_or_else(|| out_of_range(n))?
+                    }
                     TimeFormat::Rfc3339 => match v {
-                        FieldValue::Str(s) => parse_rfc3339(s).ok_or_else(wrong),
-                        FieldValue::Other(_) => Err(wrong()),
+                        FieldValue::Str(s) => parse_rfc3339(s).ok_or_else(wrong)?,
+                        FieldValue::Other(_) => return Err(wrong()),
                     },
                 }
             }
-        }
+        };
+        self.time_bounds.check(time, now).map_err(|reason| fail(Stage::EventTime, reason))
     }
 
     fn input(function: AggregateFunction, field: &Option<String>, fields: &Fields) -> Result<Input, DecodeError> {

@@ -3,8 +3,10 @@
 //!
 //! Times are `i64` milliseconds since the Unix epoch throughout.
 
+mod bounds;
 mod watermark;
 
+pub use bounds::{millis_from_f64, EventTimeBounds, EARLIEST, LATEST, MAX_SPAN};
 pub use watermark::WatermarkTracker;
 
 /// Milliseconds since the Unix epoch.

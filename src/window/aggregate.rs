@@ -7,6 +7,13 @@
 //! rendering rules in Redis). Average is kept as sum and count, distinct
 //! count as a HyperLogLog, first/last as (event time, value) pairs with a
 //! value tie-break so that merging is order-independent.
+//!
+//! Numbers are IEEE doubles with IEEE overflow: a sum beyond `f64::MAX`
+//! becomes infinity (rendered `inf`/`-inf`), and infinities of both signs
+//! make `NaN`. JSON cannot hold these, so a partial writes a non-finite
+//! number as the string `"inf"`, `"-inf"` or `"NaN"`; `merge.lua` reads and
+//! writes the same strings. An overflowing aggregate therefore stays
+//! visible in the region and never stops a pipeline.
 
 use serde_json::Value as Json;
 
@@ -110,14 +117,26 @@ impl Accumulator {
     /// serde_json writes for it, without building the value.
     pub fn write_partial(&self, out: &mut Vec<u8>) {
         fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-            // Non-finite floats become `null`, as `number` makes them.
             serde_json::to_writer(out, value).expect("JSON of numbers and strings into memory cannot fail");
+        }
+        fn float(out: &mut Vec<u8>, v: f64) {
+            match non_finite_name(v) {
+                Some(name) => json(out, name),
+                None => json(out, &v),
+            }
         }
         match self {
             Accumulator::Count(n) => json(out, n),
-            Accumulator::Sum(s) => json(out, s),
-            Accumulator::Min(m) | Accumulator::Max(m) => json(out, m),
-            Accumulator::Avg { sum, count } => json(out, &(sum, count)),
+            Accumulator::Sum(s) => float(out, *s),
+            Accumulator::Min(None) | Accumulator::Max(None) => out.extend_from_slice(b"null"),
+            Accumulator::Min(Some(m)) | Accumulator::Max(Some(m)) => float(out, *m),
+            Accumulator::Avg { sum, count } => {
+                out.push(b'[');
+                float(out, *sum);
+                out.push(b',');
+                json(out, count);
+                out.push(b']');
+            }
             Accumulator::DistinctCount(h) => json(out, &h.to_hex()),
             Accumulator::First(v) | Accumulator::Last(v) => json(out, v),
         }
@@ -132,14 +151,21 @@ impl Accumulator {
             let a = p.as_array()?;
             Some(Some((a.first()?.as_i64()?, a.get(1)?.as_str()?.into())))
         };
+        let optional = |p: &Json| -> Option<Option<f64>> {
+            if p.is_null() {
+                Some(None)
+            } else {
+                partial_number(p).map(Some)
+            }
+        };
         Some(match function {
             AggregateFunction::Count => Accumulator::Count(partial.as_u64()?),
-            AggregateFunction::Sum => Accumulator::Sum(partial.as_f64()?),
-            AggregateFunction::Min => Accumulator::Min(partial.as_f64()),
-            AggregateFunction::Max => Accumulator::Max(partial.as_f64()),
+            AggregateFunction::Sum => Accumulator::Sum(partial_number(partial)?),
+            AggregateFunction::Min => Accumulator::Min(optional(partial)?),
+            AggregateFunction::Max => Accumulator::Max(optional(partial)?),
             AggregateFunction::Avg => {
                 let a = partial.as_array()?;
-                Accumulator::Avg { sum: a.first()?.as_f64()?, count: a.get(1)?.as_u64()? }
+                Accumulator::Avg { sum: partial_number(a.first()?)?, count: a.get(1)?.as_u64()? }
             }
             AggregateFunction::DistinctCount => Accumulator::DistinctCount(HyperLogLog::from_hex(partial.as_str()?)?),
             AggregateFunction::First => Accumulator::First(pair(partial)?),
@@ -177,7 +203,37 @@ fn keep_last(slot: &mut Option<(Millis, Box<str>)>, t: Millis, v: &str) {
 }
 
 fn number(v: f64) -> Json {
-    serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number)
+    match non_finite_name(v) {
+        Some(name) => Json::String(name.into()),
+        None => Json::Number(serde_json::Number::from_f64(v).expect("finite")),
+    }
+}
+
+/// How a partial writes a non-finite number (JSON has no such numbers).
+fn non_finite_name(v: f64) -> Option<&'static str> {
+    if v.is_nan() {
+        Some("NaN")
+    } else if v == f64::INFINITY {
+        Some("inf")
+    } else if v == f64::NEG_INFINITY {
+        Some("-inf")
+    } else {
+        None
+    }
+}
+
+/// A number element of a partial: a JSON number, or a non-finite name.
+fn partial_number(p: &Json) -> Option<f64> {
+    match p {
+        Json::Number(n) => n.as_f64(),
+        Json::String(s) => match s.as_str() {
+            "NaN" => Some(f64::NAN),
+            "inf" => Some(f64::INFINITY),
+            "-inf" => Some(f64::NEG_INFINITY),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Integers print without a fraction; other numbers in their shortest
@@ -266,6 +322,40 @@ mod tests {
         for (acc, f) in accs.iter().zip(functions) {
             assert_eq!(Accumulator::from_partial(f, &acc.to_partial()).as_ref(), Some(acc), "{f:?}");
         }
+    }
+
+    #[test]
+    fn overflowing_numbers_become_infinities_that_partials_carry() {
+        let mut sum = Accumulator::new(AggregateFunction::Sum);
+        sum.add(&Input::Number(1e308), 1);
+        sum.add(&Input::Number(1e308), 2);
+        assert_eq!(sum, Accumulator::Sum(f64::INFINITY));
+        assert_eq!(sum.render().as_deref(), Some("inf"));
+        let mut negative = Accumulator::new(AggregateFunction::Avg);
+        negative.add(&Input::Number(-1e308), 1);
+        negative.add(&Input::Number(-1e308), 2);
+        assert_eq!(negative.render().as_deref(), Some("-inf"));
+        let mut both = sum.clone();
+        both.merge(&Accumulator::Sum(f64::NEG_INFINITY));
+        assert_eq!(both.render().as_deref(), Some("NaN"));
+
+        for (acc, function, text) in [
+            (sum, AggregateFunction::Sum, r#""inf""#),
+            (negative, AggregateFunction::Avg, r#"["-inf",2]"#),
+            (both, AggregateFunction::Sum, r#""NaN""#),
+            (Accumulator::Max(Some(f64::INFINITY)), AggregateFunction::Max, r#""inf""#),
+            (Accumulator::Min(None), AggregateFunction::Min, "null"),
+        ] {
+            let mut written = Vec::new();
+            acc.write_partial(&mut written);
+            assert_eq!(std::str::from_utf8(&written).unwrap(), text, "{acc:?}");
+            assert_eq!(serde_json::to_string(&acc.to_partial()).unwrap(), text, "{acc:?}");
+            let back = Accumulator::from_partial(function, &serde_json::from_str(text).unwrap()).unwrap();
+            // NaN != NaN: compare the rendering and the partial instead.
+            assert_eq!(back.render(), acc.render(), "{acc:?}");
+            assert_eq!(back.to_partial(), acc.to_partial(), "{acc:?}");
+        }
+        assert_eq!(Accumulator::from_partial(AggregateFunction::Sum, &Json::String("lots".into())), None);
     }
 
     #[test]

@@ -90,7 +90,8 @@ fn time_formats_and_kafka_sources() {
         r#"{ from = "kafka_key" }"#,
         r#"{ from = "field", pointer = "/t", format = "rfc3339" }"#,
     ));
-    let e = rfc.decode(&record(r#"{"t":"2024-01-01T00:00:01.5Z","amount":1,"user":"u"}"#), 0).expect("valid");
+    let now = 1_704_067_201_500;
+    let e = rfc.decode(&record(r#"{"t":"2024-01-01T00:00:01.5Z","amount":1,"user":"u"}"#), now).expect("valid");
     assert_eq!(e.time, 1_704_067_201_500);
     let kafka_ts = JsonDecoder::new(&pipeline(r#"{ from = "kafka_key" }"#, r#"{ from = "kafka_timestamp" }"#));
     assert_eq!(kafka_ts.decode(&record(r#"{"amount":1,"user":"u"}"#), 0).expect("valid").time, 5_000);
@@ -98,6 +99,51 @@ fn time_formats_and_kafka_sources() {
     assert_eq!(processing.decode(&record(r#"{"amount":1,"user":"u"}"#), 99).expect("valid").time, 99);
     let no_key = SourceRecord { key: None, ..record(r#"{"amount":1,"user":"u"}"#) };
     assert_eq!(kafka_ts.decode(&no_key, 0).expect_err("no key").stage, Stage::Key);
+}
+
+/// Times that would blind the partition (far future) or overflow window
+/// arithmetic (non-finite, beyond `i64`) fail at stage `event_time`; the
+/// default bound is one hour ahead of the wall clock, none behind it.
+#[test]
+fn implausible_event_times_are_refused() {
+    const NOW: Millis = 1_700_000_000_000;
+    let millis = json_decoder();
+    let seconds = JsonDecoder::new(&pipeline(
+        r#"{ from = "kafka_key" }"#,
+        r#"{ from = "field", pointer = "/ts", format = "epoch_seconds" }"#,
+    ));
+    let year_3000 = 32_503_680_000_000i64;
+    for (decoder, ts, reason) in [
+        (&millis, year_3000.to_string(), "ahead of the wall clock"),
+        (&millis, (NOW + 3_600_001).to_string(), "ahead of the wall clock"),
+        (&millis, r#""inf""#.to_string(), "outside years"),
+        (&millis, r#""-inf""#.to_string(), "outside years"),
+        (&millis, r#""NaN""#.to_string(), "outside years"),
+        (&millis, "1e300".to_string(), "outside years"),
+        (&millis, "-1e300".to_string(), "outside years"),
+        (&millis, "9223372036854775807".to_string(), "outside years"),
+        (&seconds, "1e17".to_string(), "outside years"),
+        (&seconds, r#""Infinity""#.to_string(), "outside years"),
+        (&seconds, (year_3000 / 1000).to_string(), "ahead of the wall clock"),
+    ] {
+        let payload = format!(r#"{{"page":"/a","ts":{ts},"amount":1,"user":"u"}}"#);
+        let error = decoder.decode(&record(&payload), NOW).expect_err(&payload);
+        assert_eq!(error.stage, Stage::EventTime, "{payload}");
+        assert!(error.reason.contains(reason), "{payload}: {}", error.reason);
+    }
+    let at_bound = format!(r#"{{"page":"/a","ts":{},"amount":1,"user":"u"}}"#, NOW + 3_600_000);
+    assert_eq!(millis.decode(&record(&at_bound), NOW).map(|e| e.time), Ok(NOW + 3_600_000));
+    let long_ago = r#"{"page":"/a","ts":0,"amount":1,"user":"u"}"#;
+    assert_eq!(millis.decode(&record(long_ago), NOW).map(|e| e.time), Ok(0), "no lower bound by default");
+
+    let kafka_ts = JsonDecoder::new(&pipeline(r#"{ from = "kafka_key" }"#, r#"{ from = "kafka_timestamp" }"#));
+    let future = SourceRecord { timestamp: Some(year_3000), ..record(r#"{"amount":1,"user":"u"}"#) };
+    assert_eq!(kafka_ts.decode(&future, NOW).expect_err("year 3000").stage, Stage::EventTime);
+
+    let mut bounded = pipeline(r#"{ from = "field", pointer = "/page" }"#, r#"{ from = "field", pointer = "/ts" }"#);
+    bounded.watermark.max_behind_clock = Some(std::time::Duration::from_secs(60));
+    let error = JsonDecoder::new(&bounded).decode(&record(long_ago), NOW).expect_err("too old");
+    assert!(error.reason.contains("behind the wall clock"), "{}", error.reason);
 }
 
 /// The single-pass top-level reader and the `Value` tree give the same
