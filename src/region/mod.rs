@@ -23,6 +23,7 @@ pub use self::redis::RedisRegion;
 pub use connection::SharedConnection;
 pub use entry::{partial_field, KeyTemplate};
 pub use memory::MemoryRegion;
+pub use slots::key_slot;
 
 use crate::config::{AggregateFunction, PipelineConfig, TtlFrom};
 use crate::time::Millis;
