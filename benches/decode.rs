@@ -1,5 +1,5 @@
 //! JSON decoding of one W1 record into an operator event with
-//! `regionflow::source::decode::JsonDecoder` (single-segment pointers: the
+//! `regionflow::format::JsonDecoder` (single-segment pointers: the
 //! one-pass top-level reader), next to parsing the same payload into a
 //! `serde_json::Value` (what decoding with deeper pointers starts with).
 //!
@@ -10,7 +10,8 @@ mod support;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use regionflow::source::decode::{Decoder, JsonDecoder, SourceRecord};
+use regionflow::format::{Decoder, JsonDecoder, SourceRecord};
+use regionflow::pipeline::compile;
 use support::{Workload, BASE_TS};
 
 const RECORDS: usize = 10_000;
@@ -31,7 +32,7 @@ fn decode(c: &mut Criterion) {
     group.throughput(Throughput::Elements(RECORDS as u64));
 
     for workload in [Workload::W1, Workload::W3] {
-        let decoder = JsonDecoder::new(&support::pipeline_config(workload));
+        let decoder = JsonDecoder::new(&compile::record_spec(&support::pipeline_config(workload)));
         let what = if workload == Workload::W1 { "key_field" } else { "kafka_key" };
         group.bench_function(format!("{}_{what}", workload.name()), |b| {
             b.iter(|| records.iter().map(|r| decoder.decode(r, 0).expect("valid").time).sum::<i64>())
@@ -53,7 +54,7 @@ fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_bytes");
     group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
     group.throughput(Throughput::Bytes(bytes as u64));
-    let decoder = JsonDecoder::new(&support::pipeline_config(Workload::W1));
+    let decoder = JsonDecoder::new(&compile::record_spec(&support::pipeline_config(Workload::W1)));
     group.bench_function("W1_key_field", |b| {
         b.iter(|| records.iter().map(|r| decoder.decode(r, 0).expect("valid").time).sum::<i64>())
     });

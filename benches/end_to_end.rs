@@ -56,10 +56,12 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::{Message, TopicPartitionList};
 use regionflow::config::Settings;
+use regionflow::format::{Decoder, JsonDecoder, SourceRecord};
 use regionflow::metrics::{Health, Metrics};
-use regionflow::region::function::MERGE_FUNCTION;
-use regionflow::region::{EntryWrite, Region, RegionError, RegionLayout, WriteMode, WriteOutcome};
-use regionflow::source::decode::{Decoder, JsonDecoder, SourceRecord};
+use regionflow::pipeline::compile;
+use regionflow::redis::function::MERGE_FUNCTION;
+use regionflow::redis::partial;
+use regionflow::region::{EntryWrite, Region, RegionError, WriteMode, WriteOutcome};
 use regionflow::time::{now_millis, Millis};
 use regionflow::window::{Event, WindowResult};
 use support::{Driver, Raw, Workload, BASE_TS, DISORDER_MS};
@@ -249,10 +251,6 @@ impl Region for TimedRegion {
         }
         .boxed()
     }
-
-    fn connection_generation(&self) -> u64 {
-        self.inner.connection_generation()
-    }
 }
 
 /// The watermark the harness's data reached (`<report>.closed`, written
@@ -313,7 +311,7 @@ fn connector_child() {
             });
         }
         regionflow::metrics::serve(settings.metrics.listen, metrics.clone(), health.clone(), shutdown.clone()).await?;
-        let mut sinks = regionflow::connector::redis_sinks(&settings).await?;
+        let mut sinks = regionflow::app::redis_sinks(&settings, &metrics).await?;
         sinks.regions = std::mem::take(&mut sinks.regions)
             .into_iter()
             .map(|(name, inner)| {
@@ -588,7 +586,7 @@ fn compute_ceiling(workload: Workload, data: &DataSet, partitions: i32) -> Compu
 
     // Decode + operator, from the records as Kafka delivers them.
     let config = support::pipeline_config(workload);
-    let decoder = JsonDecoder::new(&config);
+    let decoder = JsonDecoder::new(&compile::record_spec(&config));
     let records: Vec<SourceRecord> =
         data.raws.iter().enumerate().map(|(i, r)| support::source_record(r, data.offset[i])).collect();
     let mut ds = drivers(workload, partitions, false);
@@ -870,7 +868,9 @@ async fn sink_ceiling(
     opts: &Options,
 ) -> Sink {
     let config = support::pipeline_config(workload);
-    let layout = RegionLayout::new("rf", &config);
+    let layout = compile::region_layout("rf", &config);
+    let aggregates = compile::aggregates(&config);
+    let spec = partial::aggregate_spec(aggregates.iter().map(|(f, n)| (*f, n.as_str())));
     let partitions = results.iter().map(|(p, _)| *p + 1).max().unwrap_or(1);
     let fields: Vec<Arc<str>> = (0..partitions).map(|p| regionflow::region::partial_field(topic, p).into()).collect();
     let writes: Vec<EntryWrite> =
@@ -878,8 +878,9 @@ async fn sink_ceiling(
     let merges: Vec<(String, redis::Cmd)> = writes
         .iter()
         .map(|w| {
-            let args = (&*w.field, w.epoch, w.offset, w.mode.as_arg(), &w.partial, w.window.start, w.window.end);
-            (w.key.clone(), MERGE_FUNCTION.call(&w.key, (args, "n", 0, &*layout.spec)))
+            let partial = partial::entry_partial(&w.accumulators, w.epoch, w.offset);
+            let args = (&*w.field, w.epoch, w.offset, w.mode.as_arg(), partial, w.window.start, w.window.end);
+            (w.key.clone(), MERGE_FUNCTION.call(&w.key, (args, "n", 0, &*spec)))
         })
         .collect();
     let hset: Vec<(String, redis::Cmd)> = writes

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use regionflow::region::RegionLayout;
-use regionflow::source::decode::{Decoder, JsonDecoder};
+use regionflow::format::{Decoder, JsonDecoder};
+use regionflow::pipeline::compile;
 use regionflow::window::Event;
 use support::{Driver, Workload, BASE_TS};
 
@@ -62,7 +62,7 @@ fn decode_and_operator(c: &mut Criterion) {
     let records: Vec<_> = raws.iter().enumerate().map(|(i, r)| support::source_record(r, i as i64)).collect();
     for workload in [Workload::W1, Workload::W2, Workload::W3] {
         let config = support::pipeline_config(workload);
-        let decoder = JsonDecoder::new(&config);
+        let decoder = JsonDecoder::new(&compile::record_spec(&config));
         let spec = support::spec(workload);
         group.bench_function(format!("decode+operator/{}", workload.name()), |b| {
             b.iter_batched(
@@ -93,11 +93,19 @@ fn region_writes(c: &mut Criterion) {
     }
     driver.finish();
     let results = driver.keep.take().expect("kept");
-    let layout = RegionLayout::new("rf", &support::pipeline_config(Workload::W1));
+    let layout = compile::region_layout("rf", &support::pipeline_config(Workload::W1));
     let field: Arc<str> = regionflow::region::partial_field("bench", 0).into();
     group.throughput(Throughput::Elements(results.len() as u64));
     group.bench_function("W1/entry_write", |b| {
-        b.iter(|| results.iter().map(|r| layout.write(r, &field, 1, 7).partial.len()).sum::<usize>())
+        b.iter(|| {
+            results
+                .iter()
+                .map(|r| {
+                    let write = layout.write(r, &field, 1, 7);
+                    regionflow::redis::partial::entry_partial(&write.accumulators, write.epoch, write.offset).len()
+                })
+                .sum::<usize>()
+        })
     });
     group.finish();
 }

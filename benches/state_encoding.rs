@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use regionflow::checkpoint::encode::{decode, encode, TaskState};
+use regionflow::checkpoint::state::{decode, encode, TaskState};
 use regionflow::window::WindowOperator;
 use support::{Driver, Raw, Workload, BASE_TS};
 

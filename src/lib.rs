@@ -1,23 +1,28 @@
 //! regionflow: a Kafka-to-Redis stream processor.
 //!
 //! A record travels through the modules in one direction:
-//! [`source`] (Kafka, decoding, dead letters) → [`time`] (event time,
-//! watermarks) → [`window`] (assigners, aggregates, operator state) →
-//! [`region`] (entry layout, Redis Cluster writer, in-memory region).
-//! [`checkpoint`] stores each task's state and ownership epoch in Redis;
-//! [`pipeline`] runs one task per assigned partition over them;
-//! [`connector`] is the process around the tasks (consumer group,
-//! rebalances, shutdown); [`metrics`] exports what happens; [`config`] is
-//! the typed configuration everything is built from; [`embedded`] is the
-//! self-contained quick-start.
+//! [`kafka`] (the group consumer) → [`format`] (decoding into events) →
+//! [`time`] (event time, watermarks) → [`window`] (assigners, aggregates,
+//! operator state) → [`region`] (entry layout, the result-sink trait) →
+//! [`redis`] (the Redis Cluster region writer, merge function and
+//! checkpoint store). [`pipeline`] compiles each configured pipeline and
+//! runs one task per assigned partition; [`checkpoint`] is the store's seam
+//! and the state codec; [`connector`] is the process around the tasks
+//! (dispatch, assignments, shutdown); [`app`] builds every component from
+//! the [`config`]; [`metrics`] exports what happens; [`quickstart`] is the
+//! self-contained demo. `ARCHITECTURE.md` walks one record and one
+//! checkpoint through them.
 
+pub mod app;
 pub mod checkpoint;
 pub mod config;
 pub mod connector;
-pub mod embedded;
+pub mod format;
+pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
+pub mod quickstart;
+pub mod redis;
 pub mod region;
-pub mod source;
 pub mod time;
 pub mod window;

@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio_util::sync::CancellationToken;
 
+use regionflow::app::{shutdown_after, shutdown_on_signals};
 use regionflow::config::Settings;
-use regionflow::metrics::{Health, Metrics};
 
 /// mimalloc instead of glibc's malloc: the operator and the write path
 /// allocate per record and per result (BENCHMARKS.md, optimisation 8:
@@ -118,13 +117,8 @@ async fn checkpoints(action: CheckpointAction) -> anyhow::Result<()> {
         CheckpointAction::List { config, .. } | CheckpointAction::Reset { config, .. } => config.clone(),
     };
     let settings = Settings::load(&config).with_context(|| format!("invalid configuration {}", config.display()))?;
-    let connection = regionflow::region::SharedConnection::connect(&settings.redis).await?;
-    let store = regionflow::checkpoint::RedisCheckpointStore::new(
-        std::sync::Arc::new(connection),
-        &settings.redis.key_prefix,
-        settings.redis.write_deadline,
-        settings.redis.replica_timeout,
-    );
+    let handle = regionflow::redis::ClusterHandle::connect(&settings.redis).await?;
+    let store = regionflow::app::checkpoint_store(&settings, Arc::new(handle));
     match action {
         CheckpointAction::List { pipeline, .. } => {
             let now = regionflow::time::now_millis();
@@ -188,45 +182,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Cancels the token on SIGINT or SIGTERM.
-fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => tracing::info!("SIGINT: shutting down gracefully"),
-            _ = term => tracing::info!("SIGTERM: shutting down gracefully"),
-        }
-        cancel.cancel();
-    });
-    token
-}
-
-/// A shutdown token cancelled by signals, or after `duration` when given.
-fn shutdown_after(duration: Option<Duration>) -> CancellationToken {
-    let shutdown = shutdown_on_signals();
-    if let Some(duration) = duration {
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(duration).await;
-            stop.cancel();
-        });
-    }
-    shutdown
-}
-
 /// A minimal HTTP/1.0 GET: the runtime image carries no curl.
 async fn probe(address: &str, path: &str) -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -261,21 +216,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Run { config } => {
             let settings =
                 Settings::load(&config).with_context(|| format!("invalid configuration {}", config.display()))?;
-            let metrics = Arc::new(Metrics::new());
-            let health = Arc::new(Health::default());
-            let shutdown = shutdown_on_signals();
-            let addr =
-                regionflow::metrics::serve(settings.metrics.listen, metrics.clone(), health.clone(), shutdown.clone())
-                    .await
-                    .with_context(|| format!("cannot listen on metrics.listen = {}", settings.metrics.listen))?;
-            tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
-            let sinks = regionflow::connector::redis_sinks(&settings).await?;
-            regionflow::connector::run(settings, sinks, metrics, health, shutdown).await?;
-            Ok(())
+            regionflow::app::run(settings, shutdown_on_signals()).await
         }
         Command::Quickstart { duration, rate, metrics_listen } => {
             let shutdown = shutdown_after(duration);
-            regionflow::embedded::run(regionflow::embedded::Options { rate, metrics_listen }, shutdown).await
+            regionflow::quickstart::run(regionflow::quickstart::Options { rate, metrics_listen }, shutdown).await
         }
         Command::Generate { brokers, topic, rate, duration } => {
             let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
@@ -284,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
                 .create()
                 .context("creating the producer")?;
             tracing::info!(%brokers, %topic, rate, "generating page views");
-            regionflow::embedded::produce(producer, topic, rate, shutdown_after(duration)).await;
+            regionflow::quickstart::produce(producer, topic, rate, shutdown_after(duration)).await;
             Ok(())
         }
         Command::Checkpoints { action } => checkpoints(action).await,

@@ -164,14 +164,10 @@ async fn tolerance_none_stops_at_the_first_bad_record_with_its_position() {
         records.iter().map(|r| Produce { partition: 0, key: None, value: r.as_bytes().to_vec() }).collect();
     kafka.produce("payments", &records).await;
     let settings = settings(&kafka.brokers, &cluster.urls(), "none", "20s");
-    let sinks = regionflow::connector::redis_sinks(&settings).await.expect("Redis reachable");
-    let run = regionflow::connector::run(
-        settings,
-        sinks,
-        Arc::new(Metrics::new()),
-        Arc::new(Health::default()),
-        CancellationToken::new(),
-    );
+    let metrics = Arc::new(Metrics::new());
+    let sinks = regionflow::app::redis_sinks(&settings, &metrics).await.expect("Redis reachable");
+    let run =
+        regionflow::connector::run(settings, sinks, metrics, Arc::new(Health::default()), CancellationToken::new());
     let error = tokio::time::timeout(Duration::from_secs(60), run).await.expect("stops by itself").expect_err("fails");
     let message = error.to_string();
     assert!(message.contains("payments[0]@1"), "names the record's position: {message}");

@@ -65,9 +65,9 @@ region = {{ name = "clicks" }}
     let config = path.to_str().expect("utf-8 path");
 
     let settings = Settings::from_toml_str(&toml).expect("valid");
-    let sinks = regionflow::connector::redis_sinks(&settings).await.expect("Redis reachable");
-    let shutdown = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
+    let sinks = regionflow::app::redis_sinks(&settings, &metrics).await.expect("Redis reachable");
+    let shutdown = CancellationToken::new();
     let run = tokio::spawn(regionflow::connector::run(
         settings,
         sinks,

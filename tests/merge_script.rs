@@ -1,7 +1,7 @@
 //! `src/region/merge.lua` against the Rust accumulators it must agree with.
 //!
 //! Each test calls the merge function (the library regionflow loads, see
-//! `regionflow::region::function`) on a real `redis-server` (one plain node
+//! `regionflow::redis::function`) on a real `redis-server` (one plain node
 //! shared by the tests running at the same time; a function behaves the
 //! same on a cluster node) and compares the entry it leaves with an independent
 //! reference: the partials' [`Accumulator`]s merged with
@@ -39,7 +39,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::{Connection, RedisResult, ToRedisArgs};
 use regionflow::config::AggregateFunction as F;
-use regionflow::region::function::{is_not_loaded, MERGE_FUNCTION};
+use regionflow::redis::function::{is_not_loaded, MERGE_FUNCTION};
+use regionflow::redis::partial;
 use regionflow::window::hll::{stable_hash, HyperLogLog};
 use regionflow::window::{Accumulator, Input};
 use serde_json::Value as Json;
@@ -286,7 +287,7 @@ impl Entry {
     /// The partial text a writer sends (and `r` stores verbatim).
     fn partial(&self, epoch: u64, offset: i64, accumulators: &[Accumulator]) -> String {
         assert_eq!(accumulators.len(), self.spec.len());
-        let a: Vec<Json> = accumulators.iter().map(Accumulator::to_partial).collect();
+        let a: Vec<Json> = accumulators.iter().map(partial::to_json).collect();
         serde_json::json!({"e": epoch, "o": offset, "a": a}).to_string()
     }
 
@@ -334,7 +335,7 @@ impl Entry {
             .spec
             .iter()
             .zip(a)
-            .map(|((f, _), p)| Accumulator::from_partial(*f, p).unwrap_or_else(|| panic!("{f:?} of {text}")))
+            .map(|((f, _), p)| partial::parse(*f, p).unwrap_or_else(|| panic!("{f:?} of {text}")))
             .collect();
         (json["e"].as_u64().expect("e"), json["o"].as_i64().expect("o"), accumulators)
     }

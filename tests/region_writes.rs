@@ -20,11 +20,13 @@ use std::time::Duration;
 use common::redis_cluster::RedisCluster;
 use redis::AsyncCommands;
 use regionflow::config::RedisConfig;
-use regionflow::region::{EntryWrite, Expiry, RedisRegion, Region, SharedConnection, WriteMode, WriteOutcome};
-use regionflow::window::Window;
+use regionflow::metrics::Metrics;
+use regionflow::redis::{ClusterHandle, RedisRegion};
+use regionflow::region::{EntryWrite, Expiry, Region, WriteMode, WriteOutcome};
+use regionflow::window::{Accumulator, AggregateFunction, Window};
 
 const WINDOW: Window = Window { start: 1_700_000_000_000, end: 1_700_000_010_000 };
-const SPEC: &str = "count:n,sum:total";
+const AGGREGATES: [(AggregateFunction, &str); 2] = [(AggregateFunction::Count, "n"), (AggregateFunction::Sum, "total")];
 
 fn write(key: &str, epoch: u64, offset: i64, mode: WriteMode, count: u64, sum: f64) -> EntryWrite {
     EntryWrite {
@@ -33,13 +35,13 @@ fn write(key: &str, epoch: u64, offset: i64, mode: WriteMode, count: u64, sum: f
         epoch,
         offset,
         mode,
-        partial: format!("{{\"a\":[{count},{sum:?}],\"e\":{epoch},\"o\":{offset}}}"),
+        accumulators: vec![Accumulator::Count(count), Accumulator::Sum(sum)],
         window: WINDOW,
         expiry: Expiry::Never,
     }
 }
 
-async fn region(cluster: &RedisCluster) -> (Arc<SharedConnection>, RedisRegion) {
+async fn region(cluster: &RedisCluster) -> (Arc<ClusterHandle>, RedisRegion) {
     let config = RedisConfig {
         nodes: cluster.urls(),
         key_prefix: "rf".into(),
@@ -50,12 +52,13 @@ async fn region(cluster: &RedisCluster) -> (Arc<SharedConnection>, RedisRegion) 
         write_concurrency: 16,
         replica_timeout: Duration::from_secs(5),
     };
-    let connection = Arc::new(SharedConnection::connect(&config).await.expect("cluster"));
-    let region = RedisRegion::new(connection.clone(), SPEC.into(), 16, Duration::from_secs(30));
+    let connection = Arc::new(ClusterHandle::connect(&config).await.expect("cluster"));
+    let metrics = Metrics::new().redis_region("test");
+    let region = RedisRegion::new(connection.clone(), "test", AGGREGATES, 16, Duration::from_secs(30), metrics);
     (connection, region)
 }
 
-async fn entry(connection: &SharedConnection, key: &str) -> HashMap<String, String> {
+async fn entry(connection: &ClusterHandle, key: &str) -> HashMap<String, String> {
     let (_, mut c) = connection.get();
     c.hgetall(format!("rf:test:{key}")).await.expect("HGETALL")
 }
@@ -152,7 +155,7 @@ fn expected_entry(i: usize) -> HashMap<String, String> {
     }
 }
 
-async fn assert_entries(connection: &SharedConnection, prefix: &str) {
+async fn assert_entries(connection: &ClusterHandle, prefix: &str) {
     for i in (0..KEYS).step_by(7).chain(10..20) {
         assert_eq!(entry(connection, &format!("{prefix}{i}")).await, expected_entry(i), "{prefix}{i}");
     }

@@ -22,7 +22,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use regionflow::config::{PipelineConfig, Settings};
-use regionflow::source::decode::SourceRecord;
+use regionflow::format::SourceRecord;
 use regionflow::time::{Millis, WatermarkTracker};
 use regionflow::window::{Event, Input, WindowOperator, WindowResult, WindowSpec};
 
@@ -316,5 +316,5 @@ impl Driver {
 }
 
 pub fn spec(workload: Workload) -> WindowSpec {
-    WindowSpec::from_config(&pipeline_config(workload))
+    regionflow::pipeline::compile::window_spec(&pipeline_config(workload))
 }

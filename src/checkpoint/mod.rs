@@ -8,16 +8,15 @@
 //! refuses a checkpoint from an older epoch, so a zombie cannot overwrite its
 //! successor's.
 //!
-//! [`CheckpointStore`] has the Redis implementation (production) and an
-//! in-memory one (the embedded quick-start).
+//! [`CheckpointStore`] is the seam: `redis::RedisCheckpointStore` is the
+//! production store, [`MemoryCheckpointStore`] the embedded quick-start's.
+//! [`state`] encodes a task's window state for either.
 
-pub mod encode;
 mod memory;
-mod redis;
+pub mod state;
 
 use futures::future::BoxFuture;
 
-pub use self::redis::RedisCheckpointStore;
 pub use memory::MemoryCheckpointStore;
 
 use crate::time::Millis;
@@ -42,7 +41,7 @@ pub struct Checkpoint {
     /// The next offset to read.
     pub offset: i64,
     pub watermark: Millis,
-    /// [`encode::encode`]d [`encode::TaskState`].
+    /// [`state::encode`]d [`state::TaskState`].
     pub state: Vec<u8>,
     /// Wall-clock time of the commit, epoch millis.
     pub written_at: Millis,
@@ -81,6 +80,14 @@ pub struct Replication {
 }
 
 pub trait CheckpointStore: Send + Sync {
+    /// Identifies the connection region writes currently go over; a task
+    /// notes it at its first write after a checkpoint and hands it back in
+    /// [`Replication::writes_generation`]. Stores that do not wait for
+    /// replicas have one connection forever.
+    fn connection_generation(&self) -> u64 {
+        0
+    }
+
     /// Takes a new ownership epoch for the task.
     fn acquire<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<u64, CheckpointError>>;
 

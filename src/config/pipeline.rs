@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
+pub use crate::format::{EventTimeSource, Format, KeySource, TimeFormat};
+pub use crate::region::TtlFrom;
+pub use crate::window::{AggregateFunction, LateAction};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -48,47 +51,6 @@ pub struct PipelineConfig {
 
 fn default_max_record_bytes() -> usize {
     1024 * 1024
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    #[default]
-    Json,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
-pub enum KeySource {
-    /// A JSON pointer into the record value, e.g. `/user/id`.
-    Field { pointer: String },
-    /// The Kafka message key, as UTF-8.
-    KafkaKey,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "from", rename_all = "snake_case", deny_unknown_fields)]
-pub enum EventTimeSource {
-    /// A JSON pointer into the record value.
-    Field {
-        pointer: String,
-        #[serde(default)]
-        format: TimeFormat,
-    },
-    /// The Kafka record's timestamp (create or log-append time).
-    KafkaTimestamp,
-    /// The wall clock when the record is processed: windows are
-    /// processing-time windows and results are at-least-once.
-    ProcessingTime,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TimeFormat {
-    #[default]
-    EpochMillis,
-    EpochSeconds,
-    Rfc3339,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -155,18 +117,6 @@ impl Default for WatermarkConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LateAction {
-    /// Count the record in `regionflow_late_records_total{action="drop"}`.
-    #[default]
-    Drop,
-    /// Send it to the dead-letter topic with reason `late`.
-    DeadLetter,
-    /// Merge it into the already-written region entry (idempotently).
-    Amend,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateConfig {
@@ -174,19 +124,6 @@ pub struct AggregateConfig {
     /// JSON pointer of the input field; required by every function but `count`.
     #[serde(default)]
     pub field: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AggregateFunction {
-    Count,
-    Sum,
-    Min,
-    Max,
-    Avg,
-    DistinctCount,
-    First,
-    Last,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -227,16 +164,6 @@ pub struct RegionConfig {
 
 fn default_key_template() -> String {
     "{key}:{window_start}".to_string()
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TtlFrom {
-    /// TTL counts from each write.
-    #[default]
-    Write,
-    /// TTL counts from the window's end, in event time.
-    WindowEnd,
 }
 
 /// Named after Kafka Connect's `errors.tolerance` and

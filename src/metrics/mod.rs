@@ -5,8 +5,10 @@
 //! Names use base units and `_total` on counters; labels are bounded:
 //! pipeline, topic, partition, region, stage, action, outcome.
 
+mod pipeline;
 mod server;
 
+pub use pipeline::{CheckpointOutcome, PartitionMetrics, PipelineMetrics, RedisRegionMetrics, RestoredFrom};
 pub use server::{serve, Health};
 
 use prometheus::{
@@ -48,7 +50,7 @@ pub struct Metrics {
     pub redis_failovers: IntCounterVec,
     pub kafka_errors: IntCounterVec,
     pub up: IntGauge,
-    pub errors_total: IntCounter,
+    pub task_failures: IntCounter,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -203,7 +205,7 @@ impl Metrics {
             redis_failovers: counter(&r, "regionflow_redis_failovers_total", "Periods of failing Redis operations ridden through until writes succeeded again.", &["region"]),
             kafka_errors: counter(&r, "regionflow_kafka_errors_total", "Errors reported by the Kafka client (it retries them).", &["kind"]),
             up: register(&r, IntGauge::new("regionflow_up", "1 while the connector runs.").expect("valid metric definition")),
-            errors_total: register(
+            task_failures: register(
                 &r,
                 IntCounter::new("regionflow_task_failures_total", "Partition tasks that stopped on an error.")
                     .expect("valid metric definition"),
@@ -213,56 +215,6 @@ impl Metrics {
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         metrics.up.set(1);
         metrics
-    }
-
-    /// Creates a pipeline's series at zero, so dashboards and alerts see
-    /// them (and `rate()` works) before the first event of each kind.
-    pub fn init_pipeline(&self, pipeline: &str, region: &str, topics: &[String]) {
-        for topic in topics {
-            self.records_in.with_label_values(&[pipeline, topic]);
-            self.bytes_in.with_label_values(&[pipeline, topic]);
-        }
-        self.records_out.with_label_values(&[pipeline, region]);
-        self.bytes_out.with_label_values(&[pipeline]);
-        for stage in ["size", "parse", "key", "event_time", "aggregate", "late"] {
-            if stage != "late" {
-                self.decode_failures.with_label_values(&[pipeline, stage]);
-            }
-            self.dlq_records.with_label_values(&[pipeline, stage]);
-        }
-        for action in ["drop", "dead_letter", "amend"] {
-            self.late_records.with_label_values(&[pipeline, action]);
-        }
-        for kind in ["final", "update", "retract", "amend"] {
-            self.windows_fired.with_label_values(&[pipeline, kind]);
-        }
-        self.redis_write_duration.with_label_values(&[region]);
-        self.redis_errors.with_label_values(&[region, "write"]);
-        self.redis_retries.with_label_values(&[region]);
-        for outcome in ["applied", "fenced", "stale"] {
-            self.region_writes.with_label_values(&[region, outcome]);
-        }
-        for outcome in ["ok", "retried", "failed"] {
-            self.redis_operations.with_label_values(&[region, outcome]);
-        }
-        self.redis_failovers.with_label_values(&[region]);
-        self.fenced_writes.with_label_values(&[pipeline]);
-        self.partitions_owned.with_label_values(&[pipeline]);
-        self.event_to_region_latency.with_label_values(&[pipeline]);
-        self.checkpoint_duration.with_label_values(&[pipeline]);
-        self.checkpoint_bytes.with_label_values(&[pipeline]);
-        self.checkpoint_bytes_total.with_label_values(&[pipeline]);
-        for outcome in ["ok", "failed", "fenced"] {
-            self.checkpoints.with_label_values(&[pipeline, outcome]);
-        }
-        for from in ["checkpoint", "fresh"] {
-            self.partition_takeovers.with_label_values(&[pipeline, from]);
-        }
-        self.recovery_duration.with_label_values(&[pipeline]);
-        for kind in ["assign", "revoke"] {
-            self.rebalances.with_label_values(&[kind]);
-        }
-        self.kafka_errors.with_label_values(&["consumer"]);
     }
 
     /// The Prometheus text exposition of every series.

@@ -1,21 +1,23 @@
 //! An in-process region for the embedded quick-start.
 //!
-//! It applies the same rules as `merge.lua` (epoch fencing, stale-offset
-//! skipping, replace/merge/delete of partials, public fields as the merge of
-//! all partials) with the Rust accumulators, so the quick-start runs the
-//! production pipeline code with only the sink swapped. Tests prove the
-//! Redis region, not this one.
+//! It applies the rules of `redis/merge.lua`, in the same order, with the
+//! Rust accumulators: epoch fencing; stale replays skipped (an amendment at
+//! an offset already applied too) while a newer epoch is still recorded;
+//! replace/merge/delete of partials; public fields as the merge of all
+//! partials in field-name order, starting from the first. So the quick-start
+//! runs the production pipeline code with only the sink swapped.
+//! `tests/region_conformance.rs` runs the same sequences of writes against
+//! this region and the merge function and requires the same entries. It
+//! keeps no expiry: entries live as long as the process.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use serde_json::Value as Json;
 
 use super::{EntryWrite, Region, RegionError, WriteMode, WriteOutcome};
-use crate::config::AggregateFunction;
-use crate::window::Accumulator;
+use crate::window::{Accumulator, AggregateFunction};
 
 #[derive(Debug, Clone)]
 struct Partial {
@@ -39,11 +41,10 @@ pub struct MemoryRegion {
 }
 
 impl MemoryRegion {
-    pub fn new(functions: &[AggregateFunction], names: &[String]) -> Self {
-        MemoryRegion {
-            aggregates: functions.iter().copied().zip(names.iter().cloned()).collect(),
-            state: Mutex::default(),
-        }
+    /// A region of these aggregates (function, entry field name), in the
+    /// order of each write's accumulators.
+    pub fn new(aggregates: &[(AggregateFunction, String)]) -> Self {
+        MemoryRegion { aggregates: aggregates.to_vec(), state: Mutex::default() }
     }
 
     /// Entries and their public fields, sorted by key.
@@ -60,24 +61,24 @@ impl MemoryRegion {
         self.len() == 0
     }
 
-    fn parse(&self, partial: &str) -> Result<Vec<Accumulator>, RegionError> {
-        let json: Json = serde_json::from_str(partial).map_err(|e| RegionError::Protocol(e.to_string()))?;
-        let parts = json["a"].as_array().ok_or_else(|| RegionError::Protocol("partial without \"a\"".into()))?;
-        self.aggregates
-            .iter()
-            .zip(parts)
-            .map(|((f, _), p)| Accumulator::from_partial(*f, p))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| RegionError::Protocol(format!("malformed partial {partial}")))
-    }
-
+    /// One write, as `merge.lua` applies it: -1 fenced, 0 stale, 1
+    /// written, 2 entry deleted.
     fn apply(&self, state: &mut State, write: &EntryWrite) -> Result<i64, RegionError> {
+        if write.accumulators.len() != self.aggregates.len() && write.mode != WriteMode::Delete {
+            return Err(RegionError::Refused(format!(
+                "{} accumulators for {} aggregates",
+                write.accumulators.len(),
+                self.aggregates.len()
+            )));
+        }
         let partials = state.entries.entry(write.key.clone()).or_default();
-        if let Some(current) = partials.get(&*write.field) {
+        if let Some(current) = partials.get_mut(&*write.field) {
             if current.epoch > write.epoch {
                 return Ok(-1);
             }
-            if current.offset > write.offset {
+            if current.offset > write.offset || (write.mode == WriteMode::Merge && current.offset == write.offset) {
+                // The new owner's epoch fences the previous one from here on.
+                current.epoch = write.epoch;
                 return Ok(0);
             }
         }
@@ -85,17 +86,18 @@ impl MemoryRegion {
             WriteMode::Delete => {
                 partials.remove(&*write.field);
             }
-            mode => {
-                let mut accumulators = self.parse(&write.partial)?;
-                if let (WriteMode::Merge, Some(current)) = (mode, partials.get(&*write.field)) {
-                    for (acc, old) in accumulators.iter_mut().zip(&current.accumulators) {
-                        acc.merge(old);
-                    }
+            WriteMode::Merge if partials.contains_key(&*write.field) => {
+                let current = partials.get_mut(&*write.field).expect("checked");
+                for (acc, amend) in current.accumulators.iter_mut().zip(&write.accumulators) {
+                    acc.merge(amend);
                 }
-                partials.insert(
-                    write.field.to_string(),
-                    Partial { epoch: write.epoch, offset: write.offset, accumulators },
-                );
+                current.epoch = write.epoch;
+                current.offset = write.offset;
+            }
+            WriteMode::Merge | WriteMode::Replace => {
+                let partial =
+                    Partial { epoch: write.epoch, offset: write.offset, accumulators: write.accumulators.clone() };
+                partials.insert(write.field.to_string(), partial);
             }
         }
         if partials.is_empty() {
@@ -103,16 +105,18 @@ impl MemoryRegion {
             state.public.remove(&write.key);
             return Ok(2);
         }
-        let mut merged: Vec<Accumulator> = self.aggregates.iter().map(|(f, _)| Accumulator::new(*f)).collect();
-        for partial in partials.values() {
-            for (acc, p) in merged.iter_mut().zip(&partial.accumulators) {
+        // In field-name order from the first partial, as merge.lua does.
+        let mut merged = partials.values();
+        let mut values = merged.next().expect("not empty").accumulators.clone();
+        for partial in merged {
+            for (acc, p) in values.iter_mut().zip(&partial.accumulators) {
                 acc.merge(p);
             }
         }
         let mut fields = Fields::new();
         fields.insert("window_start".into(), write.window.start.to_string());
         fields.insert("window_end".into(), write.window.end.to_string());
-        for ((_, name), acc) in self.aggregates.iter().zip(&merged) {
+        for ((_, name), acc) in self.aggregates.iter().zip(&values) {
             if let Some(value) = acc.render() {
                 fields.insert(name.clone(), value);
             }
@@ -128,6 +132,7 @@ impl Region for MemoryRegion {
             let mut state = self.state.lock().expect("region lock poisoned");
             let mut outcome = WriteOutcome::default();
             for write in writes {
+                outcome.bytes += (write.key.len() + write.field.len()) as u64;
                 match self.apply(&mut state, write)? {
                     -1 => outcome.fenced += 1,
                     0 => outcome.stale += 1,

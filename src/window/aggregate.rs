@@ -2,25 +2,62 @@
 //!
 //! Every aggregate keeps a small accumulator that can be (1) updated with
 //! one input, (2) merged with another accumulator of the same kind, and
-//! (3) encoded as a JSON *partial* that the region merges across source
-//! partitions (see `region/merge.lua`, which implements the same merge and
+//! (3) rendered as the public value of a region entry. A region merges the
+//! accumulators of several source partitions (`redis/partial.rs` encodes
+//! them for `redis/merge.lua`, which implements the same merge and
 //! rendering rules in Redis). Average is kept as sum and count, distinct
 //! count as a HyperLogLog, first/last as (event time, value) pairs with a
 //! value tie-break so that merging is order-independent.
 //!
 //! Numbers are IEEE doubles with IEEE overflow: a sum beyond `f64::MAX`
 //! becomes infinity (rendered `inf`/`-inf`), and infinities of both signs
-//! make `NaN`. JSON cannot hold these, so a partial writes a non-finite
-//! number as the string `"inf"`, `"-inf"` or `"NaN"`; `merge.lua` reads and
-//! writes the same strings. An overflowing aggregate therefore stays
-//! visible in the region and never stops a pipeline.
+//! make `NaN`. An overflowing aggregate therefore stays visible in the
+//! region and never stops a pipeline.
 
-use serde_json::Value as Json;
-
-use crate::config::AggregateFunction;
 use crate::time::Millis;
 
 use super::hll::HyperLogLog;
+
+/// An aggregate function, as named in configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregateFunction {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    DistinctCount,
+    First,
+    Last,
+}
+
+impl AggregateFunction {
+    pub const ALL: [AggregateFunction; 8] = [
+        AggregateFunction::Count,
+        AggregateFunction::Sum,
+        AggregateFunction::Min,
+        AggregateFunction::Max,
+        AggregateFunction::Avg,
+        AggregateFunction::DistinctCount,
+        AggregateFunction::First,
+        AggregateFunction::Last,
+    ];
+
+    /// The name configuration and `merge.lua` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            AggregateFunction::Count => "count",
+            AggregateFunction::Sum => "sum",
+            AggregateFunction::Min => "min",
+            AggregateFunction::Max => "max",
+            AggregateFunction::Avg => "avg",
+            AggregateFunction::DistinctCount => "distinct_count",
+            AggregateFunction::First => "first",
+            AggregateFunction::Last => "last",
+        }
+    }
+}
 
 /// One record's input to one aggregate, extracted by the decoder.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,80 +136,6 @@ impl Accumulator {
         }
     }
 
-    /// The partial as stored in the region entry (see `region/merge.lua`).
-    pub fn to_partial(&self) -> Json {
-        match self {
-            Accumulator::Count(n) => Json::from(*n),
-            Accumulator::Sum(s) => number(*s),
-            Accumulator::Min(m) | Accumulator::Max(m) => m.map_or(Json::Null, number),
-            Accumulator::Avg { sum, count } => Json::Array(vec![number(*sum), Json::from(*count)]),
-            Accumulator::DistinctCount(h) => Json::String(h.to_hex()),
-            Accumulator::First(v) | Accumulator::Last(v) => {
-                v.as_ref().map_or(Json::Null, |(t, v)| Json::Array(vec![Json::from(*t), Json::from(&**v)]))
-            }
-        }
-    }
-
-    /// Appends [`Accumulator::to_partial`]'s JSON text to `out`, the bytes
-    /// serde_json writes for it, without building the value.
-    pub fn write_partial(&self, out: &mut Vec<u8>) {
-        fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
-            serde_json::to_writer(out, value).expect("JSON of numbers and strings into memory cannot fail");
-        }
-        fn float(out: &mut Vec<u8>, v: f64) {
-            match non_finite_name(v) {
-                Some(name) => json(out, name),
-                None => json(out, &v),
-            }
-        }
-        match self {
-            Accumulator::Count(n) => json(out, n),
-            Accumulator::Sum(s) => float(out, *s),
-            Accumulator::Min(None) | Accumulator::Max(None) => out.extend_from_slice(b"null"),
-            Accumulator::Min(Some(m)) | Accumulator::Max(Some(m)) => float(out, *m),
-            Accumulator::Avg { sum, count } => {
-                out.push(b'[');
-                float(out, *sum);
-                out.push(b',');
-                json(out, count);
-                out.push(b']');
-            }
-            Accumulator::DistinctCount(h) => json(out, &h.to_hex()),
-            Accumulator::First(v) | Accumulator::Last(v) => json(out, v),
-        }
-    }
-
-    /// Parses a partial written by [`Accumulator::to_partial`].
-    pub fn from_partial(function: AggregateFunction, partial: &Json) -> Option<Accumulator> {
-        let pair = |p: &Json| -> Option<Option<(Millis, Box<str>)>> {
-            if p.is_null() {
-                return Some(None);
-            }
-            let a = p.as_array()?;
-            Some(Some((a.first()?.as_i64()?, a.get(1)?.as_str()?.into())))
-        };
-        let optional = |p: &Json| -> Option<Option<f64>> {
-            if p.is_null() {
-                Some(None)
-            } else {
-                partial_number(p).map(Some)
-            }
-        };
-        Some(match function {
-            AggregateFunction::Count => Accumulator::Count(partial.as_u64()?),
-            AggregateFunction::Sum => Accumulator::Sum(partial_number(partial)?),
-            AggregateFunction::Min => Accumulator::Min(optional(partial)?),
-            AggregateFunction::Max => Accumulator::Max(optional(partial)?),
-            AggregateFunction::Avg => {
-                let a = partial.as_array()?;
-                Accumulator::Avg { sum: partial_number(a.first()?)?, count: a.get(1)?.as_u64()? }
-            }
-            AggregateFunction::DistinctCount => Accumulator::DistinctCount(HyperLogLog::from_hex(partial.as_str()?)?),
-            AggregateFunction::First => Accumulator::First(pair(partial)?),
-            AggregateFunction::Last => Accumulator::Last(pair(partial)?),
-        })
-    }
-
     /// The public value written into the entry's field; `None` leaves the
     /// field out (e.g. min of nothing).
     pub fn render(&self) -> Option<String> {
@@ -199,40 +162,6 @@ fn keep_first(slot: &mut Option<(Millis, Box<str>)>, t: Millis, v: &str) {
 fn keep_last(slot: &mut Option<(Millis, Box<str>)>, t: Millis, v: &str) {
     if slot.as_ref().is_none_or(|(st, sv)| (t, v) > (*st, &**sv)) {
         *slot = Some((t, v.into()));
-    }
-}
-
-fn number(v: f64) -> Json {
-    match non_finite_name(v) {
-        Some(name) => Json::String(name.into()),
-        None => Json::Number(serde_json::Number::from_f64(v).expect("finite")),
-    }
-}
-
-/// How a partial writes a non-finite number (JSON has no such numbers).
-fn non_finite_name(v: f64) -> Option<&'static str> {
-    if v.is_nan() {
-        Some("NaN")
-    } else if v == f64::INFINITY {
-        Some("inf")
-    } else if v == f64::NEG_INFINITY {
-        Some("-inf")
-    } else {
-        None
-    }
-}
-
-/// A number element of a partial: a JSON number, or a non-finite name.
-fn partial_number(p: &Json) -> Option<f64> {
-    match p {
-        Json::Number(n) => n.as_f64(),
-        Json::String(s) => match s.as_str() {
-            "NaN" => Some(f64::NAN),
-            "inf" => Some(f64::INFINITY),
-            "-inf" => Some(f64::NEG_INFINITY),
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -291,41 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn partials_round_trip() {
-        let mut accs = [
-            Accumulator::new(AggregateFunction::Count),
-            Accumulator::new(AggregateFunction::Sum),
-            Accumulator::new(AggregateFunction::Min),
-            Accumulator::new(AggregateFunction::Avg),
-            Accumulator::new(AggregateFunction::DistinctCount),
-            Accumulator::new(AggregateFunction::Last),
-        ];
-        let inputs = [
-            Input::Unit,
-            Input::Number(2.5),
-            Input::Number(-3.0),
-            Input::Number(4.0),
-            Input::Hash(0xdead_beef_1234),
-            text("hello"),
-        ];
-        for (acc, input) in accs.iter_mut().zip(&inputs) {
-            acc.add(input, 42);
-        }
-        let functions = [
-            AggregateFunction::Count,
-            AggregateFunction::Sum,
-            AggregateFunction::Min,
-            AggregateFunction::Avg,
-            AggregateFunction::DistinctCount,
-            AggregateFunction::Last,
-        ];
-        for (acc, f) in accs.iter().zip(functions) {
-            assert_eq!(Accumulator::from_partial(f, &acc.to_partial()).as_ref(), Some(acc), "{f:?}");
-        }
-    }
-
-    #[test]
-    fn overflowing_numbers_become_infinities_that_partials_carry() {
+    fn overflowing_numbers_become_infinities() {
         let mut sum = Accumulator::new(AggregateFunction::Sum);
         sum.add(&Input::Number(1e308), 1);
         sum.add(&Input::Number(1e308), 2);
@@ -335,27 +230,8 @@ mod tests {
         negative.add(&Input::Number(-1e308), 1);
         negative.add(&Input::Number(-1e308), 2);
         assert_eq!(negative.render().as_deref(), Some("-inf"));
-        let mut both = sum.clone();
-        both.merge(&Accumulator::Sum(f64::NEG_INFINITY));
-        assert_eq!(both.render().as_deref(), Some("NaN"));
-
-        for (acc, function, text) in [
-            (sum, AggregateFunction::Sum, r#""inf""#),
-            (negative, AggregateFunction::Avg, r#"["-inf",2]"#),
-            (both, AggregateFunction::Sum, r#""NaN""#),
-            (Accumulator::Max(Some(f64::INFINITY)), AggregateFunction::Max, r#""inf""#),
-            (Accumulator::Min(None), AggregateFunction::Min, "null"),
-        ] {
-            let mut written = Vec::new();
-            acc.write_partial(&mut written);
-            assert_eq!(std::str::from_utf8(&written).unwrap(), text, "{acc:?}");
-            assert_eq!(serde_json::to_string(&acc.to_partial()).unwrap(), text, "{acc:?}");
-            let back = Accumulator::from_partial(function, &serde_json::from_str(text).unwrap()).unwrap();
-            // NaN != NaN: compare the rendering and the partial instead.
-            assert_eq!(back.render(), acc.render(), "{acc:?}");
-            assert_eq!(back.to_partial(), acc.to_partial(), "{acc:?}");
-        }
-        assert_eq!(Accumulator::from_partial(AggregateFunction::Sum, &Json::String("lots".into())), None);
+        sum.merge(&Accumulator::Sum(f64::NEG_INFINITY));
+        assert_eq!(sum.render().as_deref(), Some("NaN"));
     }
 
     #[test]

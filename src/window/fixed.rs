@@ -30,8 +30,8 @@ use std::sync::Arc;
 use ahash::AHashMap;
 
 use super::pane::Pane;
+use super::AggregateFunction;
 use super::{floor_to, Accumulator, Event, ResultKind, Window, WindowResult};
-use crate::config::AggregateFunction;
 use crate::time::Millis;
 
 #[derive(Debug)]

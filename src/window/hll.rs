@@ -2,9 +2,9 @@
 //!
 //! Precision 10 (1,024 one-byte registers, ~3.3% standard error; exact-ish
 //! linear counting below ~2,500 distinct values). Registers are allocated on
-//! the first insert so empty accumulators cost nothing. The hex encoding is
-//! what `region/merge.lua` merges (register-wise max) and estimates with the
-//! same formula as [`HyperLogLog::estimate`].
+//! the first insert so empty accumulators cost nothing. `redis/merge.lua`
+//! merges the registers (register-wise max, from their hex in the partial)
+//! and estimates with the same formula as [`HyperLogLog::estimate`].
 
 pub const PRECISION: u32 = 10;
 pub const REGISTERS: usize = 1 << PRECISION;
@@ -49,30 +49,16 @@ impl HyperLogLog {
         estimate.round() as u64
     }
 
-    /// Lower-case hex of all registers; empty string when nothing was inserted.
-    pub fn to_hex(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let Some(registers) = &self.registers else {
-            return String::new();
-        };
-        let mut out = String::with_capacity(REGISTERS * 2);
-        for &r in registers.iter() {
-            out.push(DIGITS[(r >> 4) as usize] as char);
-            out.push(DIGITS[(r & 15) as usize] as char);
-        }
-        out
+    /// The registers, or `None` when nothing was inserted.
+    pub fn registers(&self) -> Option<&[u8]> {
+        self.registers.as_deref()
     }
 
-    pub fn from_hex(hex: &str) -> Option<HyperLogLog> {
-        if hex.is_empty() {
-            return Some(HyperLogLog::default());
-        }
-        if hex.len() != REGISTERS * 2 {
-            return None;
-        }
-        let registers =
-            (0..REGISTERS).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect::<Option<Vec<u8>>>()?;
-        Some(HyperLogLog { registers: Some(registers.into_boxed_slice()) })
+    /// A HyperLogLog holding `registers` (`REGISTERS` of them, each a rank
+    /// of at most 64 - PRECISION + 1).
+    pub fn from_registers(registers: Vec<u8>) -> Option<HyperLogLog> {
+        let valid = registers.len() == REGISTERS && registers.iter().all(|&r| r as u32 <= 64 - PRECISION + 1);
+        valid.then(|| HyperLogLog { registers: Some(registers.into_boxed_slice()) })
     }
 }
 
@@ -117,7 +103,7 @@ mod tests {
     }
 
     #[test]
-    fn merge_is_union_and_hex_round_trips() {
+    fn merge_is_union() {
         let (mut a, mut b, mut both) = (HyperLogLog::default(), HyperLogLog::default(), HyperLogLog::default());
         for i in 0..500u32 {
             let x = stable_hash(&i.to_le_bytes());
@@ -126,7 +112,8 @@ mod tests {
         }
         a.merge(&b);
         assert_eq!(a, both);
-        assert_eq!(HyperLogLog::from_hex(&a.to_hex()), Some(a));
-        assert_eq!(HyperLogLog::from_hex(""), Some(HyperLogLog::default()));
+        let registers = a.registers().expect("inserted").to_vec();
+        assert_eq!(HyperLogLog::from_registers(registers), Some(a));
+        assert_eq!(HyperLogLog::from_registers(vec![0; 3]), None);
     }
 }

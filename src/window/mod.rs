@@ -19,13 +19,12 @@ mod pane;
 mod session;
 mod snapshot;
 
-pub use aggregate::{render_number, Accumulator, Input};
+pub use aggregate::{render_number, Accumulator, AggregateFunction, Input};
 pub use operator::{Accepted, WindowOperator, WindowSpec};
 pub use snapshot::{FixedSnapshot, KeySessions, OperatorSnapshot, PaneSnapshot, SessionSnapshot};
 
 use std::sync::Arc;
 
-use crate::config::WindowConfig;
 use crate::time::Millis;
 
 /// A half-open interval of event time, `[start, end)`, in epoch millis.
@@ -43,13 +42,26 @@ pub enum WindowKind {
     Session { gap: Millis },
 }
 
-impl From<WindowConfig> for WindowKind {
-    fn from(config: WindowConfig) -> Self {
-        let ms = |d: std::time::Duration| d.as_millis() as Millis;
-        match config {
-            WindowConfig::Tumbling { size } => WindowKind::Tumbling { size: ms(size) },
-            WindowConfig::Sliding { size, slide } => WindowKind::Sliding { size: ms(size), slide: ms(slide) },
-            WindowConfig::Session { gap } => WindowKind::Session { gap: ms(gap) },
+/// What happens to a record none of whose windows is still kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LateAction {
+    /// Count the record in `regionflow_late_records_total{action="drop"}`.
+    #[default]
+    Drop,
+    /// Send it to the dead-letter topic with reason `late`.
+    DeadLetter,
+    /// Merge it into the already-written region entry (idempotently).
+    Amend,
+}
+
+impl LateAction {
+    /// The `action` label of `regionflow_late_records_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LateAction::Drop => "drop",
+            LateAction::DeadLetter => "dead_letter",
+            LateAction::Amend => "amend",
         }
     }
 }

@@ -5,28 +5,17 @@
 //! [`WindowOperator::advance`] with the watermark after it. Results collect
 //! in an output buffer that the caller drains when it flushes to the region.
 
-use crate::config::{AggregateFunction, PipelineConfig};
 use crate::time::Millis;
 
 use super::fixed::FixedWindows;
 use super::session::SessionWindows;
-use super::{Accumulator, Event, OperatorSnapshot, ResultKind, WindowKind, WindowResult};
+use super::{Accumulator, AggregateFunction, Event, OperatorSnapshot, ResultKind, WindowKind, WindowResult};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowSpec {
     pub kind: WindowKind,
     pub allowed_lateness: Millis,
     pub functions: Vec<AggregateFunction>,
-}
-
-impl WindowSpec {
-    pub fn from_config(config: &PipelineConfig) -> Self {
-        WindowSpec {
-            kind: config.window.into(),
-            allowed_lateness: config.allowed_lateness.as_millis() as Millis,
-            functions: config.aggregates.values().map(|a| a.function).collect(),
-        }
-    }
 }
 
 /// Whether a record found a window still kept for it.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use ahash::AHashMap;
 
+use super::AggregateFunction;
 use super::{Accumulator, Input};
-use crate::config::AggregateFunction;
 use crate::time::Millis;
 
 #[derive(Debug)]

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use ahash::AHashMap;
 
+use super::AggregateFunction;
 use super::{Accumulator, Event, ResultKind, Window, WindowResult};
-use crate::config::AggregateFunction;
 use crate::time::Millis;
 
 #[derive(Debug, Clone)]

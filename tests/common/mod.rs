@@ -32,7 +32,7 @@ impl InProcess {
     pub async fn start(settings: regionflow::config::Settings) -> InProcess {
         let metrics = std::sync::Arc::new(regionflow::metrics::Metrics::new());
         let shutdown = tokio_util::sync::CancellationToken::new();
-        let sinks = regionflow::connector::redis_sinks(&settings).await.expect("Redis Cluster reachable");
+        let sinks = regionflow::app::redis_sinks(&settings, &metrics).await.expect("Redis Cluster reachable");
         let handle = tokio::spawn(regionflow::connector::run(
             settings,
             sinks,

@@ -68,7 +68,7 @@ fn run_restoring(
     };
     for (offset, rec) in records.iter().enumerate() {
         if restore_at == Some(offset) {
-            use crate::checkpoint::encode::{decode, encode, TaskState};
+            use crate::checkpoint::state::{decode, encode, TaskState};
             let state = TaskState { fingerprint: op.fingerprint(), max_seen: None, operator: op.snapshot() };
             let restored = decode(&encode(&state)).expect("decodes");
             op = WindowOperator::restore(spec.clone(), restored.operator).expect("same window kind");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::decode::SourceRecord;
+use crate::format::SourceRecord;
 
 pub const HEADER_TOPIC: &str = "__connect.errors.topic";
 pub const HEADER_PARTITION: &str = "__connect.errors.partition";

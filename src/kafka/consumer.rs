@@ -1,5 +1,5 @@
-//! The Kafka side: consumer and producer configuration, the rebalance
-//! context, and the start-up reachability check.
+//! The group consumer: its configuration, the rebalance context, offsets
+//! and per-partition high watermarks, and the start-up reachability check.
 //!
 //! The consumer joins the group with the cooperative-sticky assignor, so a
 //! rebalance only moves the partitions that change owner. Offsets are stored
@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer};
-use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::apply_user_config;
 use crate::config::KafkaConfig;
 
 pub type Partition = (String, i32);
@@ -160,15 +160,6 @@ fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
 }
 
-/// Adds the brokers and the user's pass-through properties (which win over
-/// our defaults), leaving out the keys in `skip`.
-fn apply_user_config(config: &mut ClientConfig, kafka: &KafkaConfig, skip: &[&str]) {
-    config.set("bootstrap.servers", &kafka.brokers);
-    for (key, value) in kafka.properties.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
-        config.set(key, value);
-    }
-}
-
 /// Creates the group consumer with the connector's rebalance handlers.
 pub fn consumer(
     kafka: &KafkaConfig,
@@ -193,23 +184,6 @@ pub fn consumer(
         config.create_with_context(SourceContext { on_assign, on_revoke, high_watermarks })?;
     Ok(Arc::new(consumer))
 }
-
-/// A producer for dead letters (idempotent, so retries do not duplicate).
-pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
-    let mut config = ClientConfig::new();
-    config.set("enable.idempotence", "true").set("linger.ms", "5");
-    apply_user_config(&mut config, kafka, &CONSUMER_ONLY);
-    config.create()
-}
-
-const CONSUMER_ONLY: [&str; 6] = [
-    "session.timeout.ms",
-    "heartbeat.interval.ms",
-    "max.poll.interval.ms",
-    "fetch.min.bytes",
-    "fetch.wait.max.ms",
-    "group.protocol",
-];
 
 /// Stores the next offset to read for a partition (committed by auto-commit).
 pub fn store_offset(consumer: &SourceConsumer, topic: &str, partition: i32, next_offset: i64) {

@@ -3,11 +3,11 @@
 //! The region writer groups a batch by the primary that owns each entry's
 //! key, to send one pipeline per node (see `redis.rs`). redis-rs keeps its
 //! own slot map private, so this is a second, read-only copy taken from one
-//! `CLUSTER SLOTS` reply and held by [`SharedConnection`]. A stale copy costs
+//! `CLUSTER SLOTS` reply and held by [`ClusterHandle`]. A stale copy costs
 //! a redirect or a connection error on one pipeline, after which the writer
 //! forgets it and sends those writes one by one, routed by redis-rs.
 //!
-//! [`SharedConnection`]: super::SharedConnection
+//! [`ClusterHandle`]: super::ClusterHandle
 
 use redis::Value;
 

@@ -8,12 +8,12 @@
 //!
 //! - **Pipelined per primary**, the fast path: each entry's first write is
 //!   grouped by the primary that owns its key (the slot map that
-//!   [`SharedConnection`] keeps) and sent in pipelines of up to
+//!   [`ClusterHandle`] keeps) and sent in pipelines of up to
 //!   [`PIPELINE_LEN`] commands to that node, replies read per command. A
 //!   "Function not found" reply loads the library on that node and resends
 //!   those writes once.
 //! - **Per entry**, the path that rides through failures: one entry's writes
-//!   one at a time, in order, each retried by [`SharedConnection::with_retry`]
+//!   one at a time, in order, each retried by [`ClusterHandle::with_retry`]
 //!   until the write deadline, riding through MOVED/ASK and primary
 //!   failovers (and loading the library where it is missing); up to
 //!   `write_concurrency` entries at once. It takes what the fast path does
@@ -41,9 +41,13 @@ use futures::{FutureExt, StreamExt};
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{RedisError, Value};
 
-use super::connection::SharedConnection;
+use super::cluster::{ClusterHandle, Failed};
+use super::error::{self, Permanent, Retry};
 use super::function::{self, MERGE_FUNCTION};
-use super::{EntryWrite, Expiry, Region, RegionError, WriteMode, WriteOutcome};
+use super::partial;
+use crate::metrics::RedisRegionMetrics;
+use crate::region::{EntryWrite, Expiry, Region, RegionError, WriteMode, WriteOutcome};
+use crate::window::AggregateFunction;
 
 /// Commands per pipeline: large enough that the per-command cost of the
 /// client disappears, small enough to stay far below response timeouts
@@ -56,31 +60,51 @@ const PIPELINES_IN_FLIGHT: usize = 8;
 /// they took.
 type EntryReplies = Result<(Vec<i64>, u64), RegionError>;
 
+/// A write with its partial encoded for the merge function.
+struct Encoded<'a> {
+    write: &'a EntryWrite,
+    partial: String,
+}
+
 /// What became of a pipelined write: the function's reply, or `None` when it
 /// must go the per-entry way.
 type PipelinedReplies = Result<Vec<(usize, Option<i64>)>, RegionError>;
 
 #[derive(Clone)]
 pub struct RedisRegion {
-    connection: Arc<SharedConnection>,
+    connection: Arc<ClusterHandle>,
+    name: Arc<str>,
+    metrics: RedisRegionMetrics,
     spec: Arc<str>,
     concurrency: usize,
     write_deadline: Duration,
 }
 
 impl RedisRegion {
-    /// A region writing entries with this aggregate spec over `connection`.
-    pub fn new(
-        connection: Arc<SharedConnection>,
-        spec: Arc<str>,
+    /// Region `name` of these aggregates (function and field name, in the
+    /// order of each write's accumulators) over `connection`.
+    pub fn new<'n>(
+        connection: Arc<ClusterHandle>,
+        name: &str,
+        aggregates: impl IntoIterator<Item = (AggregateFunction, &'n str)>,
         concurrency: usize,
         write_deadline: Duration,
+        metrics: RedisRegionMetrics,
     ) -> Self {
-        RedisRegion { connection, spec, concurrency, write_deadline }
+        let spec = partial::aggregate_spec(aggregates).into();
+        RedisRegion { connection, name: name.into(), metrics, spec, concurrency, write_deadline }
+    }
+
+    /// The connection's generation (see `ClusterHandle`): a checkpoint
+    /// that waits for replicas must know whether it changed since the
+    /// writes it vouches for.
+    pub fn connection_generation(&self) -> u64 {
+        self.connection.generation()
     }
 
     /// `ARGV[1..]` of `merge.lua` for one write (`KEYS[1]` is its key).
-    fn merge_args<'a>(&'a self, write: &'a EntryWrite) -> impl redis::ToRedisArgs + 'a {
+    fn merge_args<'a>(&'a self, encoded: &'a Encoded<'_>) -> impl redis::ToRedisArgs + 'a {
+        let write = encoded.write;
         let (ttl_mode, ttl) = match write.expiry {
             Expiry::Never => ("n", 0),
             Expiry::After(ms) => ("r", ms as i64),
@@ -91,7 +115,7 @@ impl RedisRegion {
             write.epoch,
             write.offset,
             write.mode.as_arg(),
-            &write.partial,
+            &encoded.partial,
             write.window.start,
             write.window.end,
             ttl_mode,
@@ -101,7 +125,7 @@ impl RedisRegion {
     }
 
     /// One entry's writes, in order.
-    async fn write_entry(&self, writes: &[EntryWrite]) -> EntryReplies {
+    async fn write_entry(&self, writes: &[Encoded<'_>]) -> EntryReplies {
         let mut replies = Vec::with_capacity(writes.len());
         let mut retried = 0;
         for write in writes {
@@ -114,8 +138,8 @@ impl RedisRegion {
 
     /// One write, retried until the deadline; returns the function's reply
     /// and how many retries it took.
-    async fn write_one(&self, write: &EntryWrite) -> Result<(i64, u64), RegionError> {
-        let call = MERGE_FUNCTION.call(&write.key, self.merge_args(write));
+    async fn write_one(&self, write: &Encoded<'_>) -> Result<(i64, u64), RegionError> {
+        let call = MERGE_FUNCTION.call(&write.write.key, self.merge_args(write));
         self.connection
             .with_retry(self.write_deadline, "entry write", |mut connection| {
                 let call = &call;
@@ -130,15 +154,11 @@ impl RedisRegion {
                 }
             })
             .await
-            .map_err(|(elapsed, message)| {
-                if is_script_refusal(&message) {
-                    RegionError::Protocol(message)
-                } else if message.contains("unknown command") {
-                    RegionError::Protocol(format!(
-                        "{message} (regions are written with Redis Functions, which need Redis 7.0 or later)"
-                    ))
+            .map_err(|failed: Failed| {
+                if failed.is_permanent() {
+                    RegionError::Refused(failed.message())
                 } else {
-                    RegionError::WriteFailed { elapsed, message }
+                    RegionError::WriteFailed { elapsed: failed.elapsed, message: failed.message() }
                 }
             })
     }
@@ -149,7 +169,7 @@ impl RedisRegion {
         &self,
         (host, port): (&str, u16),
         ids: &[usize],
-        entries: &[&[EntryWrite]],
+        entries: &[&[Encoded<'_>]],
     ) -> PipelinedReplies {
         let route = || SingleNodeRoutingInfo::ByAddress { host: host.to_string(), port };
         let (_, mut connection) = self.connection.get();
@@ -159,20 +179,20 @@ impl RedisRegion {
             let mut pipeline = redis::pipe();
             for &i in &pending {
                 let write = &entries[i][0];
-                pipeline.add_command(MERGE_FUNCTION.call(&write.key, self.merge_args(write)));
+                pipeline.add_command(MERGE_FUNCTION.call(&write.write.key, self.merge_args(write)));
             }
             let replies = match connection.route_pipeline(pipeline, 0, pending.len(), route()).await {
                 Ok(replies) if replies.len() == pending.len() => replies,
                 Ok(replies) => {
-                    return Err(RegionError::Protocol(format!(
+                    return Err(RegionError::Refused(format!(
                         "a pipeline of {} writes got {} replies",
                         pending.len(),
                         replies.len()
                     )))
                 }
                 Err(e) => {
-                    if is_script_refusal(&e.to_string()) {
-                        return Err(RegionError::Protocol(e.to_string()));
+                    if is_script_refusal(&e) {
+                        return Err(RegionError::Refused(error::describe(&e)));
                     }
                     tracing::warn!(node = %format!("{host}:{port}"), writes = pending.len(), error = %e,
                         "pipelined writes failed; retrying them one by one");
@@ -189,8 +209,8 @@ impl RedisRegion {
                         let e = RedisError::from(e);
                         if function::is_not_loaded(&e) && attempt == 0 {
                             unloaded.push(i);
-                        } else if is_script_refusal(&e.to_string()) {
-                            return Err(RegionError::Protocol(e.to_string()));
+                        } else if is_script_refusal(&e) {
+                            return Err(RegionError::Refused(error::describe(&e)));
                         } else {
                             done.push((i, None));
                         }
@@ -217,8 +237,8 @@ impl RedisRegion {
 
 /// The merge function refused its input (`ERR merge script: ...`): retrying
 /// cannot help.
-fn is_script_refusal(message: &str) -> bool {
-    message.contains("merge script:")
+fn is_script_refusal(e: &RedisError) -> bool {
+    error::classify(e) == Retry::Permanent(Permanent::ScriptRefusal)
 }
 
 /// Counts one merge function reply into `outcome`.
@@ -227,28 +247,55 @@ fn count(outcome: &mut WriteOutcome, reply: i64) -> Result<(), RegionError> {
         -1 => outcome.fenced += 1,
         0 => outcome.stale += 1,
         1 | 2 => outcome.applied += 1,
-        other => return Err(RegionError::Protocol(format!("merge script returned {other}"))),
+        other => return Err(RegionError::Refused(format!("merge function returned {other}"))),
     }
     Ok(())
 }
 
 impl Region for RedisRegion {
-    fn connection_generation(&self) -> u64 {
-        self.connection.generation()
-    }
-
     fn write<'a>(&'a self, writes: &'a [EntryWrite]) -> BoxFuture<'a, Result<WriteOutcome, RegionError>> {
         async move {
+            let timer = self.metrics.write_duration.start_timer();
+            let result = self.write_batch(writes).await;
+            match &result {
+                Ok(outcome) => {
+                    timer.observe_duration();
+                    self.metrics.written(writes.len() as u64, outcome.retried);
+                    if outcome.retried > 0 {
+                        tracing::warn!(region = %self.name, retried = outcome.retried,
+                            "Redis errors ridden through; writes succeeded");
+                    }
+                }
+                Err(_) => self.metrics.failed(),
+            }
+            result
+        }
+        .boxed()
+    }
+}
+
+impl RedisRegion {
+    async fn write_batch(&self, writes: &[EntryWrite]) -> Result<WriteOutcome, RegionError> {
+        {
             let mut outcome = WriteOutcome::default();
-            let entries: Vec<&[EntryWrite]> = writes.chunk_by(|a, b| a.key == b.key).collect();
+            let encoded: Vec<Encoded<'_>> = writes
+                .iter()
+                .map(|write| Encoded {
+                    write,
+                    partial: partial::entry_partial(&write.accumulators, write.epoch, write.offset),
+                })
+                .collect();
+            outcome.bytes =
+                encoded.iter().map(|e| e.write.key.len() + e.write.field.len() + e.partial.len()).sum::<usize>() as u64;
+            let entries: Vec<&[Encoded<'_>]> = encoded.chunk_by(|a, b| a.write.key == b.write.key).collect();
             // Per entry, how many of its writes are applied.
             let mut written = vec![0; entries.len()];
 
             if let Some(slots) = self.connection.slot_map().await {
                 let mut by_primary: Vec<Vec<usize>> = vec![Vec::new(); slots.primaries()];
                 for (i, entry) in entries.iter().enumerate() {
-                    if entry[0].mode != WriteMode::Merge {
-                        if let Some(primary) = slots.primary_of(&entry[0].key) {
+                    if entry[0].write.mode != WriteMode::Merge {
+                        if let Some(primary) = slots.primary_of(&entry[0].write.key) {
                             by_primary[primary].push(i);
                         }
                     }
@@ -291,6 +338,5 @@ impl Region for RedisRegion {
             }
             Ok(outcome)
         }
-        .boxed()
     }
 }

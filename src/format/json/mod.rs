@@ -1,11 +1,6 @@
-//! Decoding: a raw Kafka record into the operator's [`Event`].
+//! JSON records: key, event time and aggregate inputs by JSON pointer.
 //!
-//! Decoding sits behind the [`Decoder`] trait so formats other than JSON
-//! (Avro, CSV) can follow. A record that cannot become an event yields a
-//! [`DecodeError`] naming the stage that failed and why; the task sends it to
-//! the dead-letter topic.
-//!
-//! JSON records are read in one of two ways (see `decode::fields`): when every
+//! Fields are read in one of two ways (see `fields`): when every
 //! configured pointer names a top-level field (`/user`), one pass over the
 //! object materialises only those fields and skips the rest; otherwise the
 //! whole value is parsed into a `serde_json::Value` and the pointers are
@@ -20,72 +15,11 @@ use serde_json::Value as Json;
 
 use fields::{FieldValue, Fields, TopLevelNames};
 
-use crate::config::{AggregateFunction, EventTimeSource, KeySource, PipelineConfig, TimeFormat};
+use super::{fail, DecodeError, Decoder, EventTimeSource, KeySource, RecordSpec, SourceRecord, Stage, TimeFormat};
 use crate::time::{millis_from_f64, parse_rfc3339, EventTimeBounds, Millis};
 use crate::window::hll::stable_hash;
+use crate::window::AggregateFunction;
 use crate::window::{Event, Input};
-
-/// A record as it comes off a partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceRecord {
-    pub offset: i64,
-    /// Kafka timestamp (create or log-append time), when the record has one.
-    pub timestamp: Option<Millis>,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-}
-
-impl SourceRecord {
-    pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
-    }
-}
-
-/// Where decoding failed; the `stage` label of metrics and DLQ headers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Size,
-    Parse,
-    Key,
-    EventTime,
-    Aggregate,
-}
-
-impl Stage {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Size => "size",
-            Stage::Parse => "parse",
-            Stage::Key => "key",
-            Stage::EventTime => "event_time",
-            Stage::Aggregate => "aggregate",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}: {reason}", stage.as_str())]
-pub struct DecodeError {
-    pub stage: Stage,
-    pub reason: String,
-}
-
-fn fail(stage: Stage, reason: impl Into<String>) -> DecodeError {
-    DecodeError { stage, reason: reason.into() }
-}
-
-pub trait Decoder: Send + Sync {
-    /// Decodes one record; `now` is the processing time for
-    /// processing-time pipelines.
-    fn decode(&self, record: &SourceRecord, now: Millis) -> Result<Event, DecodeError>;
-}
-
-/// Builds the decoder for a pipeline's configured format.
-pub fn decoder_for(config: &PipelineConfig) -> Box<dyn Decoder> {
-    match config.format {
-        crate::config::Format::Json => Box::new(JsonDecoder::new(config)),
-    }
-}
 
 /// JSON values: key, time and aggregate inputs by JSON pointer.
 pub struct JsonDecoder {
@@ -99,25 +33,24 @@ pub struct JsonDecoder {
 }
 
 impl JsonDecoder {
-    pub fn new(config: &PipelineConfig) -> Self {
-        let inputs: Vec<_> = config.aggregates.values().map(|a| (a.function, a.field.clone())).collect();
-        let key_pointer = match &config.key {
+    pub fn new(spec: &RecordSpec) -> Self {
+        let key_pointer = match &spec.key {
             KeySource::Field { pointer } => Some(pointer.as_str()),
             KeySource::KafkaKey => None,
         };
-        let time_pointer = match &config.event_time {
+        let time_pointer = match &spec.event_time {
             EventTimeSource::Field { pointer, .. } => Some(pointer.as_str()),
             EventTimeSource::ProcessingTime | EventTimeSource::KafkaTimestamp => None,
         };
         let pointers =
-            key_pointer.into_iter().chain(time_pointer).chain(inputs.iter().filter_map(|(_, f)| f.as_deref()));
+            key_pointer.into_iter().chain(time_pointer).chain(spec.inputs.iter().filter_map(|(_, f)| f.as_deref()));
         JsonDecoder {
-            key: config.key.clone(),
-            event_time: config.event_time.clone(),
+            key: spec.key.clone(),
+            event_time: spec.event_time.clone(),
             top_level: TopLevelNames::of(pointers),
-            inputs,
-            max_record_bytes: config.max_record_bytes,
-            time_bounds: EventTimeBounds::new(config.watermark.max_ahead_of_clock, config.watermark.max_behind_clock),
+            inputs: spec.inputs.clone(),
+            max_record_bytes: spec.max_record_bytes,
+            time_bounds: spec.time_bounds,
         }
     }
 

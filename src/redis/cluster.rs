@@ -1,5 +1,6 @@
 //! The Redis Cluster connection a connector shares between its regions and
-//! its checkpoint store.
+//! its checkpoint store, and the one place that decides retries (on the
+//! error's kind, see [`super::error`]).
 //!
 //! redis-rs' cluster connection normally follows failovers by itself
 //! (MOVED, reconnects, slot refreshes), but it can stay stuck on a dead
@@ -19,8 +20,8 @@ use std::time::{Duration, Instant};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 
+use super::error::{self, Retry};
 use super::slots::SlotMap;
-use super::RegionError;
 use crate::config::RedisConfig;
 
 /// How long operations fail before the connection is replaced.
@@ -31,7 +32,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// before it is asked again.
 const SLOT_MAP_RETRY: Duration = Duration::from_secs(1);
 
-pub struct SharedConnection {
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach Redis Cluster at {nodes}: {message}; check redis.nodes and that the cluster is up")]
+pub struct ConnectError {
+    pub nodes: String,
+    pub message: String,
+}
+
+pub struct ClusterHandle {
     client: ClusterClient,
     current: RwLock<(u64, ClusterConnection)>,
     connect_timeout: Duration,
@@ -47,11 +55,11 @@ struct Slots {
     failed_at: Option<Instant>,
 }
 
-impl SharedConnection {
+impl ClusterHandle {
     /// Connects to the cluster, retrying until `startup_timeout`.
-    pub async fn connect(config: &RedisConfig) -> Result<SharedConnection, RegionError> {
+    pub async fn connect(config: &RedisConfig) -> Result<ClusterHandle, ConnectError> {
         let nodes = config.nodes.join(",");
-        let unreachable = |message: String| RegionError::Unreachable { nodes: nodes.clone(), message };
+        let unreachable = |message: String| ConnectError { nodes: nodes.clone(), message };
         let client = ClusterClientBuilder::new(config.nodes.clone())
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.response_timeout)
@@ -63,7 +71,7 @@ impl SharedConnection {
         loop {
             match Self::open(&client, config.connect_timeout).await {
                 Ok(connection) => {
-                    return Ok(SharedConnection {
+                    return Ok(ClusterHandle {
                         client,
                         current: RwLock::new((0, connection)),
                         connect_timeout: config.connect_timeout,
@@ -168,15 +176,10 @@ impl SharedConnection {
     /// Runs an operation, retrying transient failures (connection loss,
     /// MOVED/ASK, CLUSTERDOWN, TRYAGAIN, READONLY, timeouts) with exponential
     /// backoff until `deadline`, replacing the connection when failures
-    /// persist. Deliberate script errors fail at once: they would fail the
-    /// same way again. Returns the result and the number of retries, or the
-    /// time spent and the last error.
-    pub async fn with_retry<T, F, Fut>(
-        &self,
-        deadline: Duration,
-        what: &str,
-        mut op: F,
-    ) -> Result<(T, u64), (Duration, String)>
+    /// persist. Permanent errors ([`error::classify`]) fail at once: they
+    /// would fail the same way again. Returns the result and the number of
+    /// retries, or the failure.
+    pub async fn with_retry<T, F, Fut>(&self, deadline: Duration, what: &str, mut op: F) -> Result<(T, u64), Failed>
     where
         F: FnMut(ClusterConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -188,8 +191,8 @@ impl SharedConnection {
             let (generation, connection) = self.get();
             match op(connection).await {
                 Ok(value) => return Ok((value, retries)),
-                Err(e) if is_permanent(&e) || started.elapsed() >= deadline => {
-                    return Err((started.elapsed(), e.to_string()))
+                Err(e) if matches!(error::classify(&e), Retry::Permanent(_)) || started.elapsed() >= deadline => {
+                    return Err(Failed { elapsed: started.elapsed(), error: e })
                 }
                 Err(e) => {
                     retries += 1;
@@ -205,11 +208,21 @@ impl SharedConnection {
     }
 }
 
-/// Errors that retrying cannot mend: `merge.lua` refusing bad input (`ERR
-/// merge script: ...`), and a server without a command regionflow needs
-/// (`FCALL` and `FUNCTION` came with Redis 7.0). Anything else (including
-/// errors of commands a script calls) may pass.
-fn is_permanent(e: &redis::RedisError) -> bool {
-    let message = e.to_string();
-    message.contains("merge script:") || message.contains("unknown command")
+/// An operation that failed for good: the last error and how long it was
+/// retried.
+#[derive(Debug)]
+pub struct Failed {
+    pub elapsed: Duration,
+    pub error: redis::RedisError,
+}
+
+impl Failed {
+    pub fn is_permanent(&self) -> bool {
+        matches!(error::classify(&self.error), Retry::Permanent(_))
+    }
+
+    /// The error's message, with advice when it is permanent.
+    pub fn message(&self) -> String {
+        error::describe(&self.error)
+    }
 }

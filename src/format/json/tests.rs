@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::Settings;
 
-fn pipeline(key: &str, time: &str) -> PipelineConfig {
+fn pipeline(key: &str, time: &str) -> RecordSpec {
     let toml = format!(
         r#"
 [kafka]
@@ -24,7 +24,7 @@ aggregates.with_coupon = {{ function = "count", field = "/coupon" }}
 region = {{ name = "r" }}
 "#
     );
-    Settings::from_toml_str(&toml).expect("valid").pipelines["p"].clone()
+    crate::pipeline::compile::record_spec(&Settings::from_toml_str(&toml).expect("valid").pipelines["p"])
 }
 
 fn record(payload: &str) -> SourceRecord {
@@ -141,7 +141,8 @@ fn implausible_event_times_are_refused() {
     assert_eq!(kafka_ts.decode(&future, NOW).expect_err("year 3000").stage, Stage::EventTime);
 
     let mut bounded = pipeline(r#"{ from = "field", pointer = "/page" }"#, r#"{ from = "field", pointer = "/ts" }"#);
-    bounded.watermark.max_behind_clock = Some(std::time::Duration::from_secs(60));
+    bounded.time_bounds =
+        EventTimeBounds::new(std::time::Duration::from_secs(3600), Some(std::time::Duration::from_secs(60)));
     let error = JsonDecoder::new(&bounded).decode(&record(long_ago), NOW).expect_err("too old");
     assert!(error.reason.contains("behind the wall clock"), "{}", error.reason);
 }

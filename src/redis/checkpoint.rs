@@ -17,8 +17,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use redis::Script;
 
-use super::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, Replication, TaskId};
-use crate::region::SharedConnection;
+use super::cluster::{ClusterHandle, Failed};
+use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, Replication, TaskId};
 
 const COMMIT_SCRIPT: &str = r#"
 local owner = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -32,7 +32,7 @@ return 1
 
 #[derive(Clone)]
 pub struct RedisCheckpointStore {
-    connection: Arc<SharedConnection>,
+    connection: Arc<ClusterHandle>,
     prefix: String,
     deadline: Duration,
     replica_timeout: Duration,
@@ -42,7 +42,7 @@ pub struct RedisCheckpointStore {
 impl RedisCheckpointStore {
     /// `connection` should be the one region writes use: `WAIT` only covers
     /// writes made on the same connections.
-    pub fn new(connection: Arc<SharedConnection>, prefix: &str, deadline: Duration, replica_timeout: Duration) -> Self {
+    pub fn new(connection: Arc<ClusterHandle>, prefix: &str, deadline: Duration, replica_timeout: Duration) -> Self {
         RedisCheckpointStore {
             connection,
             prefix: prefix.to_string(),
@@ -68,8 +68,8 @@ impl RedisCheckpointStore {
         format!("{}:_ckpt_index:{pipeline}", self.prefix)
     }
 
-    fn unavailable((elapsed, message): (Duration, String)) -> CheckpointError {
-        CheckpointError::Unavailable { elapsed, message }
+    fn unavailable(failed: Failed) -> CheckpointError {
+        CheckpointError::Unavailable { elapsed: failed.elapsed, message: failed.message() }
     }
 
     /// Every stored checkpoint of a pipeline, by task.
@@ -136,6 +136,10 @@ fn parse(task: &TaskId, mut fields: HashMap<String, Vec<u8>>) -> Result<Checkpoi
 }
 
 impl CheckpointStore for RedisCheckpointStore {
+    fn connection_generation(&self) -> u64 {
+        self.connection.generation()
+    }
+
     fn acquire<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<u64, CheckpointError>> {
         async move {
             let key = self.epoch_key(task);

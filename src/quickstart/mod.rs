@@ -8,7 +8,6 @@
 
 mod generator;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +18,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::FutureProducer;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::MemoryCheckpointStore;
 use crate::config::Settings;
-use crate::connector::Sinks;
 use crate::metrics::{Health, Metrics};
-use crate::region::{MemoryRegion, Region, RegionLayout};
+use crate::region::MemoryRegion;
 
 pub use generator::{produce, PageViews};
 
@@ -45,15 +42,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     settings.kafka.brokers = mock.bootstrap_servers();
     settings.metrics.listen = options.metrics_listen;
 
-    let mut memory = Vec::new();
-    let mut regions: HashMap<String, Arc<dyn Region>> = HashMap::new();
-    for (name, config) in &settings.pipelines {
-        let layout = RegionLayout::new(&settings.redis.key_prefix, config);
-        let region =
-            Arc::new(MemoryRegion::new(&layout.functions, &config.aggregates.keys().cloned().collect::<Vec<_>>()));
-        memory.push((name.clone(), region.clone()));
-        regions.insert(name.clone(), region);
-    }
+    let (sinks, memory) = crate::app::memory_sinks(&settings);
 
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
@@ -74,7 +63,6 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         tokio::spawn(generator::produce(producer, "pageviews".into(), options.rate, generator_stop.clone()));
     let summary = tokio::spawn(print_summaries(metrics.clone(), memory, shutdown.clone()));
 
-    let sinks = Sinks { regions, checkpoints: Arc::new(MemoryCheckpointStore::default()) };
     let result = crate::connector::run(settings, sinks, metrics.clone(), health, shutdown.clone()).await;
     generator_stop.cancel();
     shutdown.cancel();

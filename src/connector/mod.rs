@@ -1,0 +1,192 @@
+//! The connector: one process, one consumer-group member, running every
+//! configured pipeline.
+//!
+//! Its dispatch loop (this file) polls the consumer, groups records by
+//! partition and hands each group to that partition's task over a bounded
+//! channel (a full channel stops the loop from polling: backpressure
+//! reaches Kafka; a shutdown request still ends the wait, and the records
+//! not handed over are replayed by the partition's next owner).
+//!
+//! The rebalance callback only forwards each assignment and revocation to
+//! [`assignment`], an async task that starts a task for each assigned
+//! partition (epoch, checkpoint restore, start offset) and, on revoke,
+//! closes the task's channel and waits until it has flushed and
+//! checkpointed, so the next owner starts where this one stopped and
+//! replays nothing; the callback waits for its answer, so the partitions
+//! are assigned at the restored offsets. On shutdown the same happens for
+//! every partition, then the consumer commits and leaves the group.
+//!
+//! A task that fails in a way a replay cures (a Redis connection replaced
+//! under writes that `WAIT` must vouch for) is restarted in place, as if
+//! the partition had been taken over: its fetching stops, a new task takes
+//! a new epoch and restores the last checkpoint, and fetching resumes at
+//! the checkpoint's offset. Other partitions keep running. Any other task
+//! failure stops the connector.
+
+mod assignment;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Sinks;
+use crate::config::Settings;
+use crate::format::SourceRecord;
+use crate::kafka::{self, DeadLetters, Partition};
+use crate::metrics::{Health, Metrics};
+use crate::pipeline::{Pipeline, TaskError, TaskHandle};
+
+use assignment::Assignments;
+
+/// Batches queued per task before the dispatch loop waits.
+const TASK_QUEUE_BATCHES: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error(transparent)]
+    KafkaUnreachable(#[from] kafka::consumer::Unreachable),
+    #[error("Kafka client error: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+type Tasks = Arc<Mutex<HashMap<Partition, TaskHandle>>>;
+
+/// Runs until `shutdown` fires (then stops gracefully) or a task fails.
+pub async fn run(
+    settings: Settings,
+    sinks: Sinks,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> Result<(), ConnectorError> {
+    let tasks: Tasks = Arc::default();
+    let shutdown_timeout = settings.connector.shutdown_timeout;
+    let abort = CancellationToken::new();
+
+    let dead_letter_producer = if settings.pipelines.values().any(|p| p.dead_letter_topic().is_some()) {
+        Some(kafka::producer(&settings.kafka)?)
+    } else {
+        None
+    };
+    let mut by_topic: HashMap<String, Arc<Pipeline>> = HashMap::new();
+    for (name, config) in &settings.pipelines {
+        let dead_letters = config.dead_letter_topic().map(|topic| {
+            let producer = dead_letter_producer.clone().expect("created when any pipeline has a dead-letter topic");
+            DeadLetters::new(producer, topic.to_string(), name.clone())
+        });
+        let region = sinks.regions.get(name).cloned().expect("one region per pipeline");
+        let pipeline =
+            Arc::new(Pipeline::compile(name, &settings, region, sinks.checkpoints.clone(), dead_letters, &metrics));
+        for topic in &config.topics {
+            by_topic.insert(topic.clone(), pipeline.clone());
+        }
+    }
+
+    let high_watermarks: kafka::consumer::HighWatermarks = Arc::default();
+    let (assignments, mut failed) =
+        Assignments::start(by_topic, high_watermarks.clone(), tasks.clone(), abort.clone(), shutdown_timeout);
+    let (on_assign, on_revoke) = assignments.handlers(&metrics);
+    let consumer = kafka::consumer::consumer(&settings.kafka, on_assign, on_revoke, high_watermarks)?;
+    assignments.set_consumer(&consumer);
+    let topics: Vec<String> = settings.pipelines.values().flat_map(|p| p.topics.clone()).collect();
+    kafka::consumer::wait_for_brokers(&consumer, &settings.kafka, &topics).await?;
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topic_refs)?;
+    health.set_ready(true);
+    tracing::info!(group = %settings.kafka.group_id, topics = ?topics, "connector running");
+
+    let poll_batch = settings.connector.poll_batch;
+    // A handful of partitions per connector: a linear scan by borrowed
+    // topic beats allocating a key String per record for a hash map.
+    let mut buffers: Vec<(Partition, Vec<SourceRecord>)> = Vec::new();
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            Some(failure) = failed.recv() => {
+                if let Err(e) = assignments.restart(&consumer, failure).await {
+                    break Err(e);
+                }
+            }
+            message = consumer.recv() => {
+                let mut polled = 0;
+                let mut next = Some(message);
+                while let Some(message) = next.take() {
+                    match message {
+                        Ok(m) => {
+                            let record = SourceRecord {
+                                offset: m.offset(),
+                                timestamp: m.timestamp().to_millis(),
+                                key: m.key().map(<[u8]>::to_vec),
+                                payload: m.payload().map(<[u8]>::to_vec),
+                            };
+                            let (topic, partition) = (m.topic(), m.partition());
+                            match buffers.iter_mut().find(|((t, p), _)| *p == partition && t == topic) {
+                                Some((_, records)) => records.push(record),
+                                None => buffers.push(((topic.to_string(), partition), vec![record])),
+                            }
+                        }
+                        Err(e) => {
+                            metrics.kafka_errors.with_label_values(&["consumer"]).inc();
+                            tracing::warn!(error = %e, "Kafka consumer error; librdkafka retries");
+                        }
+                    }
+                    polled += 1;
+                    if polled < poll_batch {
+                        next = consumer.recv().now_or_never();
+                    }
+                }
+                if !dispatch(&mut buffers, &tasks, &shutdown).await {
+                    break Ok(());
+                }
+            }
+        }
+    };
+    health.set_ready(false);
+    let handles: Vec<TaskHandle> = tasks.lock().expect("task table lock").drain().map(|(_, h)| h).collect();
+    if result.is_ok() {
+        tracing::info!(partitions = handles.len(), "shutting down: flushing and checkpointing partition tasks");
+        assignment::stop_tasks(handles, shutdown_timeout).await;
+        // librdkafka also commits stored offsets when the consumer closes.
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Async) {
+            tracing::debug!(error = %e, "final offset commit");
+        }
+    } else {
+        abort.cancel();
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    tracing::info!("connector stopped");
+    result
+}
+
+/// Hands each partition's records to its task, waiting while a task's queue
+/// is full (backpressure). Returns `false` when shutdown was requested
+/// during such a wait: the records not handed over were never processed,
+/// so no checkpoint covers them and the partition's next owner replays
+/// them; a Redis stall must not hold a shutdown past its timeout.
+async fn dispatch(buffers: &mut [(Partition, Vec<SourceRecord>)], tasks: &Tasks, shutdown: &CancellationToken) -> bool {
+    for (partition, records) in buffers.iter_mut().filter(|(_, r)| !r.is_empty()) {
+        let sender = tasks.lock().expect("task table lock").get(partition).map(|h| h.records.clone());
+        let records = std::mem::take(records);
+        match sender {
+            // A closed channel means the task just stopped; its successor replays.
+            Some(sender) => {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return false,
+                    _ = sender.send(records) => {}
+                }
+            }
+            None => {
+                tracing::debug!(?partition, "records for a partition without a task dropped; they will be replayed")
+            }
+        }
+    }
+    true
+}

@@ -1,0 +1,39 @@
+//! Everything about Kafka: the group consumer ([`consumer`]), the producer
+//! and the dead-letter topic it writes ([`dead_letter`]).
+
+pub mod consumer;
+pub mod dead_letter;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaConfig;
+
+pub use consumer::{Partition, SourceConsumer};
+pub use dead_letter::DeadLetters;
+
+/// Adds the brokers and the user's pass-through properties (which win over
+/// our defaults), leaving out the keys in `skip`.
+pub(crate) fn apply_user_config(config: &mut ClientConfig, kafka: &KafkaConfig, skip: &[&str]) {
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in kafka.properties.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
+        config.set(key, value);
+    }
+}
+
+/// A producer for dead letters (idempotent, so retries do not duplicate).
+pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    let mut config = ClientConfig::new();
+    config.set("enable.idempotence", "true").set("linger.ms", "5");
+    apply_user_config(&mut config, kafka, &CONSUMER_ONLY);
+    config.create()
+}
+
+const CONSUMER_ONLY: [&str; 6] = [
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "fetch.min.bytes",
+    "fetch.wait.max.ms",
+    "group.protocol",
+];

@@ -1,0 +1,175 @@
+//! Flushes and checkpoints: pending results become entry writes to the
+//! region, dead letters go to their topic, and a checkpoint is stored only
+//! after both are acknowledged (and replicated, when the region asks).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use futures::future::try_join_all;
+
+use super::{Ownership, PartitionTask, TaskError};
+use crate::checkpoint::{state, Checkpoint, CheckpointError, CommitOutcome, Replication};
+use crate::kafka::dead_letter::Origin;
+use crate::metrics::CheckpointOutcome;
+use crate::region::{EntryWrite, WriteMode};
+use crate::time::now_millis;
+use crate::window::ResultKind;
+
+impl PartitionTask {
+    /// Writes pending results and dead letters.
+    pub(super) async fn flush(&mut self) -> Result<Ownership, TaskError> {
+        let started = Instant::now();
+        self.send_dead_letters().await?;
+        let mut ownership = Ownership::Owner;
+        if !self.pending.is_empty() {
+            self.changed_since_checkpoint = true;
+            self.writes_generation.get_or_insert(self.pipeline.checkpoints.connection_generation());
+            let writes = self.entry_writes();
+            let outcome = self.pipeline.region.write(&writes).await.map_err(|source| TaskError::Region {
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                source,
+            })?;
+            self.pipeline.metrics.region_writes(outcome.applied, outcome.fenced, outcome.stale, outcome.bytes);
+            if outcome.fenced > 0 {
+                tracing::warn!(
+                    epoch = self.epoch,
+                    fenced = outcome.fenced,
+                    "writes fenced: a newer owner holds this partition"
+                );
+                ownership = Ownership::Fenced;
+            }
+            self.record_fired();
+        }
+        self.pipeline.metrics.flushed(started.elapsed());
+        Ok(ownership)
+    }
+
+    /// Flushes, then stores the checkpoint (waiting for replicas when the
+    /// region asks for redundancy), then moves the committed Kafka offset.
+    pub(super) async fn checkpoint(&mut self) -> Result<Ownership, TaskError> {
+        if self.flush().await? == Ownership::Fenced {
+            return Ok(Ownership::Fenced);
+        }
+        let Some(offset) = self.next_offset else { return Ok(Ownership::Owner) };
+        self.last_checkpoint = Instant::now();
+        if !self.changed_since_checkpoint {
+            self.metrics.checkpoint_age.set(0.0);
+            return Ok(Ownership::Owner);
+        }
+        let started = Instant::now();
+        let state = state::encode(&state::TaskState {
+            fingerprint: self.operator.fingerprint(),
+            max_seen: self.watermark.max_seen(),
+            operator: self.operator.snapshot(),
+        });
+        let checkpoint = Checkpoint {
+            epoch: self.epoch,
+            offset,
+            watermark: self.watermark.current(),
+            state,
+            written_at: now_millis(),
+        };
+        let m = &self.pipeline.metrics;
+        let replication =
+            Replication { replicas: self.pipeline.policy.redundancy, writes_generation: self.writes_generation };
+        match self.pipeline.checkpoints.commit(&self.id, &checkpoint, replication).await {
+            Ok(CommitOutcome::Stored) => {
+                m.checkpoint_stored(started.elapsed(), checkpoint.state.len());
+                self.metrics.checkpoint_age.set(0.0);
+                self.changed_since_checkpoint = false;
+                self.writes_generation = None;
+                (self.source.commit)(offset);
+                Ok(Ownership::Owner)
+            }
+            Ok(CommitOutcome::Fenced) => {
+                m.checkpoint(CheckpointOutcome::Fenced);
+                Ok(Ownership::Fenced)
+            }
+            Err(CheckpointError::ReplicationUnverifiable) => {
+                m.checkpoint(CheckpointOutcome::Failed);
+                Err(TaskError::ReplicationUnverifiable { task: self.id.clone() })
+            }
+            Err(e @ CheckpointError::NotReplicated { .. }) => {
+                m.checkpoint(CheckpointOutcome::Failed);
+                tracing::warn!(error = %e, "checkpoint postponed");
+                Ok(Ownership::Owner)
+            }
+            Err(source) => {
+                m.checkpoint(CheckpointOutcome::Failed);
+                Err(TaskError::Checkpoint { task: self.id.clone(), source })
+            }
+        }
+    }
+
+    /// The flush's writes, grouped by entry with each entry's writes in
+    /// production order (the region applies one entry's writes in order).
+    /// Within an entry, a replace or delete supersedes the replace or delete
+    /// just before it, so a busy window costs one write per flush.
+    fn entry_writes(&self) -> Vec<EntryWrite> {
+        let mut by_entry: Vec<Vec<EntryWrite>> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (result, position) in &self.pending {
+            let write = self.pipeline.layout.write(result, &self.field, self.epoch, *position);
+            let i = *index.entry(write.key.clone()).or_insert_with(|| {
+                by_entry.push(Vec::new());
+                by_entry.len() - 1
+            });
+            let writes = &mut by_entry[i];
+            match writes.last_mut() {
+                Some(last) if last.mode != WriteMode::Merge && write.mode != WriteMode::Merge => *last = write,
+                _ => writes.push(write),
+            }
+        }
+        by_entry.into_iter().flatten().collect()
+    }
+
+    /// Counts the flushed results and observes each final result's latency
+    /// from its window's end.
+    fn record_fired(&mut self) {
+        let m = &self.pipeline.metrics;
+        let now = now_millis();
+        let mut counts = [0u64; 4];
+        for (result, _) in self.pending.drain(..) {
+            let i = match result.kind {
+                ResultKind::Final => {
+                    m.event_to_region(((now - result.window.end).max(0)) as f64 / 1000.0);
+                    0
+                }
+                ResultKind::Update => 1,
+                ResultKind::Retract => 2,
+                ResultKind::Amend => 3,
+            };
+            counts[i] += 1;
+        }
+        let kinds = [ResultKind::Final, ResultKind::Update, ResultKind::Retract, ResultKind::Amend];
+        for (kind, n) in kinds.into_iter().zip(counts) {
+            m.fired(kind, n);
+        }
+    }
+
+    async fn send_dead_letters(&mut self) -> Result<(), TaskError> {
+        if self.dead_letters.is_empty() {
+            return Ok(());
+        }
+        let letters = std::mem::take(&mut self.dead_letters);
+        let m = &self.pipeline.metrics;
+        let Some(dlq) = &self.pipeline.dead_letters else {
+            // Tolerated without a dead-letter topic: counted and logged only.
+            return Ok(());
+        };
+        let origin = Origin { topic: &self.topic, partition: self.partition };
+        try_join_all(letters.iter().map(|l| dlq.send(&origin, &l.record, l.stage, &l.reason))).await.map_err(|e| {
+            TaskError::DeadLetter {
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                dlq: dlq.topic().to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        for l in &letters {
+            m.dead_letters(l.stage, 1);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! One partition's task: decode, watermark, window, write, checkpoint.
+//!
+//! The task's concerns each have a file: [`restore`] (epoch, checkpoint,
+//! start offset), [`process`] (records and ticks through the decoder,
+//! watermark and operator; dead letters and late records) and [`commit`]
+//! (flushes to the region, checkpoints). This file holds the task's state
+//! and its run loop.
+//!
+//! The task receives batches of records over a bounded channel (the Kafka
+//! source waits when it is full, which is the backpressure), runs them
+//! through its [`WindowOperator`], and every `flush_interval` (or when
+//! enough results are pending) writes the results to the region and awaits
+//! the dead letters. Every `checkpoint_interval`, and when it stops, it
+//! flushes, then stores a checkpoint (next offset, watermark, window state)
+//! under its epoch; only then does it move the partition's committed Kafka
+//! offset, which is informational.
+//!
+//! On start it takes a new epoch and restores the last checkpoint, and the
+//! source seeks the partition to the checkpoint's offset. Each write carries
+//! the source position it was produced at, so replayed results never
+//! overwrite newer ones, and the epoch, so a zombie's writes are refused.
+//! Its log lines carry the span `task{pipeline, topic, partition}` (set by
+//! the connector). A task that finds itself fenced stops quietly: its
+//! successor owns the partition. It fails, and stops the connector, on a
+//! bad record under `errors.tolerance = "none"`, or when Redis stays
+//! unavailable past the write deadline. It fails and is restarted from its checkpoint (see
+//! [`TaskError::restartable`]) when replication of its writes since the
+//! last checkpoint cannot be verified.
+
+mod commit;
+mod process;
+mod restore;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Pipeline;
+use crate::checkpoint::{CheckpointError, TaskId};
+use crate::format::{DecodeError, SourceRecord};
+use crate::metrics::PartitionMetrics;
+use crate::region::RegionError;
+use crate::time::WatermarkTracker;
+use crate::window::{WindowOperator, WindowResult};
+
+pub use restore::Started;
+
+/// What a task asks of its partition's source.
+pub struct PartitionSource {
+    /// Moves the partition's committed offset (informational: lag monitoring).
+    pub commit: Box<dyn Fn(i64) + Send + Sync>,
+    /// The partition's high watermark from the latest client statistics, when known.
+    pub high_watermark: Box<dyn Fn() -> Option<i64> + Send + Sync>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(
+        "bad record at {topic}[{partition}]@{offset}, {error}; with errors.tolerance = \"none\" the connector stops: \
+         fix the producer, or set errors.tolerance = \"all\" and errors.deadletterqueue_topic_name"
+    )]
+    BadRecord { topic: String, partition: i32, offset: i64, error: DecodeError },
+    #[error("{topic}[{partition}]: region write failed: {source}")]
+    Region {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: RegionError,
+    },
+    #[error("{topic}[{partition}]: dead-letter topic {dlq} is not writable: {message}")]
+    DeadLetter { topic: String, partition: i32, dlq: String, message: String },
+    #[error("{task}: {source}")]
+    Checkpoint {
+        task: TaskId,
+        #[source]
+        source: CheckpointError,
+    },
+    #[error(
+        "{task}: the checkpoint was written for {stored}, but the pipeline now is {current}; \
+         window state cannot carry over: reset it deliberately with `regionflow checkpoints reset --pipeline {pipeline}`",
+        pipeline = task.pipeline
+    )]
+    IncompatibleState { task: TaskId, stored: String, current: String },
+    #[error(
+        "{task}: the Redis connection was replaced (failover) while results since the last checkpoint were in \
+         flight; WAIT cannot vouch for them, so the task restarts from the last checkpoint and replays"
+    )]
+    ReplicationUnverifiable { task: TaskId },
+}
+
+impl TaskError {
+    /// Whether restarting the partition from its last checkpoint, in this
+    /// process, is the cure: the failure concerns only the results since
+    /// that checkpoint, which a replay writes again. Everything else stops
+    /// the connector.
+    pub fn restartable(&self) -> bool {
+        matches!(self, TaskError::ReplicationUnverifiable { .. })
+    }
+}
+
+/// Whether the task still owns its partition after a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ownership {
+    Owner,
+    /// A newer epoch wrote: stop without touching anything else.
+    Fenced,
+}
+
+/// A running task, as the source sees it.
+pub struct TaskHandle {
+    pub records: mpsc::Sender<Vec<SourceRecord>>,
+    pub join: tokio::task::JoinHandle<()>,
+}
+
+struct DeadLetter {
+    record: SourceRecord,
+    stage: &'static str,
+    reason: String,
+}
+
+pub struct PartitionTask {
+    pipeline: Arc<Pipeline>,
+    id: TaskId,
+    topic: Arc<str>,
+    partition: i32,
+    field: Arc<str>,
+    epoch: u64,
+    operator: WindowOperator,
+    watermark: WatermarkTracker,
+    /// Results with the source position they were produced at.
+    pending: Vec<(WindowResult, i64)>,
+    dead_letters: Vec<DeadLetter>,
+    next_offset: Option<i64>,
+    source: PartitionSource,
+    metrics: PartitionMetrics,
+    last_update: Instant,
+    last_checkpoint: Instant,
+    /// Records processed or results written since the last checkpoint.
+    changed_since_checkpoint: bool,
+    /// The region connection's generation at the first write since the
+    /// last checkpoint.
+    writes_generation: Option<u64>,
+    /// Set until the first record after the start: for the recovery time.
+    assigned_at: Option<Instant>,
+}
+
+impl PartitionTask {
+    /// Runs until the channel closes (then flushes and checkpoints), the
+    /// task finds itself fenced, or `cancel` fires (then stops at once,
+    /// leaving unflushed results to replay).
+    pub async fn run(
+        mut self,
+        mut records: mpsc::Receiver<Vec<SourceRecord>>,
+        cancel: CancellationToken,
+    ) -> Result<(), TaskError> {
+        let mut tick = tokio::time::interval(self.pipeline.policy.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = async {
+            loop {
+                // The tick before the records: a queue that never empties
+                // (a backlog, a slow sink) must not starve flushes and
+                // checkpoints. It is ready once per flush interval.
+                let ownership = tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return Ok(Ownership::Owner),
+                    _ = tick.tick() => {
+                        self.on_tick();
+                        if self.last_checkpoint.elapsed() >= self.pipeline.policy.checkpoint_interval {
+                            self.checkpoint().await?
+                        } else {
+                            self.flush().await?
+                        }
+                    }
+                    batch = records.recv() => match batch {
+                        Some(batch) => {
+                            self.process(batch)?;
+                            if self.pending.len() >= self.pipeline.policy.max_pending_results {
+                                self.flush().await?
+                            } else {
+                                Ownership::Owner
+                            }
+                        }
+                        None => break,
+                    },
+                };
+                if ownership == Ownership::Fenced {
+                    return Ok(Ownership::Fenced);
+                }
+            }
+            self.checkpoint().await
+        }
+        .await;
+        self.metrics.remove();
+        match &result {
+            Ok(Ownership::Owner) => {
+                tracing::info!(next_offset = self.next_offset, "partition task stopped")
+            }
+            Ok(Ownership::Fenced) => {
+                tracing::warn!(epoch = self.epoch, "fenced by a newer owner: partition task stopped")
+            }
+            Err(e) => tracing::error!(error = %e, "partition task failed"),
+        }
+        result.map(|_| ())
+    }
+}

@@ -1,0 +1,170 @@
+//! Records and ticks: each record through the decoder, the watermark and
+//! the window operator (bad records to the dead letters, late ones to the
+//! pipeline's late-record action); each tick advances an idle or
+//! processing-time watermark and emits updates.
+
+use std::time::Instant;
+
+use super::{DeadLetter, PartitionTask, TaskError};
+use crate::format::{DecodeError, SourceRecord, Stage};
+use crate::time::{now_millis, Millis};
+use crate::window::{Accepted, Event, LateAction, ResultKind};
+
+impl PartitionTask {
+    pub(super) fn process(&mut self, batch: Vec<SourceRecord>) -> Result<(), TaskError> {
+        let now = now_millis();
+        let bytes: usize = batch.iter().map(SourceRecord::size).sum();
+        self.metrics.records_in.inc_by(batch.len() as u64);
+        self.metrics.bytes_in.inc_by(bytes as u64);
+        for record in batch {
+            self.process_record(record, now)?;
+        }
+        self.update_consumer_lag();
+        Ok(())
+    }
+
+    fn process_record(&mut self, record: SourceRecord, now: Millis) -> Result<(), TaskError> {
+        if self.next_offset.is_some_and(|next| record.offset < next) {
+            // Already in the restored state (fetched before the seek).
+            return Ok(());
+        }
+        if let Some(assigned_at) = self.assigned_at.take() {
+            self.pipeline.metrics.recovered(assigned_at.elapsed());
+        }
+        self.changed_since_checkpoint = true;
+        let position = record.offset + 1;
+        self.next_offset = Some(position);
+        let event = match self.pipeline.decoder.decode(&record, now) {
+            Ok(event) => event,
+            Err(error) => return self.reject(record, error),
+        };
+        let before = self.watermark.current();
+        if self.pipeline.policy.late_action == LateAction::Amend {
+            // Windows of the record already purged take it in the region.
+            let amendments = self.operator.amendments(&event, before);
+            self.pending.extend(amendments.into_iter().map(|r| (r, position)));
+        }
+        if self.operator.process(&event, before) == Accepted::Late {
+            self.on_late(&event, record);
+        }
+        let watermark = self.watermark.observe(event.time, now);
+        if watermark > before {
+            self.operator.advance(watermark);
+        }
+        if self.operator.pending_results() > 0 {
+            self.take_operator_results(position);
+        }
+        Ok(())
+    }
+
+    /// Moves the operator's results to the pending ones, stamped with the
+    /// source position, and counts the windows that fired with nothing to
+    /// write (their final value already written as an update).
+    fn take_operator_results(&mut self, position: i64) {
+        self.pending.extend(self.operator.take_results().into_iter().map(|r| (r, position)));
+        self.pipeline.metrics.fired(ResultKind::Final, self.operator.take_unchanged_finals());
+    }
+
+    fn reject(&mut self, record: SourceRecord, error: DecodeError) -> Result<(), TaskError> {
+        self.pipeline.metrics.decode_failure(error.stage.as_str());
+        if !self.pipeline.policy.tolerates_errors {
+            return Err(TaskError::BadRecord {
+                topic: self.topic.to_string(),
+                partition: self.partition,
+                offset: record.offset,
+                error,
+            });
+        }
+        tracing::debug!(offset = record.offset, error = %error, "bad record to dead letters");
+        // An oversize record would likely be refused by the dead-letter
+        // topic too: keep its headers, drop its body.
+        let record = if error.stage == Stage::Size { SourceRecord { payload: None, ..record } } else { record };
+        self.dead_letters.push(DeadLetter { record, stage: error.stage.as_str(), reason: error.reason });
+        Ok(())
+    }
+
+    fn on_late(&mut self, event: &Event, record: SourceRecord) {
+        let action = self.pipeline.policy.late_action;
+        self.pipeline.metrics.late(action);
+        match action {
+            LateAction::Drop | LateAction::Amend => {}
+            LateAction::DeadLetter => self.dead_letters.push(DeadLetter {
+                reason: format!(
+                    "late: event time {} is behind watermark {} by more than the allowed lateness",
+                    event.time,
+                    self.watermark.current()
+                ),
+                record,
+                stage: "late",
+            }),
+        }
+    }
+
+    pub(super) fn on_tick(&mut self) {
+        let now = now_millis();
+        let watermark = if self.pipeline.policy.processing_time {
+            self.watermark.observe(now, now)
+        } else if self.caught_up() {
+            self.watermark.on_idle(now)
+        } else {
+            // Records are waiting (in Kafka or in our queue): the partition is
+            // not quiet, the pipeline is behind. Restart the idle clock.
+            self.watermark.touch(now);
+            self.watermark.current()
+        };
+        self.operator.advance(watermark);
+        if let Some(interval) = self.pipeline.policy.update_interval {
+            if self.last_update.elapsed() >= interval {
+                self.last_update = Instant::now();
+                self.operator.emit_updates();
+            }
+        }
+        self.take_operator_results(self.next_offset.unwrap_or(0));
+        self.metrics.open_windows.set(self.operator.open_windows() as i64);
+        self.metrics.checkpoint_age.set(self.last_checkpoint.elapsed().as_secs_f64());
+        self.update_consumer_lag();
+        if watermark > Millis::MIN {
+            self.metrics.watermark_lag.set((now - watermark) as f64 / 1000.0);
+        }
+    }
+
+    /// Whether every record the partition had when last fetched is processed.
+    fn caught_up(&self) -> bool {
+        consumer_lag((self.source.high_watermark)(), self.next_offset) == Some(0)
+    }
+
+    fn update_consumer_lag(&mut self) {
+        if let Some(lag) = consumer_lag((self.source.high_watermark)(), self.next_offset) {
+            self.metrics.consumer_lag(lag);
+        }
+    }
+}
+
+/// Records the partition holds beyond the task's position: its high
+/// watermark (from the client's statistics) minus the next offset to
+/// process. Never negative, since the statistics trail the task by up to
+/// their interval. `None` while unknown: no statistics yet, or no record
+/// seen and no checkpoint (the start offset is the group's committed one,
+/// which the task does not know), unless the partition is empty.
+fn consumer_lag(high_watermark: Option<i64>, next_offset: Option<i64>) -> Option<i64> {
+    match (high_watermark, next_offset) {
+        (Some(high), Some(next)) => Some((high - next).max(0)),
+        (Some(0), None) => Some(0),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::consumer_lag;
+
+    #[test]
+    fn consumer_lag_is_high_watermark_minus_next_offset_once_both_are_known() {
+        assert_eq!(consumer_lag(Some(100), Some(40)), Some(60));
+        assert_eq!(consumer_lag(Some(100), Some(100)), Some(0), "caught up");
+        assert_eq!(consumer_lag(Some(90), Some(100)), Some(0), "statistics older than the task's position");
+        assert_eq!(consumer_lag(Some(0), None), Some(0), "an empty partition");
+        assert_eq!(consumer_lag(Some(5), None), None, "start offset not known yet");
+        assert_eq!(consumer_lag(None, Some(7)), None, "no statistics yet");
+    }
+}
