@@ -24,20 +24,21 @@
 //! files stay plain. `docker compose config` runs too when a Docker CLI with
 //! the compose plugin is installed, and is reported as skipped otherwise.
 
+mod common;
 #[path = "common/prometheus.rs"]
 mod prometheus_harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use prometheus_harness::{
-    alert_signals, all_panels, dashboard_files, dashboard_queries, free_port, http_get, load_dashboard, metric_names,
-    repo_root, selectors, variable_queries,
+    alert_signals, all_panels, dashboard_files, dashboard_queries, load_dashboard, metric_names, repo_root, selectors,
+    variable_queries,
 };
 
 const DATASOURCE: &str = "${datasource}";
@@ -133,16 +134,6 @@ fn resolved(settings: &toml::Table) -> Resolved {
     }
 }
 
-/// `regionflow quickstart` as a child process; killed when dropped.
-struct Quickstart(Child);
-
-impl Drop for Quickstart {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Metric families exposed by a running connector: name → (type, label names).
 type Families = BTreeMap<String, (String, BTreeSet<String>)>;
 
@@ -181,32 +172,38 @@ fn parse_exposition(text: &str) -> (BTreeSet<String>, Families) {
 
 /// Runs the embedded quick-start and returns its /metrics once every
 /// metric in `wanted` is exposed (or after 20 s, whatever it exposes then).
-fn quickstart_metrics(wanted: &BTreeSet<String>) -> String {
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
-    let _quickstart = Quickstart(
-        Command::new(env!("CARGO_BIN_EXE_regionflow"))
-            .args(["quickstart", "--metrics-listen", &address, "--duration", "40s", "--rate", "2000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run regionflow quickstart"),
-    );
-    let started = Instant::now();
-    let mut last = String::new();
-    while started.elapsed() < Duration::from_secs(20) {
-        if let Ok((200, text)) = http_get(&address, "/metrics") {
+/// The `/metrics` text of a connector running the quick-start's pipeline
+/// on a real Redis Cluster and a Kafka-protocol broker (so that the
+/// `redis_*` series exist, which an in-memory region does not record), once
+/// it shows every wanted series, or after 30 s of generated page views.
+fn connector_metrics(wanted: &BTreeSet<String>) -> String {
+    let cluster = common::redis_cluster::RedisCluster::start();
+    let kafka = common::kafka::Kafka::start(&[("pageviews", 4), ("pageviews-dlq", 1)]);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let mut settings =
+            regionflow::config::Settings::from_toml_str(regionflow::quickstart::QUICKSTART_CONFIG).expect("valid");
+        settings.kafka.brokers = kafka.brokers.clone();
+        settings.redis.nodes = cluster.urls();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let generator =
+            tokio::spawn(regionflow::quickstart::produce(kafka.producer(), "pageviews".into(), 2000, stop.clone()));
+        let connector = common::InProcess::start(settings).await;
+        let started = Instant::now();
+        let mut text = connector.metrics.render();
+        while started.elapsed() < Duration::from_secs(30) {
+            text = connector.metrics.render();
             let (series, _) = parse_exposition(&text);
-            last = text;
             if wanted.iter().all(|w| series.contains(w)) {
                 break;
             }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    assert!(!last.is_empty(), "regionflow quickstart did not serve /metrics on {address} within 20s");
-    last
+        stop.cancel();
+        let _ = generator.await;
+        connector.stop().await.expect("clean shutdown");
+        text
+    })
 }
 
 // ---------------------------------------------------------------- expressions
@@ -335,7 +332,7 @@ fn dashboards_and_rules_use_metrics_the_connector_exposes() {
         }
     }
     // Exposed by a running connector.
-    let text = quickstart_metrics(&referenced);
+    let text = connector_metrics(&referenced);
     let (series, families) = parse_exposition(&text);
     for name in &referenced {
         if !series.contains(name) {

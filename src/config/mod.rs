@@ -131,10 +131,11 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectorConfig {
-    /// Records a task takes from its partition queue before it processes them.
+    /// Records the dispatch loop takes from the consumer per round before
+    /// handing them to the partitions' tasks.
     #[serde(default = "default_poll_batch")]
     pub poll_batch: usize,
-    /// How often a task writes fired results and stores offsets.
+    /// How often a task writes fired results (offsets are stored at checkpoints).
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
     /// Fired results a task buffers before it flushes early.

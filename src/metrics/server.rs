@@ -1,6 +1,7 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the
-//! process is alive) and `/readyz` (every assigned partition is running and
-//! the region is reachable).
+//! process is alive) and `/readyz` (the connector reached Kafka and Redis
+//! and subscribed to its topics; set once, cleared at shutdown; it does not
+//! yet follow partition assignment or a later loss of Redis).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

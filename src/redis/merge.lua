@@ -3,6 +3,9 @@ merge.lua: a Redis Functions library (Redis 7.0+) whose one function writes
 one source partition's partial into a region entry and recomputes the
 entry's public fields from all partials, atomically.
 
+It is one long file because Redis loads a library as one body: helpers
+cannot come from other files.
+
 The file is the library's body. `src/region/function.rs` prepends the
 `#!lua name=...` line and `local FUNCTION_NAME = '...'`, both named after a
 hash of this text, so that two regionflow versions in one cluster never

@@ -1,8 +1,9 @@
-//! Session windows: per key, records closer than `gap` belong to one
+//! Session windows: per key, records at most `gap` apart belong to one
 //! session `[first, last + gap)`.
 //!
 //! Merging follows Flink: a record opens `[t, t + gap)` and every session it
-//! intersects (touching counts) merges with it. A merge that swallows a
+//! intersects merges with it, touching included: a record exactly `gap`
+//! after the last one (its window starts where the session ends) joins. A merge that swallows a
 //! session already fired retracts the old entry, since its bounds (and so its
 //! region key) change. Timers `(time, key)` in an ordered set drive firing
 //! and purging; stale timers are skipped when they come due.
