@@ -17,6 +17,7 @@ use crate::format::{decoder_for, Decoder};
 use crate::kafka::DeadLetters;
 use crate::metrics::{Metrics, PipelineMetrics};
 use crate::region::{Region, RegionLayout};
+use crate::time::Clock;
 use crate::window::WindowSpec;
 
 pub use compile::TaskPolicy;
@@ -32,6 +33,7 @@ pub struct Pipeline {
     pub dead_letters: Option<DeadLetters>,
     pub metrics: PipelineMetrics,
     pub checkpoints: Arc<dyn CheckpointStore>,
+    pub clock: Clock,
 }
 
 impl Pipeline {
@@ -57,6 +59,7 @@ impl Pipeline {
             dead_letters,
             metrics: metrics.pipeline(name, &config.region.name, &config.topics),
             checkpoints,
+            clock: Clock::default(),
         }
     }
 }

@@ -4,9 +4,11 @@
 //! Times are `i64` milliseconds since the Unix epoch throughout.
 
 mod bounds;
+mod clock;
 mod watermark;
 
 pub use bounds::{millis_from_f64, EventTimeBounds, EARLIEST, LATEST, MAX_SPAN};
+pub use clock::Clock;
 pub use watermark::WatermarkTracker;
 
 /// Milliseconds since the Unix epoch.

@@ -6,11 +6,12 @@
 //! `W >= end`.
 //!
 //! A partition that goes quiet would otherwise hold its last windows open
-//! forever. After `idle_timeout` of silence (wall clock) while the task is
+//! forever. After `idle_timeout` of silence (measured on the monotonic
+//! clock the caller passes as `now`, see `time::Clock`) while the task is
 //! caught up with the partition (the task checks that; see
 //! [`WatermarkTracker::touch`]), the tracker drops
 //! the out-of-orderness allowance and lets the watermark follow the wall
-//! clock from the highest event time seen:
+//! passage of time from the highest event time seen:
 //! `W = max_seen + 1 + (now - last_arrival - idle_timeout)`. The watermark
 //! never goes back, so records that arrive after such an advance may be late.
 

@@ -12,7 +12,6 @@ use crate::checkpoint::{state, Checkpoint, CheckpointError, CommitOutcome, Repli
 use crate::kafka::dead_letter::Origin;
 use crate::metrics::CheckpointOutcome;
 use crate::region::{EntryWrite, WriteMode};
-use crate::time::now_millis;
 use crate::window::ResultKind;
 
 impl PartitionTask {
@@ -68,7 +67,7 @@ impl PartitionTask {
             offset,
             watermark: self.watermark.current(),
             state,
-            written_at: now_millis(),
+            written_at: self.pipeline.clock.wall(),
         };
         let m = &self.pipeline.metrics;
         let replication =
@@ -128,7 +127,7 @@ impl PartitionTask {
     /// from its window's end.
     fn record_fired(&mut self) {
         let m = &self.pipeline.metrics;
-        let now = now_millis();
+        let now = self.pipeline.clock.wall();
         let mut counts = [0u64; 4];
         for (result, _) in self.pending.drain(..) {
             let i = match result.kind {

@@ -205,3 +205,6 @@ impl PartitionTask {
         result.map(|_| ())
     }
 }
+
+#[cfg(test)]
+mod tests;

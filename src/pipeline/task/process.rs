@@ -7,23 +7,25 @@ use std::time::Instant;
 
 use super::{DeadLetter, PartitionTask, TaskError};
 use crate::format::{DecodeError, SourceRecord, Stage};
-use crate::time::{now_millis, Millis};
+use crate::time::Millis;
 use crate::window::{Accepted, Event, LateAction, ResultKind};
 
 impl PartitionTask {
     pub(super) fn process(&mut self, batch: Vec<SourceRecord>) -> Result<(), TaskError> {
-        let now = now_millis();
+        let (now, arrival) = (self.pipeline.clock.wall(), self.pipeline.clock.monotonic());
         let bytes: usize = batch.iter().map(SourceRecord::size).sum();
         self.metrics.records_in.inc_by(batch.len() as u64);
         self.metrics.bytes_in.inc_by(bytes as u64);
         for record in batch {
-            self.process_record(record, now)?;
+            self.process_record(record, now, arrival)?;
         }
         self.update_consumer_lag();
         Ok(())
     }
 
-    fn process_record(&mut self, record: SourceRecord, now: Millis) -> Result<(), TaskError> {
+    /// One record, decoded at wall-clock `now` and arrived at monotonic
+    /// `arrival`.
+    fn process_record(&mut self, record: SourceRecord, now: Millis, arrival: Millis) -> Result<(), TaskError> {
         if self.next_offset.is_some_and(|next| record.offset < next) {
             // Already in the restored state (fetched before the seek).
             return Ok(());
@@ -47,7 +49,7 @@ impl PartitionTask {
         if self.operator.process(&event, before) == Accepted::Late {
             self.on_late(&event, record);
         }
-        let watermark = self.watermark.observe(event.time, now);
+        let watermark = self.watermark.observe(event.time, arrival);
         if watermark > before {
             self.operator.advance(watermark);
         }
@@ -101,15 +103,15 @@ impl PartitionTask {
     }
 
     pub(super) fn on_tick(&mut self) {
-        let now = now_millis();
+        let (now, monotonic) = (self.pipeline.clock.wall(), self.pipeline.clock.monotonic());
         let watermark = if self.pipeline.policy.processing_time {
-            self.watermark.observe(now, now)
+            self.watermark.observe(now, monotonic)
         } else if self.caught_up() {
-            self.watermark.on_idle(now)
+            self.watermark.on_idle(monotonic)
         } else {
             // Records are waiting (in Kafka or in our queue): the partition is
             // not quiet, the pipeline is behind. Restart the idle clock.
-            self.watermark.touch(now);
+            self.watermark.touch(monotonic);
             self.watermark.current()
         };
         self.operator.advance(watermark);

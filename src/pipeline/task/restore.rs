@@ -10,7 +10,7 @@ use crate::checkpoint::{state, CheckpointError, TaskId};
 use crate::metrics::RestoredFrom;
 use crate::pipeline::Pipeline;
 use crate::region::partial_field;
-use crate::time::{now_millis, WatermarkTracker};
+use crate::time::WatermarkTracker;
 use crate::window::WindowOperator;
 
 /// A started task and where its partition must be read from.
@@ -51,7 +51,7 @@ impl PartitionTask {
                 }
                 operator = WindowOperator::restore(pipeline.window.clone(), state.operator)
                     .ok_or_else(|| corrupt("window kind of the state does not match".into()))?;
-                watermark.restore(checkpoint.watermark, state.max_seen, now_millis());
+                watermark.restore(checkpoint.watermark, state.max_seen, pipeline.clock.monotonic());
                 m.takeover(RestoredFrom::Checkpoint);
                 tracing::info!(
                     epoch,

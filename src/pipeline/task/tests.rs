@@ -1,0 +1,84 @@
+//! A task on the in-memory region and checkpoint store, fed through its
+//! channel as the connector feeds it.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+
+const SETTINGS: &str = r#"
+[kafka]
+brokers = "unused:9092"
+[redis]
+nodes = ["redis://unused:1"]
+[connector]
+flush_interval = "20ms"
+[pipelines.p]
+topics = ["t"]
+key = { from = "field", pointer = "/k" }
+event_time = { from = "field", pointer = "/ts" }
+window = { kind = "tumbling", size = "1s" }
+watermark = { max_out_of_orderness = "0s", idle_timeout = "1s" }
+aggregates.n = { function = "count" }
+region = { name = "r" }
+"#;
+
+fn record(offset: i64, key: &str, ts: i64) -> SourceRecord {
+    SourceRecord {
+        offset,
+        timestamp: None,
+        key: None,
+        payload: Some(format!(r#"{{"k":"{key}","ts":{ts}}}"#).into_bytes()),
+    }
+}
+
+/// A forward step of the wall clock, longer than the idle timeout, while the
+/// partition is caught up: the watermark must not jump by the step (idle
+/// time is measured on the monotonic clock), so the next record of the same
+/// window still counts.
+#[tokio::test]
+async fn a_wall_clock_step_does_not_make_records_late() {
+    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
+    let (sinks, regions) = crate::app::memory_sinks(&settings);
+    let metrics = Arc::new(Metrics::new());
+    let region = sinks.regions["p"].clone();
+    let pipeline = Arc::new(Pipeline::compile("p", &settings, region, sinks.checkpoints, None, &metrics));
+    let clock = pipeline.clock.clone();
+
+    let fetched = Arc::new(AtomicI64::new(0));
+    let high = fetched.clone();
+    let source = PartitionSource {
+        commit: Box::new(|_| {}),
+        high_watermark: Box::new(move || Some(high.load(Ordering::SeqCst))),
+    };
+    let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
+    let (records, receiver) = mpsc::channel(8);
+    let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
+
+    let t0 = (clock.wall() - 60_000) / 1000 * 1000;
+    fetched.store(1, Ordering::SeqCst);
+    records.send(vec![record(0, "a", t0 + 100)]).await.expect("task runs");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.step_wall(3_600_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    fetched.store(2, Ordering::SeqCst);
+    records.send(vec![record(1, "a", t0 + 200)]).await.expect("task runs");
+    // Quiet long enough for the idle watermark (max seen + 1 + quiet time
+    // past the timeout) to pass the window's end: it closes.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    drop(records);
+    task.await.expect("joined").expect("stops cleanly");
+
+    let entries = regions[0].1.snapshot();
+    let key = format!("rf:r:a:{t0}");
+    let entry = entries.iter().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("no {key} in {entries:?}"));
+    assert_eq!(entry.1.get("n").map(String::as_str), Some("2"), "both records counted: {entries:?}");
+    let late = metrics.render();
+    assert!(late.contains("regionflow_late_records_total{action=\"drop\",pipeline=\"p\"} 0"), "{late}");
+}
