@@ -41,6 +41,21 @@ fn write(key: &str, epoch: u64, offset: i64, mode: WriteMode, count: u64, sum: f
     }
 }
 
+/// The payload a batch sends, computed independently of the writer: key,
+/// partial field and the partial's JSON text (`{"a":[count,sum],"e":..,"o":..}`).
+fn payload_bytes(writes: &[EntryWrite]) -> u64 {
+    writes
+        .iter()
+        .map(|w| {
+            let [Accumulator::Count(count), Accumulator::Sum(sum)] = &w.accumulators[..] else {
+                panic!("count and sum: {w:?}")
+            };
+            let partial = format!("{{\"a\":[{count},{sum:?}],\"e\":{},\"o\":{}}}", w.epoch, w.offset);
+            (w.key.len() + w.field.len() + partial.len()) as u64
+        })
+        .sum()
+}
+
 async fn region(cluster: &RedisCluster) -> (Arc<ClusterHandle>, RedisRegion) {
     let config = RedisConfig {
         nodes: cluster.urls(),
@@ -118,6 +133,7 @@ fn batch_writes(prefix: &str) -> (Vec<EntryWrite>, WriteOutcome) {
             }
         }
     }
+    expected.bytes = payload_bytes(&batch);
     (batch, expected)
 }
 
@@ -170,7 +186,10 @@ async fn batch_outcomes_and_entries_are_per_write() {
 
     let seed = seed_writes("k");
     let seeded = region.write(&seed).await.expect("seed");
-    assert_eq!(seeded, WriteOutcome { applied: seed.len() as u64, ..WriteOutcome::default() });
+    assert_eq!(
+        seeded,
+        WriteOutcome { applied: seed.len() as u64, bytes: payload_bytes(&seed), ..WriteOutcome::default() }
+    );
     let (batch, expected) = batch_writes("k");
     // No retry: every write went in a pipeline, or after its entry's first.
     assert_eq!(region.write(&batch).await.expect("batch"), expected);
@@ -198,7 +217,8 @@ async fn batch_outcomes_and_entries_are_per_write() {
         .filter(|w| w.key.trim_start_matches("rf:test:m").parse::<usize>().unwrap() % 10 == 4)
         .collect();
     let outcome = region.write(&merge_first).await.expect("merges first after FUNCTION FLUSH");
-    assert_eq!(outcome, WriteOutcome { applied: merge_first.len() as u64, ..WriteOutcome::default() });
+    let bytes = payload_bytes(&merge_first);
+    assert_eq!(outcome, WriteOutcome { applied: merge_first.len() as u64, bytes, ..WriteOutcome::default() });
     for i in (4..KEYS).step_by(10).take(20) {
         assert_eq!(entry(&connection, &format!("m{i}")).await, expected_entry(i), "m{i}");
     }
@@ -266,6 +286,7 @@ async fn a_moved_slot_is_ridden_through_with_the_same_outcomes() {
     let (mut batch, mut expected) = batch_writes("k");
     batch.push(write(&moved, 3, 500, WriteMode::Replace, 5, 0.25));
     expected.applied += 1;
+    expected.bytes = payload_bytes(&batch);
     let outcome = region.write(&batch).await.expect("batch");
     assert!(outcome.retried > 0, "the redirected pipeline was retried: {outcome:?}");
     assert_eq!(WriteOutcome { retried: 0, ..outcome }, expected);
@@ -276,5 +297,6 @@ async fn a_moved_slot_is_ridden_through_with_the_same_outcomes() {
     let again: Vec<EntryWrite> =
         (0..KEYS).map(|i| write(&format!("n{i}"), 3, 500, WriteMode::Replace, 5, 0.25)).collect();
     let outcome = region.write(&again).await.expect("after the move");
-    assert_eq!(outcome, WriteOutcome { applied: KEYS as u64, ..WriteOutcome::default() });
+    let bytes = payload_bytes(&again);
+    assert_eq!(outcome, WriteOutcome { applied: KEYS as u64, bytes, ..WriteOutcome::default() });
 }

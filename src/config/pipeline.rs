@@ -256,6 +256,14 @@ impl PipelineConfig {
             ));
         }
         for (name, agg) in &self.aggregates {
+            if name.is_empty() || name.contains(',') || name.chars().any(char::is_control) {
+                return Err(invalid(
+                    &format!("aggregates.{name}"),
+                    "a name without ',' or control characters (it is a hash field of every entry and part of \
+                     the merge function's aggregate list)"
+                        .into(),
+                ));
+            }
             if name.starts_with('_') || name == "window_start" || name == "window_end" {
                 return Err(invalid(
                     &format!("aggregates.{name}"),

@@ -97,6 +97,21 @@ fn missing_sections_and_bad_templates_are_refused() {
 }
 
 #[test]
+fn colliding_templates_aggregate_names_with_commas_and_far_spans_are_refused() {
+    let (key, message) =
+        error_of(&VALID.replace("{ name = \"page_views\" }", "{ name = \"pv\", key = \"{key}{window_start}\" }"));
+    assert_eq!(key, "pipelines.views.region.key");
+    assert!(message.contains("separate adjacent placeholders"), "{message}");
+    let (key, message) = error_of(&VALID.replace("aggregates.views =", "aggregates.\"a,b\" ="));
+    assert_eq!(key, "pipelines.views.aggregates.a,b");
+    assert!(message.contains("without ','"), "{message}");
+    let (key, message) =
+        error_of(&VALID.replace("[pipelines.views]", "[pipelines.views]\nallowed_lateness = \"200years\""));
+    assert_eq!(key, "pipelines.views.allowed_lateness");
+    assert!(message.contains("at most 100 years"), "{message}");
+}
+
+#[test]
 fn environment_overrides_every_key() {
     let mut file = tempfile::NamedTempFile::new().expect("temp file");
     file.write_all(VALID.as_bytes()).expect("written");

@@ -43,9 +43,18 @@ enum Event {
     Revoked(Vec<Partition>, oneshot::Sender<()>),
 }
 
+/// Fenced restarts of one partition allowed within [`FENCED_WINDOW`]
+/// before the connector gives up: each restart takes a new epoch, so a few
+/// climb past increments that a Redis failover lost; more mean another
+/// writer keeps taking the partition.
+const FENCED_RESTARTS: usize = 10;
+const FENCED_WINDOW: Duration = Duration::from_secs(300);
+
 pub struct Assignments {
     starter: Arc<TaskStarter>,
     events: mpsc::UnboundedSender<Event>,
+    /// Recent fenced restarts, per partition.
+    fenced: std::sync::Mutex<HashMap<Partition, Vec<std::time::Instant>>>,
 }
 
 impl Assignments {
@@ -86,7 +95,7 @@ impl Assignments {
                 }
             }
         });
-        (Assignments { starter, events }, failed)
+        (Assignments { starter, events, fenced: Default::default() }, failed)
     }
 
     pub fn set_consumer(&self, consumer: &Arc<SourceConsumer>) {
@@ -140,6 +149,20 @@ impl Assignments {
             // Revoked meanwhile (and maybe assigned again, to a newer task).
             tracing::info!(?partition, error = %error, "failed task's partition has moved on; nothing to restart");
             return Ok(());
+        }
+        if let TaskError::Fenced { .. } = error {
+            let mut fenced = self.fenced.lock().expect("fenced restarts lock");
+            let recent = fenced.entry(partition.clone()).or_default();
+            recent.retain(|at| at.elapsed() < FENCED_WINDOW);
+            recent.push(std::time::Instant::now());
+            if recent.len() > FENCED_RESTARTS {
+                return Err(ConnectorError::FencedRepeatedly {
+                    topic: partition.0.clone(),
+                    partition: partition.1,
+                    restarts: FENCED_RESTARTS,
+                    window: FENCED_WINDOW,
+                });
+            }
         }
         tracing::warn!(?partition, error = %error, "restarting the partition's task from its last checkpoint");
         consumer::pause_assignment(consumer, &partition)?;

@@ -53,6 +53,12 @@ pub enum ConnectorError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Task(#[from] TaskError),
+    #[error(
+        "{topic}[{partition}] was fenced {restarts} times within {window:?}: another writer keeps taking the \
+         partition with newer epochs (two deployments or groups on one topic and region, or a zombie connector); \
+         stop the other writer, then restart this connector"
+    )]
+    FencedRepeatedly { topic: String, partition: i32, restarts: usize, window: std::time::Duration },
 }
 
 type Tasks = Arc<Mutex<HashMap<Partition, TaskHandle>>>;

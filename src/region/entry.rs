@@ -58,6 +58,7 @@ impl KeyTemplate {
                 "\"{template}\" must contain {{key}} and {{window_start}} or {{window_end}}, so each window of each key has its own entry"
             ));
         }
+        check_separated(template, &parts)?;
         Ok(KeyTemplate { parts })
     }
 
@@ -76,6 +77,38 @@ impl KeyTemplate {
             }
         }
     }
+}
+
+/// Refuses templates under which two different (key, window) pairs render
+/// the same entry key: `{key}{window_start}` renders key `a1` at 1000 and
+/// key `a` at 11000 alike. A `{key}` next to a window placeholder must be
+/// separated from it by a literal holding a character no number has (not a
+/// digit or `-`); two window placeholders by a literal holding a non-digit.
+fn check_separated(template: &str, parts: &[Part]) -> Result<(), String> {
+    let placeholders: Vec<(usize, &Part)> =
+        parts.iter().enumerate().filter(|(_, p)| !matches!(p, Part::Literal(_))).collect();
+    for pair in placeholders.windows(2) {
+        let ((i, a), (j, b)) = (pair[0], pair[1]);
+        let between: String = parts[i + 1..j]
+            .iter()
+            .map(|p| match p {
+                Part::Literal(s) => s.as_str(),
+                _ => "",
+            })
+            .collect();
+        let separated = match (a, b) {
+            (Part::Key, Part::Key) => true,
+            (Part::Key, _) | (_, Part::Key) => between.chars().any(|c| !c.is_ascii_digit() && c != '-'),
+            _ => between.chars().any(|c| !c.is_ascii_digit()),
+        };
+        if !separated {
+            return Err(format!(
+                "in \"{template}\", separate adjacent placeholders with a character such as ':' \
+                 (e.g. \"{{key}}:{{window_start}}\"), or different keys and windows share one entry"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The hash field holding one source partition's partial.
@@ -100,5 +133,37 @@ mod tests {
         assert!(KeyTemplate::parse("{key}:{start}").unwrap_err().contains("unknown placeholder {start}"));
         assert!(KeyTemplate::parse("{key}").unwrap_err().contains("must contain"));
         assert!(KeyTemplate::parse("{key:{window_end}").is_err());
+    }
+
+    #[test]
+    fn refuses_templates_whose_entries_collide() {
+        // The collision the check prevents: "a1" at 1000 and "a" at 11000.
+        let render = |t: &KeyTemplate, key: &str, start: Millis| {
+            let mut out = String::new();
+            t.render_into(&mut out, key, start, start + 10);
+            out
+        };
+        let glued = KeyTemplate { parts: vec![Part::Key, Part::WindowStart] };
+        assert_eq!(render(&glued, "a1", 1000), render(&glued, "a", 11000));
+
+        for template in [
+            "{key}{window_start}",
+            "{window_end}{key}",
+            "{key}-{window_start}",
+            "{key}12{window_start}",
+            "{window_start}{window_end}:{key}",
+            "{key}:{window_start}7{window_end}",
+        ] {
+            let error = KeyTemplate::parse(template).expect_err(template);
+            assert!(error.contains("separate adjacent placeholders"), "{template}: {error}");
+        }
+        for template in [
+            "{key}:{window_start}",
+            "{window_start}/{key}",
+            "u:{key}|{window_start}-{window_end}",
+            "{key}:{key}:{window_end}",
+        ] {
+            assert!(KeyTemplate::parse(template).is_ok(), "{template}");
+        }
     }
 }

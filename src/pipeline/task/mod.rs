@@ -31,9 +31,11 @@ mod commit;
 mod process;
 mod restore;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -88,6 +90,13 @@ pub enum TaskError {
          flight; WAIT cannot vouch for them, so the task restarts from the last checkpoint and replays"
     )]
     ReplicationUnverifiable { task: TaskId },
+    #[error(
+        "{task}: writes under epoch {epoch} were fenced: a newer epoch wrote this partition (a newer owner, or \
+         an epoch increment lost in a Redis failover); the partition restarts with a new epoch"
+    )]
+    Fenced { task: TaskId, epoch: u64 },
+    #[error("{task}: the task panicked: {message}")]
+    Panicked { task: TaskId, message: String },
 }
 
 impl TaskError {
@@ -96,7 +105,7 @@ impl TaskError {
     /// that checkpoint, which a replay writes again. Everything else stops
     /// the connector.
     pub fn restartable(&self) -> bool {
-        matches!(self, TaskError::ReplicationUnverifiable { .. })
+        matches!(self, TaskError::ReplicationUnverifiable { .. } | TaskError::Fenced { .. })
     }
 }
 
@@ -147,9 +156,11 @@ pub struct PartitionTask {
 }
 
 impl PartitionTask {
-    /// Runs until the channel closes (then flushes and checkpoints), the
-    /// task finds itself fenced, or `cancel` fires (then stops at once,
-    /// leaving unflushed results to replay).
+    /// Runs until the channel closes (then flushes and checkpoints) or
+    /// `cancel` fires (then stops at once, leaving unflushed results to
+    /// replay). A task that finds itself fenced, or panics, fails loudly: the
+    /// connector restarts a fenced partition with a new epoch and stops on a
+    /// panic, so no partition is left assigned and unconsumed.
     pub async fn run(
         mut self,
         mut records: mpsc::Receiver<Vec<SourceRecord>>,
@@ -157,7 +168,7 @@ impl PartitionTask {
     ) -> Result<(), TaskError> {
         let mut tick = tokio::time::interval(self.pipeline.policy.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let result = async {
+        let work = async {
             loop {
                 // The tick before the records: a queue that never empties
                 // (a backlog, a slow sink) must not starve flushes and
@@ -190,19 +201,28 @@ impl PartitionTask {
                 }
             }
             self.checkpoint().await
-        }
-        .await;
+        };
+        let result = match AssertUnwindSafe(work).catch_unwind().await {
+            Ok(Ok(Ownership::Owner)) => Ok(()),
+            Ok(Ok(Ownership::Fenced)) => Err(TaskError::Fenced { task: self.id.clone(), epoch: self.epoch }),
+            Ok(Err(e)) => Err(e),
+            Err(panic) => Err(TaskError::Panicked { task: self.id.clone(), message: panic_message(&*panic) }),
+        };
         self.metrics.remove();
         match &result {
-            Ok(Ownership::Owner) => {
-                tracing::info!(next_offset = self.next_offset, "partition task stopped")
-            }
-            Ok(Ownership::Fenced) => {
-                tracing::warn!(epoch = self.epoch, "fenced by a newer owner: partition task stopped")
-            }
+            Ok(()) => tracing::info!(next_offset = self.next_offset, "partition task stopped"),
             Err(e) => tracing::error!(error = %e, "partition task failed"),
         }
-        result.map(|_| ())
+        result
+    }
+}
+
+/// The text a panic carried (`panic!("...")`'s message), when it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".to_string(),
     }
 }
 

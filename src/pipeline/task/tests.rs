@@ -82,3 +82,71 @@ async fn a_wall_clock_step_does_not_make_records_late() {
     let late = metrics.render();
     assert!(late.contains("regionflow_late_records_total{action=\"drop\",pipeline=\"p\"} 0"), "{late}");
 }
+
+struct Panicking;
+
+impl crate::format::Decoder for Panicking {
+    fn decode(
+        &self,
+        _: &SourceRecord,
+        _: crate::time::Millis,
+    ) -> Result<crate::window::Event, crate::format::DecodeError> {
+        panic!("boom in the decoder")
+    }
+}
+
+/// A task that panics fails with the panic's message, so the connector
+/// reports it and stops instead of leaving its partition unconsumed.
+#[tokio::test]
+async fn a_panicking_task_fails_loudly() {
+    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
+    let (sinks, _) = crate::app::memory_sinks(&settings);
+    let metrics = Arc::new(Metrics::new());
+    let mut pipeline = Pipeline::compile("p", &settings, sinks.regions["p"].clone(), sinks.checkpoints, None, &metrics);
+    pipeline.decoder = Box::new(Panicking);
+    let source = PartitionSource { commit: Box::new(|_| {}), high_watermark: Box::new(|| None) };
+    let started = PartitionTask::start(Arc::new(pipeline), "t", 0, source).await.expect("starts");
+    let (records, receiver) = mpsc::channel(8);
+    records.send(vec![record(0, "a", 1_000)]).await.expect("queued");
+    let error = started.task.run(receiver, CancellationToken::new()).await.expect_err("fails");
+    assert!(matches!(&error, TaskError::Panicked { message, .. } if message == "boom in the decoder"), "{error}");
+    assert!(!error.restartable(), "a panic stops the connector");
+}
+
+/// A task whose writes are fenced (an entry holds a newer epoch for its
+/// partition) fails with `Fenced`, which the connector restarts.
+#[tokio::test]
+async fn a_fenced_task_fails_restartably() {
+    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
+    let (sinks, _) = crate::app::memory_sinks(&settings);
+    let metrics = Arc::new(Metrics::new());
+    let region = sinks.regions["p"].clone();
+    let pipeline = Arc::new(Pipeline::compile("p", &settings, region.clone(), sinks.checkpoints, None, &metrics));
+    let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
+    let window = crate::window::Window { start: t0, end: t0 + 1000 };
+    let newer = crate::region::EntryWrite {
+        key: format!("rf:r:a:{t0}"),
+        field: crate::region::partial_field("t", 0).into(),
+        epoch: 9,
+        offset: 0,
+        mode: crate::region::WriteMode::Replace,
+        accumulators: vec![crate::window::Accumulator::Count(7)],
+        window,
+        expiry: crate::region::Expiry::Never,
+    };
+    region.write(std::slice::from_ref(&newer)).await.expect("seeded");
+
+    let source = PartitionSource { commit: Box::new(|_| {}), high_watermark: Box::new(|| Some(1)) };
+    let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
+    let (records, receiver) = mpsc::channel(8);
+    let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
+    records.send(vec![record(0, "a", t0 + 100)]).await.expect("queued");
+    let error = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the fenced task stops by itself")
+        .expect("joined")
+        .expect_err("fenced");
+    assert!(matches!(error, TaskError::Fenced { epoch: 1, .. }), "{error}");
+    assert!(error.restartable());
+    assert!(metrics.render().contains("regionflow_fenced_writes_total{pipeline=\"p\"} 1"));
+}
