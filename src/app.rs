@@ -32,6 +32,7 @@ pub struct Sinks {
 /// store, all on one cluster handle (so that `WAIT` covers region writes).
 pub async fn redis_sinks(settings: &Settings, metrics: &Metrics) -> Result<Sinks, ConnectError> {
     let handle = Arc::new(ClusterHandle::connect(&settings.redis).await?);
+    handle.check_eviction(settings.redis.allow_eviction).await?;
     let regions = settings
         .pipelines
         .iter()

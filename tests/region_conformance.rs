@@ -85,6 +85,7 @@ async fn memory_region_applies_writes_exactly_as_the_merge_function() {
         startup_timeout: Duration::from_secs(30),
         write_concurrency: 4,
         replica_timeout: Duration::from_secs(5),
+        allow_eviction: false,
     };
     let handle = Arc::new(ClusterHandle::connect(&config).await.expect("cluster"));
     let redis_region = RedisRegion::new(

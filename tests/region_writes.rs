@@ -66,6 +66,7 @@ async fn region(cluster: &RedisCluster) -> (Arc<ClusterHandle>, RedisRegion) {
         startup_timeout: Duration::from_secs(30),
         write_concurrency: 16,
         replica_timeout: Duration::from_secs(5),
+        allow_eviction: false,
     };
     let connection = Arc::new(ClusterHandle::connect(&config).await.expect("cluster"));
     let metrics = Metrics::new().redis_region("test");

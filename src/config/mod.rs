@@ -92,6 +92,12 @@ pub struct RedisConfig {
     /// How long a checkpoint waits for `region.redundancy` replicas.
     #[serde(default = "default_redis_timeout", with = "humantime_serde")]
     pub replica_timeout: Duration,
+    /// Start even when a primary's `maxmemory-policy` may evict keys without
+    /// a TTL (`allkeys-*`): checkpoints and epoch counters could vanish,
+    /// which restarts partitions with empty state. Off: such a cluster is
+    /// refused at start.
+    #[serde(default)]
+    pub allow_eviction: bool,
 }
 
 fn default_key_prefix() -> String {

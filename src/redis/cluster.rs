@@ -88,6 +88,55 @@ impl ClusterHandle {
         }
     }
 
+    /// Refuses (or, with `allow`, warns about) primaries whose
+    /// `maxmemory-policy` may evict keys without a TTL: checkpoints and
+    /// epoch counters have none, and losing them silently restarts
+    /// partitions with empty state or re-issues epochs. A server that does
+    /// not answer `CONFIG GET` (managed Redis often renames it) is warned
+    /// about.
+    pub async fn check_eviction(&self, allow: bool) -> Result<(), ConnectError> {
+        let Some(slots) = self.slot_map().await else {
+            tracing::warn!("cannot list the primaries to check maxmemory-policy; make sure it is noeviction");
+            return Ok(());
+        };
+        let (_, mut connection) = self.get();
+        for index in 0..slots.primaries() {
+            let (host, port) = slots.address(index);
+            let route = redis::cluster_routing::RoutingInfo::SingleNode(
+                redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host: host.to_string(), port },
+            );
+            let mut cmd = redis::cmd("CONFIG");
+            cmd.arg("GET").arg("maxmemory-policy");
+            let policy = match connection.route_command(cmd, route).await {
+                Ok(redis::Value::Array(values)) | Ok(redis::Value::Set(values)) => {
+                    values.get(1).and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                }
+                Ok(redis::Value::Map(pairs)) => {
+                    pairs.first().and_then(|(_, v)| redis::from_redis_value::<String>(v.clone()).ok())
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(node = %format!("{host}:{port}"), error = %e,
+                        "cannot read maxmemory-policy; make sure it is noeviction or volatile-*");
+                    continue;
+                }
+            };
+            let Some(policy) = policy else { continue };
+            if policy.starts_with("allkeys-") {
+                let message = format!(
+                    "primary {host}:{port} has maxmemory-policy {policy}, which can evict checkpoints and epoch \
+                     counters (they have no TTL); set it to noeviction or volatile-*, or set \
+                     redis.allow_eviction = true to accept restarts with empty state"
+                );
+                if !allow {
+                    return Err(ConnectError { nodes: format!("{host}:{port}"), message });
+                }
+                tracing::warn!("{message}");
+            }
+        }
+        Ok(())
+    }
+
     async fn open(client: &ClusterClient, timeout: Duration) -> Result<ClusterConnection, String> {
         let attempt = async {
             let mut connection = client.get_async_connection().await?;

@@ -70,20 +70,30 @@ impl JsonDecoder {
         serde_json::from_slice(payload).map(Fields::Tree).map_err(parse_error)
     }
 
+    /// The grouping key: the Kafka key as UTF-8, or a field's text. A JSON
+    /// string is its text; a number or bool its JSON text (so `1` and `"1"`
+    /// are one key, `1.0` another). An empty key is refused: every entry
+    /// of every empty-keyed record would share one entry by accident.
     fn key(&self, record: &SourceRecord, fields: &Fields) -> Result<Arc<str>, DecodeError> {
-        match &self.key {
+        let key: Arc<str> = match &self.key {
             KeySource::KafkaKey => {
                 let key = record.key.as_deref().ok_or_else(|| fail(Stage::Key, "record has no Kafka key"))?;
                 let key = std::str::from_utf8(key).map_err(|_| fail(Stage::Key, "Kafka key is not UTF-8"))?;
-                Ok(Arc::from(key))
+                Arc::from(key)
             }
             KeySource::Field { pointer } => match fields.get(pointer) {
-                None => Err(fail(Stage::Key, format!("missing key field {pointer}"))),
-                Some(FieldValue::Str(s)) => Ok(Arc::from(s)),
-                Some(FieldValue::Other(v @ (Json::Number(_) | Json::Bool(_)))) => Ok(Arc::from(v.to_string())),
-                Some(_) => Err(fail(Stage::Key, format!("key field {pointer} is not a string, number or bool"))),
+                None => return Err(fail(Stage::Key, format!("missing key field {pointer}"))),
+                Some(FieldValue::Str(s)) => Arc::from(s),
+                Some(FieldValue::Other(v @ (Json::Number(_) | Json::Bool(_)))) => Arc::from(v.to_string()),
+                Some(_) => {
+                    return Err(fail(Stage::Key, format!("key field {pointer} is not a string, number or bool")))
+                }
             },
+        };
+        if key.is_empty() {
+            return Err(fail(Stage::Key, "empty key"));
         }
+        Ok(key)
     }
 
     /// The record's event time, refused when it is not a plausible time

@@ -62,6 +62,7 @@ fn each_bad_record_fails_at_its_stage() {
         (r#"{"page":"/a","ts":1,"amount":1,"user":"u""#, Stage::Parse, "invalid JSON"),
         (r#"{"ts":1,"amount":1,"user":"u"}"#, Stage::Key, "missing key field /page"),
         (r#"{"page":{"x":1},"ts":1,"amount":1,"user":"u"}"#, Stage::Key, "not a string"),
+        (r#"{"page":"","ts":1,"amount":1,"user":"u"}"#, Stage::Key, "empty key"),
         (r#"{"page":"/a","amount":1,"user":"u"}"#, Stage::EventTime, "missing event time field /ts"),
         (r#"{"page":"/a","ts":"soon","amount":1,"user":"u"}"#, Stage::EventTime, "not epoch milliseconds"),
         (r#"{"page":"/a","ts":1,"amount":"12","user":"u"}"#, Stage::Aggregate, "/amount is not a number"),
@@ -99,6 +100,8 @@ fn time_formats_and_kafka_sources() {
     assert_eq!(processing.decode(&record(r#"{"amount":1,"user":"u"}"#), 99).expect("valid").time, 99);
     let no_key = SourceRecord { key: None, ..record(r#"{"amount":1,"user":"u"}"#) };
     assert_eq!(kafka_ts.decode(&no_key, 0).expect_err("no key").stage, Stage::Key);
+    let empty_key = SourceRecord { key: Some(Vec::new()), ..record(r#"{"amount":1,"user":"u"}"#) };
+    assert_eq!(kafka_ts.decode(&empty_key, 0).expect_err("empty key").reason, "empty key");
 }
 
 /// Times that would blind the partition (far future) or overflow window

@@ -1,0 +1,53 @@
+//! What is refused at start: a Redis Cluster whose eviction policy can
+//! drop checkpoints and epoch counters (keys without a TTL).
+
+mod common;
+
+use common::redis_cluster::RedisCluster;
+use regionflow::config::Settings;
+use regionflow::metrics::Metrics;
+
+fn settings(nodes: &[String], allow_eviction: bool) -> Settings {
+    Settings::from_toml_str(&format!(
+        r#"
+[kafka]
+brokers = "127.0.0.1:1"
+[redis]
+nodes = {nodes}
+allow_eviction = {allow_eviction}
+[pipelines.p]
+topics = ["t"]
+key = {{ from = "kafka_key" }}
+event_time = {{ from = "kafka_timestamp" }}
+window = {{ kind = "tumbling", size = "1s" }}
+aggregates.n = {{ function = "count" }}
+region = {{ name = "r" }}
+"#,
+        nodes = common::toml_nodes(nodes)
+    ))
+    .expect("valid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eviction_policy_that_can_drop_checkpoints_is_refused() {
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let metrics = Metrics::new();
+    let port = cluster.primary_ports()[1];
+    cluster.node_cmd(port, &["CONFIG", "SET", "maxmemory-policy", "volatile-lru"]);
+    regionflow::app::redis_sinks(&settings(&cluster.urls(), false), &metrics)
+        .await
+        .expect("volatile-* evicts only keys with a TTL: accepted");
+
+    cluster.node_cmd(port, &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"]);
+    let error = match regionflow::app::redis_sinks(&settings(&cluster.urls(), false), &metrics).await {
+        Ok(_) => panic!("allkeys-lru accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains(&format!("{port}")) && error.contains("allkeys-lru"), "{error}");
+    assert!(error.contains("noeviction") && error.contains("redis.allow_eviction"), "says what to do: {error}");
+
+    regionflow::app::redis_sinks(&settings(&cluster.urls(), true), &metrics)
+        .await
+        .expect("accepted, with a warning, when explicitly allowed");
+}
