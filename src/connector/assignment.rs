@@ -238,7 +238,7 @@ impl TaskStarter {
                     consumer::store_offset(&consumer, &commit_topic, partition, next);
                 }
             }),
-            high_watermark: Box::new(move || high_watermarks.lock().expect("high watermark lock").get(&key).copied()),
+            log: Box::new(move || high_watermarks.lock().expect("high watermark lock").get(&key).copied()),
         }
     }
 }

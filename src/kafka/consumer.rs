@@ -39,13 +39,23 @@ pub type AssignHandler = Arc<dyn Fn(&[Partition]) -> Vec<(Partition, Option<i64>
 /// Called on revoke, inside the rebalance, with the partitions about to go.
 pub type RevokeHandler = Arc<dyn Fn(&[Partition]) + Send + Sync>;
 
-/// Each partition's high watermark, from librdkafka's statistics (emitted
+/// The offsets a partition's log holds: `start` (the log start, after
+/// retention and deletions) to `end` (the high watermark, the next offset
+/// to be written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    pub start: i64,
+    pub end: i64,
+}
+
+/// Each partition's log bounds, from librdkafka's statistics (emitted
 /// every `statistics.interval.ms` and served by the consumer's poll), so
-/// tasks can tell a quiet partition from a stalled pipeline without calling
-/// into librdkafka from their own threads. Only partitions being fetched
-/// from a reachable leader are listed: a partition whose broker is down is
-/// not quiet but cut off, and its idle clock must not run.
-pub type HighWatermarks = Arc<std::sync::Mutex<std::collections::HashMap<Partition, i64>>>;
+/// tasks can tell a quiet partition from a stalled pipeline, and notice a
+/// log that no longer holds their position, without calling into
+/// librdkafka from their own threads. Only partitions being fetched from a
+/// reachable leader are listed: a partition whose broker is down is not
+/// quiet but cut off, and its idle clock must not run.
+pub type HighWatermarks = Arc<std::sync::Mutex<std::collections::HashMap<Partition, LogBounds>>>;
 
 pub struct SourceContext {
     on_assign: AssignHandler,
@@ -68,7 +78,7 @@ impl ClientContext for SourceContext {
             for (partition, p) in t.partitions.into_iter().filter(|(id, _)| *id >= 0) {
                 let key = (topic.clone(), partition);
                 if p.hi_offset >= 0 && p.fetch_state == "active" && reachable.contains(&p.leader) {
-                    high.insert(key, p.hi_offset);
+                    high.insert(key, LogBounds { start: p.lo_offset.max(0), end: p.hi_offset });
                 } else {
                     high.remove(&key);
                 }

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub kafka_errors: IntCounterVec,
     pub up: IntGauge,
     pub task_failures: IntCounter,
+    pub offset_gap_records: IntCounterVec,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -210,6 +211,7 @@ impl Metrics {
                 IntCounter::new("regionflow_task_failures_total", "Partition tasks that stopped on an error.")
                     .expect("valid metric definition"),
             ),
+            offset_gap_records: counter(&r, "regionflow_offset_gap_records_total", "Records deleted from a partition (retention) before they were processed.", &["pipeline"]),
             registry: r,
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

@@ -62,6 +62,7 @@ pub struct PipelineMetrics {
     checkpoint_bytes_total: IntCounter,
     flush_duration: Histogram,
     task_failures: IntCounter,
+    offset_gap_records: IntCounter,
 }
 
 impl Metrics {
@@ -110,6 +111,7 @@ impl Metrics {
             checkpoint_bytes_total: self.checkpoint_bytes_total.with_label_values(&[name]),
             flush_duration: self.flush_duration.clone(),
             task_failures: self.task_failures.clone(),
+            offset_gap_records: self.offset_gap_records.with_label_values(&[name]),
             metrics: self.clone(),
         }
     }
@@ -203,6 +205,11 @@ impl PipelineMetrics {
     /// The gauge of partitions this connector owns for the pipeline.
     pub fn partitions_owned(&self) -> IntGauge {
         self.partitions_owned.clone()
+    }
+
+    /// Records deleted from a partition before they were processed.
+    pub fn offset_gap(&self, records: u64) {
+        self.offset_gap_records.inc_by(records);
     }
 
     /// Counts a task that stopped on an error.

@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::Pipeline;
 use crate::checkpoint::{CheckpointError, TaskId};
 use crate::format::{DecodeError, SourceRecord};
+use crate::kafka::consumer::LogBounds;
 use crate::metrics::PartitionMetrics;
 use crate::region::RegionError;
 use crate::time::WatermarkTracker;
@@ -53,8 +54,8 @@ pub use restore::Started;
 pub struct PartitionSource {
     /// Moves the partition's committed offset (informational: lag monitoring).
     pub commit: Box<dyn Fn(i64) + Send + Sync>,
-    /// The partition's high watermark from the latest client statistics, when known.
-    pub high_watermark: Box<dyn Fn() -> Option<i64> + Send + Sync>,
+    /// The partition's log bounds from the latest client statistics, when known.
+    pub log: Box<dyn Fn() -> Option<LogBounds> + Send + Sync>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +98,13 @@ pub enum TaskError {
     Fenced { task: TaskId, epoch: u64 },
     #[error("{task}: the task panicked: {message}")]
     Panicked { task: TaskId, message: String },
+    #[error(
+        "{task}: the partition's log ends at offset {log_end}, before the checkpoint's position {position}: the \
+         topic was recreated or truncated, so the checkpoint cannot be continued from. Reset the pipeline's \
+         checkpoints deliberately (`regionflow checkpoints reset --pipeline {pipeline}`) to start over",
+        pipeline = task.pipeline
+    )]
+    LogBehindCheckpoint { task: TaskId, position: i64, log_end: i64 },
 }
 
 impl TaskError {
@@ -177,7 +185,7 @@ impl PartitionTask {
                     biased;
                     _ = cancel.cancelled() => return Ok(Ownership::Owner),
                     _ = tick.tick() => {
-                        self.on_tick();
+                        self.on_tick()?;
                         if self.last_checkpoint.elapsed() >= self.pipeline.policy.checkpoint_interval {
                             self.checkpoint().await?
                         } else {

@@ -30,6 +30,9 @@ impl PartitionTask {
             // Already in the restored state (fetched before the seek).
             return Ok(());
         }
+        if let Some(next) = self.next_offset.filter(|next| record.offset > *next) {
+            self.on_offset_jump(next, record.offset);
+        }
         if let Some(assigned_at) = self.assigned_at.take() {
             self.pipeline.metrics.recovered(assigned_at.elapsed());
         }
@@ -102,7 +105,30 @@ impl PartitionTask {
         }
     }
 
-    pub(super) fn on_tick(&mut self) {
+    /// Records `next..offset` never arrived. Compaction and transaction
+    /// markers skip offsets too; only a log that now starts past `next`
+    /// (retention or deletion removed records before they were processed)
+    /// is a loss, counted and logged loudly: nothing can bring them back.
+    fn on_offset_jump(&mut self, next: i64, offset: i64) {
+        let Some(log) = (self.source.log)() else { return };
+        if log.start > next {
+            let lost = (log.start.min(offset) - next) as u64;
+            self.pipeline.metrics.offset_gap(lost);
+            tracing::error!(
+                from = next,
+                to = log.start,
+                lost,
+                "records deleted from the partition (retention) before they were processed; continuing after them"
+            );
+        }
+    }
+
+    pub(super) fn on_tick(&mut self) -> Result<(), TaskError> {
+        if let (Some(log), Some(next)) = ((self.source.log)(), self.next_offset) {
+            if log.end < next {
+                return Err(TaskError::LogBehindCheckpoint { task: self.id.clone(), position: next, log_end: log.end });
+            }
+        }
         let (now, monotonic) = (self.pipeline.clock.wall(), self.pipeline.clock.monotonic());
         let watermark = if self.pipeline.policy.processing_time {
             self.watermark.observe(now, monotonic)
@@ -128,15 +154,16 @@ impl PartitionTask {
         if watermark > Millis::MIN {
             self.metrics.watermark_lag.set((now - watermark) as f64 / 1000.0);
         }
+        Ok(())
     }
 
     /// Whether every record the partition had when last fetched is processed.
     fn caught_up(&self) -> bool {
-        consumer_lag((self.source.high_watermark)(), self.next_offset) == Some(0)
+        consumer_lag((self.source.log)().map(|l| l.end), self.next_offset) == Some(0)
     }
 
     fn update_consumer_lag(&mut self) {
-        if let Some(lag) = consumer_lag((self.source.high_watermark)(), self.next_offset) {
+        if let Some(lag) = consumer_lag((self.source.log)().map(|l| l.end), self.next_offset) {
             self.metrics.consumer_lag(lag);
         }
     }

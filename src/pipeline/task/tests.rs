@@ -55,7 +55,7 @@ async fn a_wall_clock_step_does_not_make_records_late() {
     let high = fetched.clone();
     let source = PartitionSource {
         commit: Box::new(|_| {}),
-        high_watermark: Box::new(move || Some(high.load(Ordering::SeqCst))),
+        log: Box::new(move || Some(LogBounds { start: 0, end: high.load(Ordering::SeqCst) })),
     };
     let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
@@ -104,7 +104,7 @@ async fn a_panicking_task_fails_loudly() {
     let metrics = Arc::new(Metrics::new());
     let mut pipeline = Pipeline::compile("p", &settings, sinks.regions["p"].clone(), sinks.checkpoints, None, &metrics);
     pipeline.decoder = Box::new(Panicking);
-    let source = PartitionSource { commit: Box::new(|_| {}), high_watermark: Box::new(|| None) };
+    let source = PartitionSource { commit: Box::new(|_| {}), log: Box::new(|| None) };
     let started = PartitionTask::start(Arc::new(pipeline), "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
     records.send(vec![record(0, "a", 1_000)]).await.expect("queued");
@@ -136,7 +136,7 @@ async fn a_fenced_task_fails_restartably() {
     };
     region.write(std::slice::from_ref(&newer)).await.expect("seeded");
 
-    let source = PartitionSource { commit: Box::new(|_| {}), high_watermark: Box::new(|| Some(1)) };
+    let source = PartitionSource { commit: Box::new(|_| {}), log: Box::new(|| Some(LogBounds { start: 0, end: 1 })) };
     let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
     let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
@@ -149,4 +149,57 @@ async fn a_fenced_task_fails_restartably() {
     assert!(matches!(error, TaskError::Fenced { epoch: 1, .. }), "{error}");
     assert!(error.restartable());
     assert!(metrics.render().contains("regionflow_fenced_writes_total{pipeline=\"p\"} 1"));
+}
+
+/// Runs a task over `records` (one batch) until its channel closes, with
+/// the partition's log at `log`; returns how it ended.
+async fn run_once(pipeline: &Arc<Pipeline>, log: LogBounds, records: Vec<SourceRecord>) -> Result<(), TaskError> {
+    let source = PartitionSource { commit: Box::new(|_| {}), log: Box::new(move || Some(log)) };
+    let started = PartitionTask::start(pipeline.clone(), "t", 0, source).await.expect("starts");
+    let (sender, receiver) = mpsc::channel(8);
+    let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
+    sender.send(records).await.expect("queued");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(sender);
+    task.await.expect("joined")
+}
+
+/// A recreated or truncated topic: the log now ends before the position the
+/// checkpoint holds. Skipping every offset below it would drop the new
+/// records silently; the task fails and says how to start over.
+#[tokio::test]
+async fn a_log_behind_the_checkpoint_fails_the_task() {
+    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
+    let (sinks, _) = crate::app::memory_sinks(&settings);
+    let metrics = Arc::new(Metrics::new());
+    let pipeline =
+        Arc::new(Pipeline::compile("p", &settings, sinks.regions["p"].clone(), sinks.checkpoints, None, &metrics));
+    let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
+    let first: Vec<SourceRecord> = (0..10).map(|i| record(i, "a", t0 + i)).collect();
+    run_once(&pipeline, LogBounds { start: 0, end: 10 }, first).await.expect("checkpointed at offset 10");
+
+    let error = run_once(&pipeline, LogBounds { start: 0, end: 3 }, vec![record(0, "a", t0)]).await.expect_err("fails");
+    assert!(matches!(error, TaskError::LogBehindCheckpoint { position: 10, log_end: 3, .. }), "{error}");
+    assert!(error.to_string().contains("checkpoints reset --pipeline p"), "{error}");
+    assert!(!error.restartable());
+}
+
+/// Retention deleted records before they were processed: the task goes on
+/// after them, and counts and logs how many were lost.
+#[tokio::test]
+async fn records_deleted_before_they_were_processed_are_counted() {
+    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
+    let (sinks, _) = crate::app::memory_sinks(&settings);
+    let metrics = Arc::new(Metrics::new());
+    let pipeline =
+        Arc::new(Pipeline::compile("p", &settings, sinks.regions["p"].clone(), sinks.checkpoints, None, &metrics));
+    let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
+    let first: Vec<SourceRecord> = (0..10).map(|i| record(i, "a", t0 + i)).collect();
+    run_once(&pipeline, LogBounds { start: 0, end: 10 }, first).await.expect("checkpointed at offset 10");
+
+    // Offsets 10..50 were deleted; a transaction marker skips 51 too.
+    let later = vec![record(50, "a", t0 + 50), record(52, "a", t0 + 52)];
+    run_once(&pipeline, LogBounds { start: 50, end: 53 }, later).await.expect("goes on");
+    let text = metrics.render();
+    assert!(text.contains("regionflow_offset_gap_records_total{pipeline=\"p\"} 40"), "{text}");
 }
