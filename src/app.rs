@@ -33,6 +33,18 @@ pub struct Sinks {
 pub async fn redis_sinks(settings: &Settings, metrics: &Metrics) -> Result<Sinks, ConnectError> {
     let handle = Arc::new(ClusterHandle::connect(&settings.redis).await?);
     handle.check_eviction(settings.redis.allow_eviction).await?;
+    for (name, config) in &settings.pipelines {
+        let owner = format!("pipeline `{name}` of group `{}`", settings.kafka.group_id);
+        crate::redis::claim(
+            &handle,
+            &settings.redis.key_prefix,
+            &config.region.name,
+            &owner,
+            settings.redis.startup_timeout,
+        )
+        .await
+        .map_err(ConnectError::Refused)?;
+    }
     let regions = settings
         .pipelines
         .iter()

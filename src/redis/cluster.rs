@@ -32,11 +32,14 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// before it is asked again.
 const SLOT_MAP_RETRY: Duration = Duration::from_secs(1);
 
+/// Why a connector cannot start on this Redis Cluster.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reach Redis Cluster at {nodes}: {message}; check redis.nodes and that the cluster is up")]
-pub struct ConnectError {
-    pub nodes: String,
-    pub message: String,
+pub enum ConnectError {
+    #[error("cannot reach Redis Cluster at {nodes}: {message}; check redis.nodes and that the cluster is up")]
+    Unreachable { nodes: String, message: String },
+    /// The cluster answers but cannot be used as configured.
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub struct ClusterHandle {
@@ -59,7 +62,7 @@ impl ClusterHandle {
     /// Connects to the cluster, retrying until `startup_timeout`.
     pub async fn connect(config: &RedisConfig) -> Result<ClusterHandle, ConnectError> {
         let nodes = config.nodes.join(",");
-        let unreachable = |message: String| ConnectError { nodes: nodes.clone(), message };
+        let unreachable = |message: String| ConnectError::Unreachable { nodes: nodes.clone(), message };
         let client = ClusterClientBuilder::new(config.nodes.clone())
             .connection_timeout(config.connect_timeout)
             .response_timeout(config.response_timeout)
@@ -129,7 +132,7 @@ impl ClusterHandle {
                      redis.allow_eviction = true to accept restarts with empty state"
                 );
                 if !allow {
-                    return Err(ConnectError { nodes: format!("{host}:{port}"), message });
+                    return Err(ConnectError::Refused(message));
                 }
                 tracing::warn!("{message}");
             }

@@ -16,5 +16,5 @@ mod slots;
 
 pub use checkpoint::RedisCheckpointStore;
 pub use cluster::{ClusterHandle, ConnectError, Failed};
-pub use region::RedisRegion;
+pub use region::{claim, owner_key, RedisRegion};
 pub use slots::key_slot;

@@ -340,3 +340,41 @@ impl RedisRegion {
         }
     }
 }
+
+/// The key that names a region's writer: `<prefix>:_region_owner:<region>`.
+pub fn owner_key(prefix: &str, region: &str) -> String {
+    format!("{prefix}:_region_owner:{region}")
+}
+
+/// Claims region `region` for `owner` (`<group id>/<pipeline>`), or says who
+/// holds it. Partial fields name the source partition, not the pipeline,
+/// so two deployments whose pipelines write one region would overwrite each
+/// other's partials and fence each other; the first claim stands and any
+/// other writer is refused at start. The claim has no TTL; a retired
+/// pipeline's claim is deleted by hand (the error says which key).
+pub async fn claim(
+    handle: &ClusterHandle,
+    prefix: &str,
+    region: &str,
+    owner: &str,
+    deadline: Duration,
+) -> Result<(), String> {
+    let key = owner_key(prefix, region);
+    let (held, _) = handle
+        .with_retry(deadline, "claim region", |mut c| {
+            let key = key.clone();
+            async move {
+                redis::cmd("SET").arg(&key).arg(owner).arg("NX").arg("GET").query_async::<Option<String>>(&mut c).await
+            }
+        })
+        .await
+        .map_err(|failed| failed.message())?;
+    match held {
+        Some(other) if other != owner => Err(format!(
+            "region `{region}` is written by {other}, not {owner}: two pipelines writing one region overwrite each \
+             other's partials; give this pipeline its own region.name (or redis.key_prefix), or, if {other} is \
+             retired, delete the key {key}"
+        )),
+        _ => Ok(()),
+    }
+}
