@@ -7,7 +7,7 @@
 #   prometheus, promtool (package prometheus) - metrics tests
 # and the C libraries the build links (librdkafka with TLS, SASL and every
 # compression codec):
-#   libssl-dev, libsasl2-dev, pkg-config (found by pkg-config)
+#   libssl-dev, libsasl2-dev, libcurl4-openssl-dev, pkg-config (found by pkg-config)
 #
 # Does nothing but report versions when everything is already on PATH, so it
 # is cheap to run before every test run. Needs root or sudo to install.
@@ -26,6 +26,7 @@ readonly REQUIRED=(
 readonly LIBRARIES=(
     openssl:libssl-dev
     libsasl2:libsasl2-dev
+    libcurl:libcurl4-openssl-dev
 )
 
 missing_packages() {
@@ -68,8 +69,8 @@ fail() {
 setup-test-deps: $1
 Missing on PATH: ${programs:-nothing?}
 The integration tests need Redis 7 (redis-server, redis-cli) and Prometheus (prometheus, promtool);
-the build needs OpenSSL and Cyrus SASL headers (libssl-dev, libsasl2-dev) and pkg-config.
-  Debian/Ubuntu, as root:  apt-get update && apt-get install -y redis-server redis-tools prometheus libssl-dev libsasl2-dev pkg-config
+the build needs OpenSSL, Cyrus SASL and libcurl headers (libssl-dev, libsasl2-dev, libcurl4-openssl-dev) and pkg-config.
+  Debian/Ubuntu, as root:  apt-get update && apt-get install -y redis-server redis-tools prometheus libssl-dev libsasl2-dev libcurl4-openssl-dev pkg-config
   Elsewhere: install Redis 7 (https://redis.io/download) and Prometheus (https://prometheus.io/download)
   and put those programs on PATH.
 EOF
@@ -105,4 +106,4 @@ echo "  $(command -v redis-server): $(redis-server --version)"
 echo "  $(command -v redis-cli): $(redis-cli --version)"
 echo "  $(command -v prometheus): $(prometheus --version 2>&1 | head -n 1)"
 echo "  $(command -v promtool): $(promtool --version 2>&1 | head -n 1)"
-echo "  openssl $(pkg-config --modversion openssl), libsasl2 $(pkg-config --modversion libsasl2)"
+echo "  openssl $(pkg-config --modversion openssl), libsasl2 $(pkg-config --modversion libsasl2), libcurl $(pkg-config --modversion libcurl)"

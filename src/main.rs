@@ -209,8 +209,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Validate { config } => {
             let settings =
                 Settings::load(&config).with_context(|| format!("invalid configuration {}", config.display()))?;
+            regionflow::kafka::check_properties(&settings.kafka)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("invalid configuration {}", config.display()))?;
             println!("# {} is valid; resolved with environment overrides:", config.display());
-            print!("{}", toml::to_string_pretty(&settings).context("printing the configuration")?);
+            print!("{}", toml::to_string_pretty(&settings.redacted()).context("printing the configuration")?);
             Ok(())
         }
         Command::Run { config } => {

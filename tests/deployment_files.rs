@@ -769,8 +769,8 @@ fn dockerfile_builds_from_existing_files_and_matches_the_config() {
                 .collect();
             assert_eq!(
                 packages,
-                ["ca-certificates", "libssl3", "libsasl2-2", "libsasl2-modules-gssapi-mit"],
-                "the runtime installs CA certificates and the libraries librdkafka links (OpenSSL, Cyrus SASL) only"
+                ["ca-certificates", "libssl3", "libsasl2-2", "libsasl2-modules-gssapi-mit", "libcurl4"],
+                "the runtime installs CA certificates and the libraries librdkafka links (OpenSSL, Cyrus SASL, libcurl) only"
             );
         }
     }

@@ -2,11 +2,15 @@
 //! as `REGIONFLOW__SECTION__KEY` (e.g. `REGIONFLOW__KAFKA__BROKERS`,
 //! `REGIONFLOW__PIPELINES__PAGEVIEWS__WINDOW__SIZE`).
 //!
+//! Secrets may be references to files or environment variables and are
+//! never shown (see `secrets`).
+//!
 //! Loading deserializes into typed structs (durations are `Duration`,
 //! windows an enum) and then validates once; errors carry the key's path and
 //! what would be valid. Nothing downstream re-parses strings.
 
 mod pipeline;
+mod secrets;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,6 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use pipeline::*;
+pub use secrets::{is_secret_property, redact_url, REDACTED};
 
 pub const ENV_PREFIX: &str = "REGIONFLOW";
 
@@ -200,6 +205,7 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
         let env: config::Map<String, String> = env.into_iter().collect();
+        let variables: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let source = config::Config::builder()
             .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
             .add_source(
@@ -211,8 +217,9 @@ impl Settings {
             )
             .build()
             .map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
-        let settings: Settings = serde_path_to_error::deserialize(source)
+        let mut settings: Settings = serde_path_to_error::deserialize(source)
             .map_err(|e| ConfigError::Invalid { key: e.path().to_string(), message: e.inner().to_string() })?;
+        settings.resolve_secrets(&variables)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -222,8 +229,9 @@ impl Settings {
             .add_source(config::File::from_str(toml, config::FileFormat::Toml))
             .build()
             .map_err(|e| ConfigError::Read { path: "<string>".into(), message: e.to_string() })?;
-        let settings: Settings = serde_path_to_error::deserialize(source)
+        let mut settings: Settings = serde_path_to_error::deserialize(source)
             .map_err(|e| ConfigError::Invalid { key: e.path().to_string(), message: e.inner().to_string() })?;
+        settings.resolve_secrets(&std::env::vars().collect())?;
         settings.validate()?;
         Ok(settings)
     }

@@ -47,6 +47,8 @@ const TASK_QUEUE_BATCHES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
+    #[error("{0}")]
+    KafkaConfig(String),
     #[error(transparent)]
     KafkaUnreachable(#[from] kafka::consumer::Unreachable),
     #[error("Kafka client error: {0}")]
@@ -71,6 +73,7 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectorError> {
+    kafka::check_properties(&settings.kafka).map_err(ConnectorError::KafkaConfig)?;
     let tasks: Tasks = Arc::default();
     let shutdown_timeout = settings.connector.shutdown_timeout;
     let abort = CancellationToken::new();

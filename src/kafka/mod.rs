@@ -21,6 +21,27 @@ pub(crate) fn apply_user_config(config: &mut ClientConfig, kafka: &KafkaConfig, 
     }
 }
 
+/// Checks the pass-through librdkafka properties offline, the way the
+/// clients will set them: unknown names, bad values, and features this
+/// build lacks are refused with the property's key (and never its value
+/// when it holds a secret).
+pub fn check_properties(kafka: &KafkaConfig) -> Result<(), String> {
+    let mut config = ClientConfig::new();
+    apply_user_config(&mut config, kafka, &[]);
+    match config.create_native_config() {
+        Ok(_) => Ok(()),
+        Err(rdkafka::error::KafkaError::ClientConfig(_, description, key, value)) => {
+            let description = if crate::config::is_secret_property(&key) && !value.is_empty() {
+                description.replace(&value, crate::config::REDACTED)
+            } else {
+                description
+            };
+            Err(format!("configuration key `kafka.properties.{key}`: {description}"))
+        }
+        Err(e) => Err(format!("kafka.properties: {e}")),
+    }
+}
+
 /// A producer for dead letters (idempotent, so retries do not duplicate).
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     let mut config = ClientConfig::new();

@@ -61,7 +61,7 @@ struct Slots {
 impl ClusterHandle {
     /// Connects to the cluster, retrying until `startup_timeout`.
     pub async fn connect(config: &RedisConfig) -> Result<ClusterHandle, ConnectError> {
-        let nodes = config.nodes.join(",");
+        let nodes = config.nodes.iter().map(|n| crate::config::redact_url(n)).collect::<Vec<_>>().join(",");
         let unreachable = |message: String| ConnectError::Unreachable { nodes: nodes.clone(), message };
         let client = ClusterClientBuilder::new(config.nodes.clone())
             .connection_timeout(config.connect_timeout)
