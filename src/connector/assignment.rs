@@ -189,6 +189,14 @@ impl TaskStarter {
     /// cannot start is reported as a failure (which stops the connector) and
     /// left out.
     async fn start(&self, partitions: &[Partition]) -> Vec<(Partition, Option<i64>)> {
+        {
+            // Statistics from an earlier assignment of these partitions
+            // would look like logs that end before a newer checkpoint.
+            let mut logs = self.high_watermarks.lock().expect("high watermark lock");
+            for partition in partitions {
+                logs.remove(partition);
+            }
+        }
         let starts = partitions.iter().filter_map(|(topic, partition)| {
             let pipeline = self.by_topic.get(topic)?.clone();
             let source = self.source(topic, *partition);

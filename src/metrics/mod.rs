@@ -9,7 +9,7 @@ mod pipeline;
 mod server;
 
 pub use pipeline::{CheckpointOutcome, PartitionMetrics, PipelineMetrics, RedisRegionMetrics, RestoredFrom};
-pub use server::{serve, Health};
+pub use server::{serve, Health, HEADER_READ_TIMEOUT, MAX_CONNECTIONS};
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -214,6 +214,10 @@ impl Metrics {
             offset_gap_records: counter(&r, "regionflow_offset_gap_records_total", "Records deleted from a partition (retention) before they were processed.", &["pipeline"]),
             registry: r,
         };
+        // The standard process_* series: CPU seconds, resident and virtual
+        // memory, open and maximum file descriptors, start time.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        metrics.registry.register(Box::new(process)).expect("process collector registered once");
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         metrics.up.set(1);
         metrics

@@ -6,11 +6,14 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
@@ -37,8 +40,22 @@ struct AppState {
     health: Arc<Health>,
 }
 
+/// How long a client may take to send a request's headers: a slow or
+/// half-open client is dropped after it, not held.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; beyond it, new connections are closed at
+/// once. A scraper, probes and a few humans need a handful.
+pub const MAX_CONNECTIONS: usize = 128;
+/// A connection is closed after this long, however busy: keep-alive
+/// clients reconnect, idle ones do not hold a slot for ever.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// Binds `listen` and serves until `shutdown`; returns the bound address
 /// (port 0 picks a free one).
+///
+/// HTTP/1 only, every connection with a header-read timeout and a bounded
+/// lifetime, at most [`MAX_CONNECTIONS`] at once, so slow or half-open
+/// clients cannot starve the scraper.
 pub async fn serve(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
@@ -61,10 +78,39 @@ pub async fn serve(
             }),
         )
         .with_state(AppState { metrics, health });
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
-        let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "metrics server stopped");
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!("metrics endpoint: connection limit reached; closing a new connection");
+                continue;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app.clone());
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                tokio::select! {
+                    _ = &mut connection => {}
+                    _ = tokio::time::sleep(CONNECTION_LIFETIME) => {}
+                    _ = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+                }
+            });
         }
     });
     Ok(addr)

@@ -161,6 +161,8 @@ pub struct PartitionTask {
     writes_generation: Option<u64>,
     /// Set until the first record after the start: for the recovery time.
     assigned_at: Option<Instant>,
+    /// The restored checkpoint's offset, until the first record past it.
+    restored_at: Option<i64>,
 }
 
 impl PartitionTask {

@@ -33,6 +33,7 @@ impl PartitionTask {
         if let Some(next) = self.next_offset.filter(|next| record.offset > *next) {
             self.on_offset_jump(next, record.offset);
         }
+        self.restored_at = None;
         if let Some(assigned_at) = self.assigned_at.take() {
             self.pipeline.metrics.recovered(assigned_at.elapsed());
         }
@@ -124,9 +125,12 @@ impl PartitionTask {
     }
 
     pub(super) fn on_tick(&mut self) -> Result<(), TaskError> {
-        if let (Some(log), Some(next)) = ((self.source.log)(), self.next_offset) {
-            if log.end < next {
-                return Err(TaskError::LogBehindCheckpoint { task: self.id.clone(), position: next, log_end: log.end });
+        // Until the first record past the checkpoint: a log that ends before
+        // it lost what the checkpoint covers (the statistics are this
+        // assignment's: the connector clears older ones at the start).
+        if let (Some(log), Some(position)) = ((self.source.log)(), self.restored_at) {
+            if log.end < position {
+                return Err(TaskError::LogBehindCheckpoint { task: self.id.clone(), position, log_end: log.end });
             }
         }
         let (now, monotonic) = (self.pipeline.clock.wall(), self.pipeline.clock.monotonic());

@@ -88,6 +88,7 @@ impl PartitionTask {
             changed_since_checkpoint: false,
             writes_generation: None,
             assigned_at: Some(assigned_at),
+            restored_at: seek_to,
             pipeline,
         };
         Ok(Started { task, seek_to })
