@@ -7,6 +7,7 @@ pub mod kafka;
 pub mod redis_cluster;
 pub mod reference;
 pub mod scenario;
+pub mod secure;
 
 /// Logs to the test's captured output (`RUST_LOG` filters, default info).
 pub fn init_logging() {
