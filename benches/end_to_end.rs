@@ -33,6 +33,12 @@
 mod support;
 
 #[allow(dead_code)]
+#[path = "../tests/common/net.rs"]
+mod net;
+#[allow(dead_code)]
+#[path = "../tests/common/prom_text.rs"]
+mod prom_text;
+#[allow(dead_code)]
 #[path = "../tests/common/redis_cluster.rs"]
 mod redis_cluster;
 
@@ -48,6 +54,8 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use net::free_port;
+use prom_text::Exposition;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::config::ClientConfig;
@@ -58,7 +66,7 @@ use rdkafka::{Message, TopicPartitionList};
 use regionflow::config::Settings;
 use regionflow::metrics::{Health, Metrics};
 use regionflow::region::function::MERGE_FUNCTION;
-use regionflow::region::{EntryWrite, Region, RegionError, RegionLayout, WriteMode, WriteOutcome};
+use regionflow::region::{key_slot, EntryWrite, Region, RegionError, RegionLayout, WriteMode, WriteOutcome};
 use regionflow::source::decode::{Decoder, JsonDecoder, SourceRecord};
 use regionflow::time::{now_millis, Millis};
 use regionflow::window::{Event, WindowResult};
@@ -673,30 +681,7 @@ fn state_stress(keys: usize) -> (f64, f64, usize) {
 }
 
 // ---------------------------------------------------------------------------
-// Redis: slots, raw pipelines, counters.
-
-fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= (b as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
-        }
-    }
-    crc
-}
-
-fn key_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let hashed = match bytes.iter().position(|&b| b == b'{') {
-        Some(open) => match bytes[open + 1..].iter().position(|&b| b == b'}') {
-            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
-            _ => bytes,
-        },
-        None => bytes,
-    };
-    crc16(hashed) % 16384
-}
+// Redis: raw pipelines per primary, counters.
 
 struct Redis {
     /// Primary port of each slot.
@@ -792,7 +777,7 @@ impl Redis {
         let n = commands.len();
         let mut by_node: HashMap<u16, Vec<redis::Cmd>> = HashMap::new();
         for (key, cmd) in commands {
-            by_node.entry(self.slot_owner[key_slot(&key) as usize]).or_default().push(cmd);
+            by_node.entry(self.slot_owner[key_slot(key.as_bytes()) as usize]).or_default().push(cmd);
         }
         let errors = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
@@ -913,10 +898,6 @@ async fn sink_ceiling(
 // ---------------------------------------------------------------------------
 // The connector run.
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn scrape(port: u16) -> Option<String> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -924,47 +905,6 @@ fn scrape(port: u16) -> Option<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
-}
-
-/// Sum of a metric's samples whose line contains every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
-        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// p-quantile of a Prometheus histogram, interpolated within its bucket
-/// like `histogram_quantile`.
-fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
-    let mut buckets: Vec<(f64, f64)> = text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{name}_bucket{{")))
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
-            Some((le, l.rsplit(' ').next()?.parse().ok()?))
-        })
-        .collect();
-    buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
-    let total = buckets.last()?.1;
-    if total == 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut prev = (0.0, 0.0);
-    for &(le, count) in &buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(prev.0);
-            }
-            return Some(prev.0 + (le - prev.0) * (rank - prev.1) / (count - prev.1).max(1e-9));
-        }
-        prev = (le, count);
-    }
-    None
 }
 
 struct ConnectorChild {
@@ -1023,7 +963,7 @@ impl ConnectorChild {
                 panic!("connector exited early: {status}");
             }
             if let Some(text) = self.metrics() {
-                if metric(&text, "regionflow_partitions_owned", &[]) >= partitions as f64 {
+                if Exposition::parse(&text).sum("regionflow_partitions_owned", &[]) >= partitions as f64 {
                     return;
                 }
             }
@@ -1121,7 +1061,8 @@ async fn connector_run(
     // Records flow as soon as the group assigns the partitions; stats are
     // reset before that.
     redis.reset_stats().await;
-    let region = format!("region=\"bench_{}\"", workload.name().to_ascii_lowercase());
+    let region = format!("bench_{}", workload.name().to_ascii_lowercase());
+    let applied = [("region", region.as_str()), ("outcome", "applied")];
     let deadline = Instant::now() + opts.run_timeout;
     let mut t0: Option<(Instant, i64, f64, f64)> = None;
     let mut last_text = String::new();
@@ -1131,19 +1072,20 @@ async fn connector_run(
             break;
         }
         let text = child.metrics().unwrap_or_default();
-        let records = metric(&text, "regionflow_records_in_total", &[]);
-        let applied = metric(&text, "regionflow_region_writes_total", &[&region, "outcome=\"applied\""]);
+        let metrics = Exposition::parse(&text);
+        let records = metrics.sum("regionflow_records_in_total", &[]);
+        let written = metrics.sum("regionflow_region_writes_total", &applied);
         if t0.is_none() && records > 0.0 {
             t0 = Some((Instant::now(), now_millis(), cpu_seconds(pid, ticks), cpu_seconds(std::process::id(), ticks)));
         }
         if !text.is_empty() {
             last_text = text;
         }
-        if applied >= expected as f64 {
+        if written >= expected as f64 {
             break;
         }
         if Instant::now() > deadline {
-            run.note = format!("timed out: {applied} of {expected} entries written");
+            run.note = format!("timed out: {written} of {expected} entries written");
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1168,9 +1110,10 @@ async fn connector_run(
     let seconds = ((last_ack - t0_ms) as f64 / 1000.0).max(1e-3);
     let n = data.len() as f64;
     run.seconds = seconds;
-    run.written = metric(&last_text, "regionflow_region_writes_total", &[&region, "outcome=\"applied\""]) as u64;
+    let last_metrics = Exposition::parse(&last_text);
+    run.written = last_metrics.sum("regionflow_region_writes_total", &applied) as u64;
     run.events_per_s = n / seconds;
-    run.bytes_per_s = metric(&last_text, "regionflow_bytes_in_total", &[]) / seconds;
+    run.bytes_per_s = last_metrics.sum("regionflow_bytes_in_total", &[]) / seconds;
     run.entries_per_s = run.written as f64 / seconds;
     run.cpu_us_per_event = (cpu_child - cpu0) * 1e6 / n;
     run.harness_cpu_us_per_event = (cpu_harness - harness0) * 1e6 / n;
@@ -1250,7 +1193,7 @@ fn latency_run(
     let mut text = String::new();
     while settle.elapsed() < Duration::from_secs(30) {
         text = child.metrics().unwrap_or_default();
-        let applied = metric(&text, "regionflow_region_writes_total", &["outcome=\"applied\""]);
+        let applied = Exposition::parse(&text).sum("regionflow_region_writes_total", &[("outcome", "applied")]);
         if applied != last.0 {
             last = (applied, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(2) {
@@ -1259,8 +1202,9 @@ fn latency_run(
         std::thread::sleep(Duration::from_millis(50));
     }
     let hist = "regionflow_event_to_region_latency_seconds";
-    let histogram_p50 = histogram_quantile(&text, hist, 0.5);
-    let histogram_p99 = histogram_quantile(&text, hist, 0.99);
+    let metrics = Exposition::parse(&text);
+    let histogram_p50 = metrics.histogram_quantile(hist, 0.5);
+    let histogram_p99 = metrics.histogram_quantile(hist, 0.99);
     child.closed_by(latest.iter().copied().min().unwrap_or(i64::MIN).saturating_sub(DISORDER_MS));
     let direct = child.stop();
     Latency {

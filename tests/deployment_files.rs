@@ -24,8 +24,7 @@
 //! files stay plain. `docker compose config` runs too when a Docker CLI with
 //! the compose plugin is installed, and is reported as skipped otherwise.
 
-#[path = "common/prometheus.rs"]
-mod prometheus_harness;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -35,9 +34,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use prometheus_harness::{
-    alert_signals, all_panels, dashboard_files, dashboard_queries, free_port, http_get, load_dashboard, metric_names,
-    repo_root, selectors, variable_queries,
+use common::net::free_port;
+use common::prom_text::Exposition;
+use common::prometheus::{
+    alert_signals, all_panels, dashboard_files, dashboard_queries, http_get, load_dashboard, metric_names, repo_root,
+    selectors, substitute_variables, variable_queries,
 };
 
 const DATASOURCE: &str = "${datasource}";
@@ -143,42 +144,6 @@ impl Drop for Quickstart {
     }
 }
 
-/// Metric families exposed by a running connector: name → (type, label names).
-type Families = BTreeMap<String, (String, BTreeSet<String>)>;
-
-/// Series names (`x`, `x_bucket`, ...) and families of a Prometheus text exposition.
-fn parse_exposition(text: &str) -> (BTreeSet<String>, Families) {
-    let mut series = BTreeSet::new();
-    let mut families: Families = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut parts = rest.split_whitespace();
-            let (name, kind) = (parts.next().expect("name"), parts.next().expect("type"));
-            families.insert(name.to_string(), (kind.to_string(), BTreeSet::new()));
-        } else if !line.starts_with('#') && !line.trim().is_empty() {
-            let name_end = line.find(['{', ' ']).expect("sample line");
-            let name = &line[..name_end];
-            series.insert(name.to_string());
-            let family = families
-                .keys()
-                .filter(|f| name == f.as_str() || name.strip_prefix(f.as_str()).is_some_and(|s| s.starts_with('_')))
-                .max_by_key(|f| f.len())
-                .cloned();
-            if let (Some(family), Some(labels)) = (family, line[name_end..].strip_prefix('{')) {
-                let labels = &labels[..labels.rfind('}').expect("label set end")];
-                let entry = &mut families.get_mut(&family).expect("family").1;
-                for pair in labels.split("\",").filter(|p| !p.is_empty()) {
-                    let key = pair.split('=').next().expect("label").trim();
-                    if key != "le" {
-                        entry.insert(key.to_string());
-                    }
-                }
-            }
-        }
-    }
-    (series, families)
-}
-
 /// Runs the embedded quick-start and returns its /metrics once every
 /// metric in `wanted` is exposed (or after 20 s, whatever it exposes then).
 fn quickstart_metrics(wanted: &BTreeSet<String>) -> String {
@@ -197,7 +162,7 @@ fn quickstart_metrics(wanted: &BTreeSet<String>) -> String {
     let mut last = String::new();
     while started.elapsed() < Duration::from_secs(20) {
         if let Ok((200, text)) = http_get(&address, "/metrics") {
-            let (series, _) = parse_exposition(&text);
+            let series = Exposition::parse(&text).series_names();
             last = text;
             if wanted.iter().all(|w| series.contains(w)) {
                 break;
@@ -336,7 +301,9 @@ fn dashboards_and_rules_use_metrics_the_connector_exposes() {
     }
     // Exposed by a running connector.
     let text = quickstart_metrics(&referenced);
-    let (series, families) = parse_exposition(&text);
+    let exposition = Exposition::parse(&text);
+    let series = exposition.series_names();
+    let families = exposition.family_labels();
     for name in &referenced {
         if !series.contains(name) {
             problems.push(format!("`{name}` is not in a running connector's /metrics"));
@@ -354,12 +321,8 @@ fn dashboards_and_rules_use_metrics_the_connector_exposes() {
     for path in dashboard_files() {
         for q in dashboard_queries(&path) {
             for (name, matchers) in selectors(&q.expr) {
-                let family = families
-                    .keys()
-                    .filter(|f| name == **f || name.strip_prefix(f.as_str()).is_some_and(|s| s.starts_with('_')))
-                    .max_by_key(|f| f.len());
-                let Some(family) = family else { continue };
-                let labels = &families[family].1;
+                let Some(family) = exposition.family_of(&name) else { continue };
+                let labels = &families[family];
                 let compact: String = matchers.chars().filter(|c| !c.is_whitespace()).collect();
                 if labels.contains("pipeline") && !compact.contains("pipeline=~\"$pipeline\"") {
                     problems.push(format!("{q}: `{name}` is not filtered by pipeline=~\"$pipeline\""));
@@ -877,6 +840,44 @@ fn kubernetes_sidecar_example_is_consistent() {
     let grace = spec["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
     assert!(grace > config.shutdown_timeout.as_secs(), "grace period covers connector.shutdown_timeout");
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+}
+
+// ---------------------------------------------------------------- the PromQL helpers
+
+#[test]
+fn alert_signals_drop_comparisons_and_set_operators() {
+    assert_eq!(alert_signals("regionflow_checkpoint_age_seconds > 300"), ["regionflow_checkpoint_age_seconds"]);
+    assert_eq!(
+        alert_signals(
+            "max by (job, pipeline) (a) > 120 and on (job, pipeline) max by (job, pipeline) (deriv(a[15m])) > 0"
+        ),
+        ["max by (job, pipeline) (a)", "max by (job, pipeline) (deriv(a[15m]))"]
+    );
+    assert_eq!(alert_signals("sum(rate(x{o=\"a>b\"}[5m])) / sum(y) > 0.01"), ["sum(rate(x{o=\"a>b\"}[5m])) / sum(y)"]);
+    assert_eq!(alert_signals("up == 0 unless on(instance) z >= bool 2"), ["up", "z"]);
+    assert_eq!(alert_signals("x"), ["x"]);
+    assert_eq!(alert_signals("sum by (orders) (x) > 1"), ["sum by (orders) (x)"]);
+}
+
+#[test]
+fn substitutes_grafana_variables() {
+    assert_eq!(
+        substitute_variables("rate(x{p=~\"$pipeline\", r=~\"${region:regex}\"}[$__rate_interval])", "1m"),
+        "rate(x{p=~\".*\", r=~\".*\"}[1m])"
+    );
+}
+
+#[test]
+fn finds_metric_names_and_selectors() {
+    let expr = "sum by (le) (rate(regionflow_a_bucket{p=\"regionflow_no\"}[1m])) / pipeline:regionflow_b:rate1m";
+    assert_eq!(metric_names(expr), ["regionflow_a_bucket", "pipeline:regionflow_b:rate1m"]);
+    assert_eq!(
+        selectors(expr),
+        [
+            ("regionflow_a_bucket".to_string(), "p=\"regionflow_no\"".to_string()),
+            ("pipeline:regionflow_b:rate1m".to_string(), String::new())
+        ]
+    );
 }
 
 // ---------------------------------------------------------------- YAML

@@ -26,8 +26,6 @@
 //! on the scraped text.
 
 mod common;
-#[path = "common/prometheus.rs"]
-mod prometheus_harness;
 
 use std::fs;
 use std::io::Write;
@@ -39,13 +37,14 @@ use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use common::connector::{sum_metric, Connector};
+use common::connector::Connector;
 use common::kafka::Kafka;
-use common::redis_cluster::RedisCluster;
-use prometheus_harness::{
+use common::prom_text::Exposition;
+use common::prometheus::{
     alert_signals, dashboard_files, dashboard_queries, load_dashboard, parse_label_values, repo_root,
     substitute_variables, variable_queries, Prometheus,
 };
+use common::redis_cluster::RedisCluster;
 
 const PARTITIONS: i32 = 4;
 /// What `$__rate_interval` becomes: covers the whole scenario.
@@ -122,7 +121,7 @@ redundancy = 1
 
 /// Partitions a connector owns, from its own /metrics (None: no answer).
 fn owned(connector: &Connector) -> Option<i64> {
-    connector.scrape().map(|text| sum_metric(&text, "regionflow_partitions_owned{") as i64)
+    connector.scrape().map(|text| Exposition::parse(&text).sum("regionflow_partitions_owned", &[]) as i64)
 }
 
 fn address(connector: &Connector) -> String {

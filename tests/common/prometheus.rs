@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -27,6 +27,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use super::net::free_port;
+
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 5;
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,11 +36,6 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The repository root (where Cargo.toml is).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("cannot bind a free loopback port").port()
 }
 
 /// `GET path` on `address` (host:port) with HTTP/1.0; returns the status
@@ -610,48 +607,4 @@ pub fn selectors(expr: &str) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn alert_signals_drop_comparisons_and_set_operators() {
-        assert_eq!(alert_signals("regionflow_checkpoint_age_seconds > 300"), ["regionflow_checkpoint_age_seconds"]);
-        assert_eq!(
-            alert_signals(
-                "max by (job, pipeline) (a) > 120 and on (job, pipeline) max by (job, pipeline) (deriv(a[15m])) > 0"
-            ),
-            ["max by (job, pipeline) (a)", "max by (job, pipeline) (deriv(a[15m]))"]
-        );
-        assert_eq!(
-            alert_signals("sum(rate(x{o=\"a>b\"}[5m])) / sum(y) > 0.01"),
-            ["sum(rate(x{o=\"a>b\"}[5m])) / sum(y)"]
-        );
-        assert_eq!(alert_signals("up == 0 unless on(instance) z >= bool 2"), ["up", "z"]);
-        assert_eq!(alert_signals("x"), ["x"]);
-        assert_eq!(alert_signals("sum by (orders) (x) > 1"), ["sum by (orders) (x)"]);
-    }
-
-    #[test]
-    fn substitutes_grafana_variables() {
-        assert_eq!(
-            substitute_variables("rate(x{p=~\"$pipeline\", r=~\"${region:regex}\"}[$__rate_interval])", "1m"),
-            "rate(x{p=~\".*\", r=~\".*\"}[1m])"
-        );
-    }
-
-    #[test]
-    fn finds_metric_names_and_selectors() {
-        let expr = "sum by (le) (rate(regionflow_a_bucket{p=\"regionflow_no\"}[1m])) / pipeline:regionflow_b:rate1m";
-        assert_eq!(metric_names(expr), ["regionflow_a_bucket", "pipeline:regionflow_b:rate1m"]);
-        assert_eq!(
-            selectors(expr),
-            [
-                ("regionflow_a_bucket".to_string(), "p=\"regionflow_no\"".to_string()),
-                ("pipeline:regionflow_b:rate1m".to_string(), String::new())
-            ]
-        );
-    }
 }
