@@ -19,9 +19,8 @@
 //!   needs, non-root, health check and exposed port match the config;
 //! - deploy/kubernetes: native sidecar, probes, ConfigMap TOML valid.
 //!
-//! YAML is read with a small strict parser for the subset these files use
-//! (see `mod yaml`): anything outside it fails with the line number, so the
-//! files stay plain. `docker compose config` runs too when a Docker CLI with
+//! YAML is read with `serde_norway` into `serde_json::Value` (see
+//! `yaml_documents`). `docker compose config` runs too when a Docker CLI with
 //! the compose plugin is installed, and is reported as skipped otherwise.
 
 mod common;
@@ -32,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use common::net::free_port;
@@ -49,8 +49,24 @@ fn read(relative: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// The documents of a YAML file, as JSON values. serde_norway is the
+/// maintained fork of serde_yaml (deprecated and archived by its author):
+/// libyaml's parser behind the same serde API, so YAML deserializes straight
+/// into the `serde_json::Value` these checks index. serde_yml, the other
+/// fork, is itself deprecated; saphyr and yaml-rust2 are pure-Rust parsers
+/// with their own value type, which would need a conversion here.
+fn yaml_documents(relative: &str) -> Vec<Value> {
+    let text = read(relative);
+    serde_norway::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).unwrap_or_else(|e| panic!("{relative}: {e}")))
+        .collect()
+}
+
+/// A one-document YAML file, as a JSON value.
 fn yaml_file(relative: &str) -> Value {
-    yaml::parse(&read(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+    let mut documents = yaml_documents(relative);
+    assert_eq!(documents.len(), 1, "{relative}: expected one YAML document");
+    documents.remove(0)
 }
 
 fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
@@ -609,7 +625,7 @@ fn docker_compose_accepts_the_file_when_available() {
     let available =
         Command::new("docker").args(["compose", "version"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !available {
-        eprintln!("SKIPPED: `docker compose` is not installed; docker/compose.yml was checked by the YAML parser only");
+        eprintln!("SKIPPED: `docker compose` is not installed; docker/compose.yml was checked by serde_norway only");
         return;
     }
     let out = Command::new("docker")
@@ -754,8 +770,7 @@ fn dockerfile_builds_from_existing_files_and_matches_the_config() {
 
 #[test]
 fn kubernetes_sidecar_example_is_consistent() {
-    let text = read("deploy/kubernetes/regionflow-sidecar.yaml");
-    let docs = yaml::parse_documents(&text).unwrap_or_else(|e| panic!("regionflow-sidecar.yaml: {e}"));
+    let docs = yaml_documents("deploy/kubernetes/regionflow-sidecar.yaml");
     let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"));
     let config_map = find("ConfigMap");
     let deployment = find("Deployment");
@@ -878,528 +893,4 @@ fn finds_metric_names_and_selectors() {
             ("pipeline:regionflow_b:rate1m".to_string(), String::new())
         ]
     );
-}
-
-// ---------------------------------------------------------------- YAML
-
-/// A strict parser for the YAML subset of this repository's deployment
-/// files, into `serde_json::Value`: block mappings and sequences (including
-/// `- key: value` items), plain/single/double-quoted scalars, one-line flow
-/// sequences and mappings, `|`/`>` block scalars, comments and `---`
-/// document separators. Anchors, aliases, tags, complex keys and multi-line
-/// flow or plain scalars are refused with the line number. Plain scalars
-/// resolve as in YAML 1.2's core schema (true/false, null/~, numbers).
-mod yaml {
-    use serde_json::{Map, Number, Value};
-
-    pub fn parse(src: &str) -> Result<Value, String> {
-        let mut docs = parse_documents(src)?;
-        match docs.len() {
-            1 => Ok(docs.remove(0)),
-            n => Err(format!("expected one YAML document, found {n}")),
-        }
-    }
-
-    pub fn parse_documents(src: &str) -> Result<Vec<Value>, String> {
-        let mut docs = Vec::new();
-        let mut lines: Vec<String> = Vec::new();
-        let mut first = 1;
-        for (i, line) in src.lines().enumerate() {
-            if line == "---" || line.starts_with("--- ") {
-                if lines.iter().any(|l| !is_blank(l)) {
-                    docs.push(Parser { lines: std::mem::take(&mut lines), pos: 0, first }.document()?);
-                }
-                lines.clear();
-                first = i + 2;
-            } else {
-                lines.push(line.to_string());
-            }
-        }
-        if lines.iter().any(|l| !is_blank(l)) {
-            docs.push(Parser { lines, pos: 0, first }.document()?);
-        }
-        Ok(docs)
-    }
-
-    fn indent(line: &str) -> usize {
-        line.len() - line.trim_start_matches(' ').len()
-    }
-
-    /// Drops a comment: `#` at the start or after whitespace, outside quotes.
-    fn strip_comment(text: &str) -> &str {
-        let mut quote: Option<char> = None;
-        let mut prev = ' ';
-        for (i, c) in text.char_indices() {
-            match quote {
-                Some('"') if c == '\\' => {}
-                Some(q) if c == q && !(q == '"' && prev == '\\') => quote = None,
-                Some(_) => {}
-                None if c == '"' || c == '\'' => quote = Some(c),
-                None if c == '#' && prev.is_whitespace() => return &text[..i],
-                None => {}
-            }
-            prev = c;
-        }
-        text
-    }
-
-    fn is_blank(line: &str) -> bool {
-        strip_comment(line).trim().is_empty()
-    }
-
-    fn is_item(text: &str) -> bool {
-        text == "-" || text.starts_with("- ")
-    }
-
-    /// `key: value` → (key, value) when `text` is a mapping entry.
-    fn split_key(text: &str) -> Option<(&str, &str)> {
-        if text.starts_with('"') || text.starts_with('\'') {
-            let q = text.chars().next().expect("quote");
-            let end = text[1..].find(q)? + 1;
-            let rest = &text[end + 1..];
-            let value = rest.strip_prefix(':')?;
-            return (value.is_empty() || value.starts_with(' ')).then(|| (&text[..=end], value.trim()));
-        }
-        if text.starts_with('[') || text.starts_with('{') {
-            return None;
-        }
-        let bytes = text.as_bytes();
-        (0..bytes.len())
-            .find(|&i| bytes[i] == b':' && (i + 1 == bytes.len() || bytes[i + 1] == b' '))
-            .map(|i| (&text[..i], text[i + 1..].trim()))
-    }
-
-    struct Parser {
-        lines: Vec<String>,
-        pos: usize,
-        first: usize,
-    }
-
-    impl Parser {
-        fn err(&self, message: &str) -> String {
-            format!("YAML line {}: {message}", self.first + self.pos)
-        }
-
-        /// The next non-blank line: (indentation, content without comment).
-        fn peek(&mut self) -> Result<Option<(usize, String)>, String> {
-            while self.pos < self.lines.len() && is_blank(&self.lines[self.pos]) {
-                self.pos += 1;
-            }
-            let Some(line) = self.lines.get(self.pos) else { return Ok(None) };
-            if line.starts_with('\t') {
-                return Err(self.err("tabs are not allowed for indentation"));
-            }
-            let n = indent(line);
-            Ok(Some((n, strip_comment(&line[n..]).trim_end().to_string())))
-        }
-
-        fn document(mut self) -> Result<Value, String> {
-            let value = self.node(0)?;
-            if let Some((_, text)) = self.peek()? {
-                return Err(self.err(&format!("unexpected content {text:?}")));
-            }
-            Ok(value)
-        }
-
-        fn node(&mut self, min_indent: usize) -> Result<Value, String> {
-            let Some((n, text)) = self.peek()? else { return Ok(Value::Null) };
-            if n < min_indent {
-                return Ok(Value::Null);
-            }
-            if is_item(&text) {
-                self.sequence(n)
-            } else if split_key(&text).is_some() {
-                self.mapping(n)
-            } else {
-                self.pos += 1;
-                let value = scalar(&text).map_err(|e| self.err(&e))?;
-                self.no_continuation(n)?;
-                Ok(value)
-            }
-        }
-
-        fn no_continuation(&mut self, n: usize) -> Result<(), String> {
-            match self.peek()? {
-                Some((next, _)) if next > n => {
-                    Err(self.err("unexpected indentation (multi-line plain scalars are not supported)"))
-                }
-                _ => Ok(()),
-            }
-        }
-
-        fn sequence(&mut self, n: usize) -> Result<Value, String> {
-            let mut items = Vec::new();
-            while let Some((i, text)) = self.peek()? {
-                if i < n || !is_item(&text) {
-                    if i > n {
-                        return Err(self.err("unexpected indentation"));
-                    }
-                    break;
-                }
-                if i > n {
-                    return Err(self.err("unexpected indentation"));
-                }
-                let rest = text[1..].trim_start();
-                if rest.is_empty() {
-                    self.pos += 1;
-                    items.push(self.node(n + 1)?);
-                } else if rest.starts_with('|') || rest.starts_with('>') {
-                    self.pos += 1;
-                    items.push(self.block_scalar(rest, n)?);
-                } else {
-                    // Read the item as a node starting at its own column.
-                    let column = n + text.len() - rest.len();
-                    let line = &mut self.lines[self.pos];
-                    *line = format!("{}{}", " ".repeat(column), &line[column..]);
-                    items.push(self.node(column)?);
-                }
-            }
-            Ok(Value::Array(items))
-        }
-
-        fn mapping(&mut self, n: usize) -> Result<Value, String> {
-            let mut map = Map::new();
-            while let Some((i, text)) = self.peek()? {
-                if i < n {
-                    break;
-                }
-                if i > n {
-                    return Err(self.err("unexpected indentation"));
-                }
-                if is_item(&text) {
-                    return Err(self.err("a sequence item where a mapping key was expected"));
-                }
-                if text.starts_with("? ") || text.starts_with('&') || text.starts_with('*') || text.starts_with('!') {
-                    return Err(self.err("complex keys, anchors, aliases and tags are not supported"));
-                }
-                let (key, value) =
-                    split_key(&text).ok_or_else(|| self.err(&format!("expected `key: value`: {text}")))?;
-                let key = match scalar(key).map_err(|e| self.err(&e))? {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                self.pos += 1;
-                let value = if value.is_empty() {
-                    match self.peek()? {
-                        Some((next, _)) if next > n => self.node(next)?,
-                        Some((next, t)) if next == n && is_item(&t) => self.sequence(n)?,
-                        _ => Value::Null,
-                    }
-                } else if value.starts_with('|') || value.starts_with('>') {
-                    self.block_scalar(value, n)?
-                } else {
-                    let v = scalar(value).map_err(|e| self.err(&e))?;
-                    self.no_continuation(n)?;
-                    v
-                };
-                if map.insert(key.clone(), value).is_some() {
-                    return Err(self.err(&format!("duplicate key {key:?}")));
-                }
-            }
-            Ok(Value::Object(map))
-        }
-
-        /// A `|` or `>` block scalar (header already read) whose lines are
-        /// indented deeper than `parent`.
-        fn block_scalar(&mut self, header: &str, parent: usize) -> Result<Value, String> {
-            let (folded, chomp) = match header {
-                "|" => (false, ""),
-                "|-" => (false, "-"),
-                "|+" => (false, "+"),
-                ">" => (true, ""),
-                ">-" => (true, "-"),
-                ">+" => (true, "+"),
-                other => return Err(self.err(&format!("unsupported block scalar header {other:?}"))),
-            };
-            let mut raw = Vec::new();
-            while let Some(line) = self.lines.get(self.pos) {
-                if line.trim().is_empty() {
-                    raw.push(String::new());
-                } else if indent(line) > parent {
-                    raw.push(line.clone());
-                } else {
-                    break;
-                }
-                self.pos += 1;
-            }
-            let block_indent = raw.iter().find(|l| !l.is_empty()).map(|l| indent(l)).unwrap_or(parent + 1);
-            let mut lines = Vec::new();
-            for line in &raw {
-                if line.is_empty() {
-                    lines.push(String::new());
-                } else if indent(line) < block_indent {
-                    return Err(self.err("block scalar line indented less than its first line"));
-                } else {
-                    lines.push(line[block_indent..].to_string());
-                }
-            }
-            let trailing = lines.iter().rev().take_while(|l| l.is_empty()).count();
-            let body = &lines[..lines.len() - trailing];
-            let mut text = if folded {
-                let mut out = String::new();
-                for (i, line) in body.iter().enumerate() {
-                    if i > 0 {
-                        out.push(if line.is_empty() || body[i - 1].is_empty() { '\n' } else { ' ' });
-                    }
-                    out.push_str(line);
-                }
-                out
-            } else {
-                body.join("\n")
-            };
-            match chomp {
-                "-" => {}
-                "+" => text.push_str(&"\n".repeat(trailing + 1)),
-                _ if !body.is_empty() => text.push('\n'),
-                _ => {}
-            }
-            Ok(Value::String(text))
-        }
-    }
-
-    /// A scalar or one-line flow collection.
-    pub fn scalar(text: &str) -> Result<Value, String> {
-        let chars: Vec<char> = text.trim().chars().collect();
-        let mut i = 0;
-        let value = flow(&chars, &mut i, false)?;
-        skip_spaces(&chars, &mut i);
-        if i != chars.len() {
-            return Err(format!("unexpected {:?} after a value in {text:?}", chars[i..].iter().collect::<String>()));
-        }
-        Ok(value)
-    }
-
-    fn skip_spaces(chars: &[char], i: &mut usize) {
-        while *i < chars.len() && chars[*i] == ' ' {
-            *i += 1;
-        }
-    }
-
-    fn flow(chars: &[char], i: &mut usize, nested: bool) -> Result<Value, String> {
-        skip_spaces(chars, i);
-        match chars.get(*i) {
-            None => Ok(Value::Null),
-            Some('"') => double_quoted(chars, i),
-            Some('\'') => {
-                let mut out = String::new();
-                *i += 1;
-                loop {
-                    match chars.get(*i) {
-                        None => return Err("unterminated single-quoted string".into()),
-                        Some('\'') if chars.get(*i + 1) == Some(&'\'') => {
-                            out.push('\'');
-                            *i += 2;
-                        }
-                        Some('\'') => {
-                            *i += 1;
-                            return Ok(Value::String(out));
-                        }
-                        Some(&c) => {
-                            out.push(c);
-                            *i += 1;
-                        }
-                    }
-                }
-            }
-            Some('[') => {
-                *i += 1;
-                let mut items = Vec::new();
-                loop {
-                    skip_spaces(chars, i);
-                    if chars.get(*i) == Some(&']') {
-                        *i += 1;
-                        return Ok(Value::Array(items));
-                    }
-                    items.push(flow(chars, i, true)?);
-                    skip_spaces(chars, i);
-                    match chars.get(*i) {
-                        Some(',') => *i += 1,
-                        Some(']') => {}
-                        _ => return Err("unterminated flow sequence (must fit on one line)".into()),
-                    }
-                }
-            }
-            Some('{') => {
-                *i += 1;
-                let mut map = Map::new();
-                loop {
-                    skip_spaces(chars, i);
-                    if chars.get(*i) == Some(&'}') {
-                        *i += 1;
-                        return Ok(Value::Object(map));
-                    }
-                    let key = match flow(chars, i, true)? {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    skip_spaces(chars, i);
-                    if chars.get(*i) != Some(&':') {
-                        return Err("expected `:` in a flow mapping".into());
-                    }
-                    *i += 1;
-                    let value = flow(chars, i, true)?;
-                    map.insert(key, value);
-                    skip_spaces(chars, i);
-                    match chars.get(*i) {
-                        Some(',') => *i += 1,
-                        Some('}') => {}
-                        _ => return Err("unterminated flow mapping (must fit on one line)".into()),
-                    }
-                }
-            }
-            Some('&' | '*' | '!' | '%' | '@' | '`') => Err(format!("unsupported YAML syntax at {:?}", chars[*i])),
-            Some('|' | '>') => Err("a block scalar header here is not supported".into()),
-            Some(_) => {
-                let start = *i;
-                while let Some(&c) = chars.get(*i) {
-                    let ends_key = c == ':' && chars.get(*i + 1).is_none_or(|n| *n == ' ' || *n == ',' || *n == '}');
-                    if nested && (c == ',' || c == ']' || c == '}' || ends_key) {
-                        break;
-                    }
-                    *i += 1;
-                }
-                Ok(plain(chars[start..*i].iter().collect::<String>().trim_end()))
-            }
-        }
-    }
-
-    fn double_quoted(chars: &[char], i: &mut usize) -> Result<Value, String> {
-        let mut out = String::new();
-        *i += 1;
-        loop {
-            match chars.get(*i) {
-                None => return Err("unterminated double-quoted string (must fit on one line)".into()),
-                Some('"') => {
-                    *i += 1;
-                    return Ok(Value::String(out));
-                }
-                Some('\\') => {
-                    let escaped = chars.get(*i + 1).ok_or("dangling backslash")?;
-                    match escaped {
-                        '"' | '\\' | '/' => out.push(*escaped),
-                        'n' => out.push('\n'),
-                        't' => out.push('\t'),
-                        'r' => out.push('\r'),
-                        'u' => {
-                            let hex: String = chars.get(*i + 2..*i + 6).ok_or("short \\u escape")?.iter().collect();
-                            let code = u32::from_str_radix(&hex, 16).map_err(|e| e.to_string())?;
-                            out.push(char::from_u32(code).ok_or("bad \\u escape")?);
-                            *i += 4;
-                        }
-                        other => return Err(format!("unsupported escape \\{other}")),
-                    }
-                    *i += 2;
-                }
-                Some(&c) => {
-                    out.push(c);
-                    *i += 1;
-                }
-            }
-        }
-    }
-
-    /// YAML 1.2 core schema resolution of a plain scalar.
-    fn plain(text: &str) -> Value {
-        match text {
-            "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-            "true" | "True" | "TRUE" => return Value::Bool(true),
-            "false" | "False" | "FALSE" => return Value::Bool(false),
-            _ => {}
-        }
-        let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = text.parse::<i64>() {
-                return Value::Number(n.into());
-            }
-        }
-        let is_float = digits.bytes().all(|b| b.is_ascii_digit() || b"eE.-+".contains(&b))
-            && digits.bytes().any(|b| b.is_ascii_digit())
-            && digits.contains('.');
-        if is_float {
-            if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
-                return Value::Number(n);
-            }
-        }
-        Value::String(text.to_string())
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-        use serde_json::json;
-
-        #[test]
-        fn parses_the_subset() {
-            let src = r#"
-# comment
-name: demo   # trailing comment
-count: 3
-ratio: 0.5
-on: true
-empty:
-quoted: "a: b # not a comment"
-single: 'it''s'
-url: http://prometheus:9090
-list:
-  - a
-  - "b"
-  - key: 1
-    other: [x, "y z", 3]
-  - - nested
-flow: {a: 1, b: [2]}
-seq_same_indent:
-- one
-- two
-block: |
-  line 1
-    indented
-  # kept
-
-  last
-folded: >-
-  a
-  b
-items:
-  - |
-    text
-  - name: x
-"#;
-            let value = parse(src).expect("parses");
-            assert_eq!(
-                value,
-                json!({
-                    "name": "demo", "count": 3, "ratio": 0.5, "on": true, "empty": null,
-                    "quoted": "a: b # not a comment", "single": "it's", "url": "http://prometheus:9090",
-                    "list": ["a", "b", {"key": 1, "other": ["x", "y z", 3]}, ["nested"]],
-                    "flow": {"a": 1, "b": [2]},
-                    "seq_same_indent": ["one", "two"],
-                    "block": "line 1\n  indented\n# kept\n\nlast\n",
-                    "folded": "a b",
-                    "items": ["text\n", {"name": "x"}]
-                })
-            );
-        }
-
-        #[test]
-        fn refuses_what_it_does_not_understand() {
-            for bad in [
-                "a: &anchor 1",
-                "a: *alias",
-                "a: !tag x",
-                "a: b\n  c",
-                "a: [1,\n  2]",
-                "a: 1\na: 2",
-                "a:\n\t- b",
-                "a: \"open",
-            ] {
-                assert!(parse(bad).is_err(), "accepted {bad:?}: {:?}", parse(bad));
-            }
-        }
-
-        #[test]
-        fn splits_documents() {
-            let docs = parse_documents("a: 1\n---\nb: 2\n---\n").expect("parses");
-            assert_eq!(docs, [json!({"a": 1}), json!({"b": 2})]);
-        }
-    }
 }
