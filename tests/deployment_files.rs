@@ -37,9 +37,11 @@ use serde_json::Value;
 use common::net::free_port;
 use common::prom_text::Exposition;
 use common::prometheus::{
-    alert_signals, all_panels, dashboard_files, dashboard_queries, http_get, load_dashboard, metric_names, repo_root,
-    selectors, substitute_variables, variable_queries,
+    alert_signals, all_panels, compares, dashboard_files, dashboard_queries, has_regex_matcher, http_get,
+    load_dashboard, metric_names, parse_label_values, parse_promql, repo_root, selector_metric, selectors,
+    substitute_variables, variable_queries, DashboardVariables,
 };
+use promql_parser::parser::Expr;
 
 const DATASOURCE: &str = "${datasource}";
 const DATASOURCE_UID: &str = "regionflow-prometheus";
@@ -192,22 +194,33 @@ fn quickstart_metrics(wanted: &BTreeSet<String>) -> String {
 
 // ---------------------------------------------------------------- expressions
 
-/// Every PromQL expression of the dashboards (panels and variables) and of
-/// the rules: (where, expression).
-fn all_expressions() -> Vec<(String, String)> {
+/// A dashboard expression as PromQL: Grafana's intervals substituted and
+/// dashboard variables as `.*` or kept as `$name` (see [`DashboardVariables`]).
+fn dashboard_promql(expr: &str, variables: DashboardVariables) -> Result<Expr, String> {
+    parse_promql(&substitute_variables(expr, "1m", variables))
+}
+
+/// Every PromQL expression of the dashboards (panels, and the selectors of
+/// `label_values` variables) and of the rules, parsed: (where, expression).
+fn all_expressions() -> Vec<(String, Result<Expr, String>)> {
     let mut out = Vec::new();
     for path in dashboard_files() {
         for q in dashboard_queries(&path) {
-            out.push((q.to_string(), q.expr));
+            let expr = dashboard_promql(&q.expr, DashboardVariables::MatchAll);
+            out.push((q.to_string(), expr));
         }
         let dashboard = load_dashboard(&path);
         for (name, query) in variable_queries(&dashboard) {
-            out.push((format!("{} variable {name}", path.display()), query));
+            let selector = parse_label_values(&query).map(|(selector, _)| selector);
+            let expr = selector
+                .ok_or_else(|| format!("expected label_values(<selector>, <label>), got {query:?}"))
+                .and_then(|selector| dashboard_promql(&selector, DashboardVariables::MatchAll));
+            out.push((format!("{} variable {name}", path.display()), expr));
         }
     }
     for rule in rules() {
         let what = rule["record"].as_str().or(rule["alert"].as_str()).expect("record or alert").to_string();
-        out.push((format!("rule {what}"), str_of(&rule["expr"], &what).to_string()));
+        out.push((format!("rule {what}"), parse_promql(str_of(&rule["expr"], &what))));
     }
     out
 }
@@ -294,9 +307,15 @@ fn dashboards_and_rules_use_metrics_the_connector_exposes() {
     let mut referenced = BTreeSet::new();
     let mut problems = Vec::new();
     for (what, expr) in &expressions {
-        let names = metric_names(expr);
+        let names = match expr.as_ref().map_err(String::clone).and_then(metric_names) {
+            Ok(names) => names,
+            Err(e) => {
+                problems.push(format!("{what}: {e}"));
+                continue;
+            }
+        };
         if names.is_empty() {
-            problems.push(format!("{what}: reads no regionflow metric: {expr}"));
+            problems.push(format!("{what}: reads no metric"));
         }
         for name in names {
             if name.contains(':') {
@@ -336,15 +355,22 @@ fn dashboards_and_rules_use_metrics_the_connector_exposes() {
     // Panels filter every pipeline- or region-labelled metric by its variable.
     for path in dashboard_files() {
         for q in dashboard_queries(&path) {
-            for (name, matchers) in selectors(&q.expr) {
-                let Some(family) = exposition.family_of(&name) else { continue };
+            let expr = match dashboard_promql(&q.expr, DashboardVariables::Named) {
+                Ok(expr) => expr,
+                Err(e) => {
+                    problems.push(format!("{q}: {e}"));
+                    continue;
+                }
+            };
+            for selector in selectors(&expr) {
+                let Some(name) = selector_metric(selector) else { continue };
+                let Some(family) = exposition.family_of(name) else { continue };
                 let labels = &families[family];
-                let compact: String = matchers.chars().filter(|c| !c.is_whitespace()).collect();
-                if labels.contains("pipeline") && !compact.contains("pipeline=~\"$pipeline\"") {
+                if labels.contains("pipeline") && !has_regex_matcher(selector, "pipeline", "$pipeline") {
                     problems.push(format!("{q}: `{name}` is not filtered by pipeline=~\"$pipeline\""));
                 } else if !labels.contains("pipeline")
                     && labels.contains("region")
-                    && !compact.contains("region=~\"$region\"")
+                    && !has_regex_matcher(selector, "region", "$region")
                 {
                     problems.push(format!("{q}: `{name}` is not filtered by region=~\"$region\""));
                 }
@@ -413,11 +439,11 @@ fn alerts_are_actionable_and_testable() {
         }
         // The documented form: each signal, without its threshold, must be a
         // plain expression tests/observability.rs can evaluate.
-        for signal in alert_signals(expr) {
-            assert!(!metric_names(&signal).is_empty(), "{name}: signal `{signal}` reads no metric");
-            for op in [" > ", " < ", " >= ", " <= ", " == ", " != "] {
-                assert!(!signal.contains(op), "{name}: signal `{signal}` still compares ({op}); see the rules' header");
-            }
+        let parsed = parse_promql(expr).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for signal in alert_signals(&parsed) {
+            let names = metric_names(&signal).unwrap_or_else(|e| panic!("{name}: signal `{signal}`: {e}"));
+            assert!(!names.is_empty(), "{name}: signal `{signal}` reads no metric");
+            assert!(!compares(&signal), "{name}: signal `{signal}` still compares; see the rules' header");
         }
         if severity == "critical" {
             assert!(unit_tests.contains(&format!("alertname: {name}")), "{name}: no unit test in regionflow_test.yml");
@@ -859,38 +885,59 @@ fn kubernetes_sidecar_example_is_consistent() {
 
 // ---------------------------------------------------------------- the PromQL helpers
 
+fn promql(expr: &str) -> Expr {
+    parse_promql(expr).expect("valid PromQL")
+}
+
 #[test]
 fn alert_signals_drop_comparisons_and_set_operators() {
-    assert_eq!(alert_signals("regionflow_checkpoint_age_seconds > 300"), ["regionflow_checkpoint_age_seconds"]);
+    let signals = |expr: &str| alert_signals(&promql(expr));
+    let parsed = |exprs: &[&str]| exprs.iter().map(|e| promql(e)).collect::<Vec<_>>();
+    assert_eq!(signals("regionflow_checkpoint_age_seconds > 300"), parsed(&["regionflow_checkpoint_age_seconds"]));
     assert_eq!(
-        alert_signals(
-            "max by (job, pipeline) (a) > 120 and on (job, pipeline) max by (job, pipeline) (deriv(a[15m])) > 0"
-        ),
-        ["max by (job, pipeline) (a)", "max by (job, pipeline) (deriv(a[15m]))"]
+        signals("max by (job, pipeline) (a) > 120 and on (job, pipeline) max by (job, pipeline) (deriv(a[15m])) > 0"),
+        parsed(&["max by (job, pipeline) (a)", "max by (job, pipeline) (deriv(a[15m]))"])
     );
-    assert_eq!(alert_signals("sum(rate(x{o=\"a>b\"}[5m])) / sum(y) > 0.01"), ["sum(rate(x{o=\"a>b\"}[5m])) / sum(y)"]);
-    assert_eq!(alert_signals("up == 0 unless on(instance) z >= bool 2"), ["up", "z"]);
-    assert_eq!(alert_signals("x"), ["x"]);
-    assert_eq!(alert_signals("sum by (orders) (x) > 1"), ["sum by (orders) (x)"]);
+    assert_eq!(
+        signals("sum(rate(x{o=\"a>b\"}[5m])) / sum(y) > 0.01"),
+        parsed(&["sum(rate(x{o=\"a>b\"}[5m])) / sum(y)"])
+    );
+    assert_eq!(signals("up == 0 unless on(instance) z >= bool 2"), parsed(&["up", "z"]));
+    assert_eq!(signals("x"), parsed(&["x"]));
+    assert_eq!(signals("sum by (orders) (x) > 1"), parsed(&["sum by (orders) (x)"]));
+    assert!(compares(&promql("sum(x > 1)")) && !compares(&promql("sum(x) / 2")));
+    // Signals render as PromQL that parses back to themselves (observability
+    // sends them to Prometheus).
+    for signal in signals("max by (job) (deriv(a{p=~\"x|y\"}[15m])) > 0 or on (job) b offset 5m == 0") {
+        assert_eq!(promql(&signal.to_string()), signal);
+    }
 }
 
 #[test]
 fn substitutes_grafana_variables() {
+    let expr = "rate(x{p=~\"$pipeline\", r=~\"${region:regex}\"}[$__rate_interval])";
+    assert_eq!(substitute_variables(expr, "1m", DashboardVariables::MatchAll), "rate(x{p=~\".*\", r=~\".*\"}[1m])");
     assert_eq!(
-        substitute_variables("rate(x{p=~\"$pipeline\", r=~\"${region:regex}\"}[$__rate_interval])", "1m"),
-        "rate(x{p=~\".*\", r=~\".*\"}[1m])"
+        substitute_variables(expr, "1m", DashboardVariables::Named),
+        "rate(x{p=~\"$pipeline\", r=~\"$region\"}[1m])"
     );
 }
 
 #[test]
 fn finds_metric_names_and_selectors() {
-    let expr = "sum by (le) (rate(regionflow_a_bucket{p=\"regionflow_no\"}[1m])) / pipeline:regionflow_b:rate1m";
-    assert_eq!(metric_names(expr), ["regionflow_a_bucket", "pipeline:regionflow_b:rate1m"]);
-    assert_eq!(
-        selectors(expr),
-        [
-            ("regionflow_a_bucket".to_string(), "p=\"regionflow_no\"".to_string()),
-            ("pipeline:regionflow_b:rate1m".to_string(), String::new())
-        ]
+    let expr = promql(
+        "sum by (le) (rate(regionflow_a_bucket{p=~\"$pipeline\",q=\"regionflow_no\"}[1m])) / pipeline:regionflow_b:rate1m",
     );
+    assert_eq!(
+        metric_names(&expr),
+        Ok(vec!["regionflow_a_bucket".to_string(), "pipeline:regionflow_b:rate1m".to_string()])
+    );
+    let found = selectors(&expr);
+    assert_eq!(
+        found.iter().map(|s| selector_metric(s)).collect::<Vec<_>>(),
+        [Some("regionflow_a_bucket"), Some("pipeline:regionflow_b:rate1m")]
+    );
+    assert!(has_regex_matcher(found[0], "p", "$pipeline"));
+    assert!(!has_regex_matcher(found[0], "q", "regionflow_no") && !has_regex_matcher(found[1], "p", "$pipeline"));
+    assert!(metric_names(&promql("{__name__=~\"regionflow_.*\"}")).is_err(), "a selector without a metric name");
 }

@@ -41,8 +41,8 @@ use common::connector::Connector;
 use common::kafka::Kafka;
 use common::prom_text::Exposition;
 use common::prometheus::{
-    alert_signals, dashboard_files, dashboard_queries, load_dashboard, parse_label_values, repo_root,
-    substitute_variables, variable_queries, Prometheus,
+    alert_signals, dashboard_files, dashboard_queries, load_dashboard, parse_label_values, parse_promql, repo_root,
+    substitute_variables, variable_queries, DashboardVariables, Prometheus,
 };
 use common::redis_cluster::RedisCluster;
 
@@ -214,7 +214,7 @@ fn evaluate_dashboards(prometheus: &Prometheus, report: &mut Report) {
         for (name, query) in variable_queries(&dashboard) {
             let (selector, label) = parse_label_values(&query)
                 .unwrap_or_else(|| panic!("{file} variable {name}: expected label_values(...), got {query:?}"));
-            let selector = substitute_variables(&selector, RATE_INTERVAL);
+            let selector = substitute_variables(&selector, RATE_INTERVAL, DashboardVariables::MatchAll);
             report.checked += 1;
             match prometheus.query(&selector) {
                 Ok(samples) if samples.iter().any(|s| s.labels.contains_key(&label)) => {}
@@ -227,7 +227,7 @@ fn evaluate_dashboards(prometheus: &Prometheus, report: &mut Report) {
         let queries = dashboard_queries(&path);
         assert!(!queries.is_empty(), "{file} has no panel queries");
         for q in queries {
-            let expr = substitute_variables(&q.expr, RATE_INTERVAL);
+            let expr = substitute_variables(&q.expr, RATE_INTERVAL, DashboardVariables::MatchAll);
             report.check(prometheus, q.to_string(), &expr);
         }
     }
@@ -251,12 +251,18 @@ fn evaluate_rules(prometheus: &Prometheus, report: &mut Report) {
                 report.check(prometheus, format!("recording rule {} (recorded series)", rule.name), &rule.name);
             }
             _ => {
-                let signals = alert_signals(&rule.query);
+                let signals = match parse_promql(&rule.query) {
+                    Ok(expr) => alert_signals(&expr),
+                    Err(e) => {
+                        report.failures.push(format!("alert {}: {e}", rule.name));
+                        continue;
+                    }
+                };
                 for (i, signal) in signals.iter().enumerate() {
                     report.check(
                         prometheus,
                         format!("alert {} signal {}/{} of `{}`", rule.name, i + 1, signals.len(), rule.query),
-                        signal,
+                        &signal.to_string(),
                     );
                 }
             }
