@@ -33,9 +33,10 @@ fn decode(c: &mut Criterion) {
 
     for workload in [Workload::W1, Workload::W3] {
         let decoder = JsonDecoder::new(&compile::record_spec(&support::pipeline_config(workload)));
+        let now = regionflow::time::now_millis();
         let what = if workload == Workload::W1 { "key_field" } else { "kafka_key" };
         group.bench_function(format!("{}_{what}", workload.name()), |b| {
-            b.iter(|| records.iter().map(|r| decoder.decode(r, 0).expect("valid").time).sum::<i64>())
+            b.iter(|| records.iter().map(|r| decoder.decode(r, now).expect("valid").time).sum::<i64>())
         });
     }
     group.bench_function("parse_value_only", |b| {
@@ -55,8 +56,9 @@ fn decode(c: &mut Criterion) {
     group.sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2));
     group.throughput(Throughput::Bytes(bytes as u64));
     let decoder = JsonDecoder::new(&compile::record_spec(&support::pipeline_config(Workload::W1)));
+    let now = regionflow::time::now_millis();
     group.bench_function("W1_key_field", |b| {
-        b.iter(|| records.iter().map(|r| decoder.decode(r, 0).expect("valid").time).sum::<i64>())
+        b.iter(|| records.iter().map(|r| decoder.decode(r, now).expect("valid").time).sum::<i64>())
     });
     group.finish();
 }

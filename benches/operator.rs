@@ -63,13 +63,14 @@ fn decode_and_operator(c: &mut Criterion) {
     for workload in [Workload::W1, Workload::W2, Workload::W3] {
         let config = support::pipeline_config(workload);
         let decoder = JsonDecoder::new(&compile::record_spec(&config));
+        let now = regionflow::time::now_millis();
         let spec = support::spec(workload);
         group.bench_function(format!("decode+operator/{}", workload.name()), |b| {
             b.iter_batched(
                 || Driver::new(&spec, false),
                 |mut driver| {
                     for r in &records {
-                        let event = decoder.decode(r, 0).expect("valid record");
+                        let event = decoder.decode(r, now).expect("valid record");
                         driver.feed(&event);
                     }
                     driver

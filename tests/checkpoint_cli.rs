@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use common::kafka::{Kafka, Produce};
+use common::prom_text::Exposition;
 use common::redis_cluster::RedisCluster;
 use regionflow::config::Settings;
 use regionflow::metrics::{Health, Metrics};
@@ -76,7 +77,7 @@ region = {{ name = "clicks" }}
         shutdown.clone(),
     ));
     let total: usize = per_partition.iter().sum();
-    while common::connector::sum_metric(&metrics.render(), "regionflow_records_in_total") < total as f64 {
+    while Exposition::parse(&metrics.render()).sum("regionflow_records_in_total", &[]) < total as f64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     shutdown.cancel();

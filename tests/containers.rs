@@ -41,6 +41,7 @@ use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
+use common::net::free_ports;
 use common::scenario::{Scenario, TOPICS};
 
 /// The images docker/compose.yml uses.
@@ -128,19 +129,6 @@ fn docker_engine() -> Result<Engine, String> {
     let engine = engine_from(std::env::var("DOCKER_HOST").ok().as_deref())?;
     ping(&engine)?;
     Ok(engine)
-}
-
-/// Free loopback ports for services that listen on the same port inside
-/// their container; below 55536 so a Redis node's bus port (+10000) exists.
-fn free_ports(n: usize) -> Vec<u16> {
-    let mut listeners = Vec::new();
-    while listeners.len() < n {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-        if listener.local_addr().expect("local address").port() < 55_536 {
-            listeners.push(listener);
-        }
-    }
-    listeners.iter().map(|l| l.local_addr().expect("local address").port()).collect()
 }
 
 /// Apache Kafka, one KRaft node (broker and controller), listening on

@@ -19,14 +19,11 @@
 //!   needs, non-root, health check and exposed port match the config;
 //! - deploy/kubernetes: native sidecar, probes, ConfigMap TOML valid.
 //!
-//! YAML is read with a small strict parser for the subset these files use
-//! (see `mod yaml`): anything outside it fails with the line number, so the
-//! files stay plain. `docker compose config` runs too when a Docker CLI with
+//! YAML is read with `serde_norway` into `serde_json::Value` (see
+//! `yaml_documents`). `docker compose config` runs too when a Docker CLI with
 //! the compose plugin is installed, and is reported as skipped otherwise.
 
 mod common;
-#[path = "common/prometheus.rs"]
-mod prometheus_harness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -34,12 +31,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize;
 use serde_json::Value;
 
-use prometheus_harness::{
-    alert_signals, all_panels, dashboard_files, dashboard_queries, load_dashboard, metric_names, repo_root, selectors,
-    variable_queries,
+use common::prom_text::Exposition;
+use common::prometheus::{
+    alert_signals, all_panels, compares, dashboard_files, dashboard_queries, has_regex_matcher, load_dashboard,
+    metric_names, parse_label_values, parse_promql, repo_root, selector_metric, selectors, substitute_variables,
+    variable_queries, DashboardVariables,
 };
+use promql_parser::parser::Expr;
 
 const DATASOURCE: &str = "${datasource}";
 const DATASOURCE_UID: &str = "regionflow-prometheus";
@@ -49,8 +50,24 @@ fn read(relative: &str) -> String {
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// The documents of a YAML file, as JSON values. serde_norway is the
+/// maintained fork of serde_yaml (deprecated and archived by its author):
+/// libyaml's parser behind the same serde API, so YAML deserializes straight
+/// into the `serde_json::Value` these checks index. serde_yml, the other
+/// fork, is itself deprecated; saphyr and yaml-rust2 are pure-Rust parsers
+/// with their own value type, which would need a conversion here.
+fn yaml_documents(relative: &str) -> Vec<Value> {
+    let text = read(relative);
+    serde_norway::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).unwrap_or_else(|e| panic!("{relative}: {e}")))
+        .collect()
+}
+
+/// A one-document YAML file, as a JSON value.
 fn yaml_file(relative: &str) -> Value {
-    yaml::parse(&read(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+    let mut documents = yaml_documents(relative);
+    assert_eq!(documents.len(), 1, "{relative}: expected one YAML document");
+    documents.remove(0)
 }
 
 fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
@@ -134,44 +151,6 @@ fn resolved(settings: &toml::Table) -> Resolved {
     }
 }
 
-/// Metric families exposed by a running connector: name → (type, label names).
-type Families = BTreeMap<String, (String, BTreeSet<String>)>;
-
-/// Series names (`x`, `x_bucket`, ...) and families of a Prometheus text exposition.
-fn parse_exposition(text: &str) -> (BTreeSet<String>, Families) {
-    let mut series = BTreeSet::new();
-    let mut families: Families = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut parts = rest.split_whitespace();
-            let (name, kind) = (parts.next().expect("name"), parts.next().expect("type"));
-            families.insert(name.to_string(), (kind.to_string(), BTreeSet::new()));
-        } else if !line.starts_with('#') && !line.trim().is_empty() {
-            let name_end = line.find(['{', ' ']).expect("sample line");
-            let name = &line[..name_end];
-            series.insert(name.to_string());
-            let family = families
-                .keys()
-                .filter(|f| name == f.as_str() || name.strip_prefix(f.as_str()).is_some_and(|s| s.starts_with('_')))
-                .max_by_key(|f| f.len())
-                .cloned();
-            if let (Some(family), Some(labels)) = (family, line[name_end..].strip_prefix('{')) {
-                let labels = &labels[..labels.rfind('}').expect("label set end")];
-                let entry = &mut families.get_mut(&family).expect("family").1;
-                for pair in labels.split("\",").filter(|p| !p.is_empty()) {
-                    let key = pair.split('=').next().expect("label").trim();
-                    if key != "le" {
-                        entry.insert(key.to_string());
-                    }
-                }
-            }
-        }
-    }
-    (series, families)
-}
-
-/// Runs the embedded quick-start and returns its /metrics once every
-/// metric in `wanted` is exposed (or after 20 s, whatever it exposes then).
 /// The `/metrics` text of a connector running the quick-start's pipeline
 /// on a real Redis Cluster and a Kafka-protocol broker (so that the
 /// `redis_*` series exist, which an in-memory region does not record), once
@@ -193,7 +172,7 @@ fn connector_metrics(wanted: &BTreeSet<String>) -> String {
         let mut text = connector.metrics.render();
         while started.elapsed() < Duration::from_secs(30) {
             text = connector.metrics.render();
-            let (series, _) = parse_exposition(&text);
+            let series = Exposition::parse(&text).series_names();
             if wanted.iter().all(|w| series.contains(w)) {
                 break;
             }
@@ -208,22 +187,33 @@ fn connector_metrics(wanted: &BTreeSet<String>) -> String {
 
 // ---------------------------------------------------------------- expressions
 
-/// Every PromQL expression of the dashboards (panels and variables) and of
-/// the rules: (where, expression).
-fn all_expressions() -> Vec<(String, String)> {
+/// A dashboard expression as PromQL: Grafana's intervals substituted and
+/// dashboard variables as `.*` or kept as `$name` (see [`DashboardVariables`]).
+fn dashboard_promql(expr: &str, variables: DashboardVariables) -> Result<Expr, String> {
+    parse_promql(&substitute_variables(expr, "1m", variables))
+}
+
+/// Every PromQL expression of the dashboards (panels, and the selectors of
+/// `label_values` variables) and of the rules, parsed: (where, expression).
+fn all_expressions() -> Vec<(String, Result<Expr, String>)> {
     let mut out = Vec::new();
     for path in dashboard_files() {
         for q in dashboard_queries(&path) {
-            out.push((q.to_string(), q.expr));
+            let expr = dashboard_promql(&q.expr, DashboardVariables::MatchAll);
+            out.push((q.to_string(), expr));
         }
         let dashboard = load_dashboard(&path);
         for (name, query) in variable_queries(&dashboard) {
-            out.push((format!("{} variable {name}", path.display()), query));
+            let selector = parse_label_values(&query).map(|(selector, _)| selector);
+            let expr = selector
+                .ok_or_else(|| format!("expected label_values(<selector>, <label>), got {query:?}"))
+                .and_then(|selector| dashboard_promql(&selector, DashboardVariables::MatchAll));
+            out.push((format!("{} variable {name}", path.display()), expr));
         }
     }
     for rule in rules() {
         let what = rule["record"].as_str().or(rule["alert"].as_str()).expect("record or alert").to_string();
-        out.push((format!("rule {what}"), str_of(&rule["expr"], &what).to_string()));
+        out.push((format!("rule {what}"), parse_promql(str_of(&rule["expr"], &what))));
     }
     out
 }
@@ -310,9 +300,15 @@ fn dashboards_and_rules_use_metrics_the_connector_exposes() {
     let mut referenced = BTreeSet::new();
     let mut problems = Vec::new();
     for (what, expr) in &expressions {
-        let names = metric_names(expr);
+        let names = match expr.as_ref().map_err(String::clone).and_then(metric_names) {
+            Ok(names) => names,
+            Err(e) => {
+                problems.push(format!("{what}: {e}"));
+                continue;
+            }
+        };
         if names.is_empty() {
-            problems.push(format!("{what}: reads no regionflow metric: {expr}"));
+            problems.push(format!("{what}: reads no metric"));
         }
         for name in names {
             if name.contains(':') {
@@ -324,16 +320,23 @@ fn dashboards_and_rules_use_metrics_the_connector_exposes() {
             }
         }
     }
-    // Defined in the one place metrics are defined.
+    // Defined in the one place metrics are defined (the standard process_*
+    // series by the process collector it registers there).
+    let process_collector = source.contains("ProcessCollector::for_self()");
     for name in &referenced {
         let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        if family.starts_with("process_") && process_collector {
+            continue;
+        }
         if !source.contains(&format!("\"{family}\"")) {
             problems.push(format!("`{name}` is not defined in src/metrics/mod.rs"));
         }
     }
     // Exposed by a running connector.
     let text = connector_metrics(&referenced);
-    let (series, families) = parse_exposition(&text);
+    let exposition = Exposition::parse(&text);
+    let series = exposition.series_names();
+    let families = exposition.family_labels();
     for name in &referenced {
         if !series.contains(name) {
             problems.push(format!("`{name}` is not in a running connector's /metrics"));
@@ -350,19 +353,22 @@ fn dashboards_and_rules_use_metrics_the_connector_exposes() {
     // Panels filter every pipeline- or region-labelled metric by its variable.
     for path in dashboard_files() {
         for q in dashboard_queries(&path) {
-            for (name, matchers) in selectors(&q.expr) {
-                let family = families
-                    .keys()
-                    .filter(|f| name == **f || name.strip_prefix(f.as_str()).is_some_and(|s| s.starts_with('_')))
-                    .max_by_key(|f| f.len());
-                let Some(family) = family else { continue };
-                let labels = &families[family].1;
-                let compact: String = matchers.chars().filter(|c| !c.is_whitespace()).collect();
-                if labels.contains("pipeline") && !compact.contains("pipeline=~\"$pipeline\"") {
+            let expr = match dashboard_promql(&q.expr, DashboardVariables::Named) {
+                Ok(expr) => expr,
+                Err(e) => {
+                    problems.push(format!("{q}: {e}"));
+                    continue;
+                }
+            };
+            for selector in selectors(&expr) {
+                let Some(name) = selector_metric(selector) else { continue };
+                let Some(family) = exposition.family_of(name) else { continue };
+                let labels = &families[family];
+                if labels.contains("pipeline") && !has_regex_matcher(selector, "pipeline", "$pipeline") {
                     problems.push(format!("{q}: `{name}` is not filtered by pipeline=~\"$pipeline\""));
                 } else if !labels.contains("pipeline")
                     && labels.contains("region")
-                    && !compact.contains("region=~\"$region\"")
+                    && !has_regex_matcher(selector, "region", "$region")
                 {
                     problems.push(format!("{q}: `{name}` is not filtered by region=~\"$region\""));
                 }
@@ -431,11 +437,11 @@ fn alerts_are_actionable_and_testable() {
         }
         // The documented form: each signal, without its threshold, must be a
         // plain expression tests/observability.rs can evaluate.
-        for signal in alert_signals(expr) {
-            assert!(!metric_names(&signal).is_empty(), "{name}: signal `{signal}` reads no metric");
-            for op in [" > ", " < ", " >= ", " <= ", " == ", " != "] {
-                assert!(!signal.contains(op), "{name}: signal `{signal}` still compares ({op}); see the rules' header");
-            }
+        let parsed = parse_promql(expr).unwrap_or_else(|e| panic!("{name}: {e}"));
+        for signal in alert_signals(&parsed) {
+            let names = metric_names(&signal).unwrap_or_else(|e| panic!("{name}: signal `{signal}`: {e}"));
+            assert!(!names.is_empty(), "{name}: signal `{signal}` reads no metric");
+            assert!(!compares(&signal), "{name}: signal `{signal}` still compares; see the rules' header");
         }
         if severity == "critical" {
             assert!(unit_tests.contains(&format!("alertname: {name}")), "{name}: no unit test in regionflow_test.yml");
@@ -643,7 +649,7 @@ fn docker_compose_accepts_the_file_when_available() {
     let available =
         Command::new("docker").args(["compose", "version"]).output().map(|o| o.status.success()).unwrap_or(false);
     if !available {
-        eprintln!("SKIPPED: `docker compose` is not installed; docker/compose.yml was checked by the YAML parser only");
+        eprintln!("SKIPPED: `docker compose` is not installed; docker/compose.yml was checked by serde_norway only");
         return;
     }
     let out = Command::new("docker")
@@ -792,8 +798,7 @@ fn dockerfile_builds_from_existing_files_and_matches_the_config() {
 
 #[test]
 fn kubernetes_sidecar_example_is_consistent() {
-    let text = read("deploy/kubernetes/regionflow-sidecar.yaml");
-    let docs = yaml::parse_documents(&text).unwrap_or_else(|e| panic!("regionflow-sidecar.yaml: {e}"));
+    let docs = yaml_documents("deploy/kubernetes/regionflow-sidecar.yaml");
     let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"));
     let config_map = find("ConfigMap");
     let deployment = find("Deployment");
@@ -880,526 +885,61 @@ fn kubernetes_sidecar_example_is_consistent() {
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
 }
 
-// ---------------------------------------------------------------- YAML
+// ---------------------------------------------------------------- the PromQL helpers
 
-/// A strict parser for the YAML subset of this repository's deployment
-/// files, into `serde_json::Value`: block mappings and sequences (including
-/// `- key: value` items), plain/single/double-quoted scalars, one-line flow
-/// sequences and mappings, `|`/`>` block scalars, comments and `---`
-/// document separators. Anchors, aliases, tags, complex keys and multi-line
-/// flow or plain scalars are refused with the line number. Plain scalars
-/// resolve as in YAML 1.2's core schema (true/false, null/~, numbers).
-mod yaml {
-    use serde_json::{Map, Number, Value};
+fn promql(expr: &str) -> Expr {
+    parse_promql(expr).expect("valid PromQL")
+}
 
-    pub fn parse(src: &str) -> Result<Value, String> {
-        let mut docs = parse_documents(src)?;
-        match docs.len() {
-            1 => Ok(docs.remove(0)),
-            n => Err(format!("expected one YAML document, found {n}")),
-        }
+#[test]
+fn alert_signals_drop_comparisons_and_set_operators() {
+    let signals = |expr: &str| alert_signals(&promql(expr));
+    let parsed = |exprs: &[&str]| exprs.iter().map(|e| promql(e)).collect::<Vec<_>>();
+    assert_eq!(signals("regionflow_checkpoint_age_seconds > 300"), parsed(&["regionflow_checkpoint_age_seconds"]));
+    assert_eq!(
+        signals("max by (job, pipeline) (a) > 120 and on (job, pipeline) max by (job, pipeline) (deriv(a[15m])) > 0"),
+        parsed(&["max by (job, pipeline) (a)", "max by (job, pipeline) (deriv(a[15m]))"])
+    );
+    assert_eq!(
+        signals("sum(rate(x{o=\"a>b\"}[5m])) / sum(y) > 0.01"),
+        parsed(&["sum(rate(x{o=\"a>b\"}[5m])) / sum(y)"])
+    );
+    assert_eq!(signals("up == 0 unless on(instance) z >= bool 2"), parsed(&["up", "z"]));
+    assert_eq!(signals("x"), parsed(&["x"]));
+    assert_eq!(signals("sum by (orders) (x) > 1"), parsed(&["sum by (orders) (x)"]));
+    assert!(compares(&promql("sum(x > 1)")) && !compares(&promql("sum(x) / 2")));
+    // Signals render as PromQL that parses back to themselves (observability
+    // sends them to Prometheus).
+    for signal in signals("max by (job) (deriv(a{p=~\"x|y\"}[15m])) > 0 or on (job) b offset 5m == 0") {
+        assert_eq!(promql(&signal.to_string()), signal);
     }
+}
 
-    pub fn parse_documents(src: &str) -> Result<Vec<Value>, String> {
-        let mut docs = Vec::new();
-        let mut lines: Vec<String> = Vec::new();
-        let mut first = 1;
-        for (i, line) in src.lines().enumerate() {
-            if line == "---" || line.starts_with("--- ") {
-                if lines.iter().any(|l| !is_blank(l)) {
-                    docs.push(Parser { lines: std::mem::take(&mut lines), pos: 0, first }.document()?);
-                }
-                lines.clear();
-                first = i + 2;
-            } else {
-                lines.push(line.to_string());
-            }
-        }
-        if lines.iter().any(|l| !is_blank(l)) {
-            docs.push(Parser { lines, pos: 0, first }.document()?);
-        }
-        Ok(docs)
-    }
+#[test]
+fn substitutes_grafana_variables() {
+    let expr = "rate(x{p=~\"$pipeline\", r=~\"${region:regex}\"}[$__rate_interval])";
+    assert_eq!(substitute_variables(expr, "1m", DashboardVariables::MatchAll), "rate(x{p=~\".*\", r=~\".*\"}[1m])");
+    assert_eq!(
+        substitute_variables(expr, "1m", DashboardVariables::Named),
+        "rate(x{p=~\"$pipeline\", r=~\"$region\"}[1m])"
+    );
+}
 
-    fn indent(line: &str) -> usize {
-        line.len() - line.trim_start_matches(' ').len()
-    }
-
-    /// Drops a comment: `#` at the start or after whitespace, outside quotes.
-    fn strip_comment(text: &str) -> &str {
-        let mut quote: Option<char> = None;
-        let mut prev = ' ';
-        for (i, c) in text.char_indices() {
-            match quote {
-                Some('"') if c == '\\' => {}
-                Some(q) if c == q && !(q == '"' && prev == '\\') => quote = None,
-                Some(_) => {}
-                None if c == '"' || c == '\'' => quote = Some(c),
-                None if c == '#' && prev.is_whitespace() => return &text[..i],
-                None => {}
-            }
-            prev = c;
-        }
-        text
-    }
-
-    fn is_blank(line: &str) -> bool {
-        strip_comment(line).trim().is_empty()
-    }
-
-    fn is_item(text: &str) -> bool {
-        text == "-" || text.starts_with("- ")
-    }
-
-    /// `key: value` → (key, value) when `text` is a mapping entry.
-    fn split_key(text: &str) -> Option<(&str, &str)> {
-        if text.starts_with('"') || text.starts_with('\'') {
-            let q = text.chars().next().expect("quote");
-            let end = text[1..].find(q)? + 1;
-            let rest = &text[end + 1..];
-            let value = rest.strip_prefix(':')?;
-            return (value.is_empty() || value.starts_with(' ')).then(|| (&text[..=end], value.trim()));
-        }
-        if text.starts_with('[') || text.starts_with('{') {
-            return None;
-        }
-        let bytes = text.as_bytes();
-        (0..bytes.len())
-            .find(|&i| bytes[i] == b':' && (i + 1 == bytes.len() || bytes[i + 1] == b' '))
-            .map(|i| (&text[..i], text[i + 1..].trim()))
-    }
-
-    struct Parser {
-        lines: Vec<String>,
-        pos: usize,
-        first: usize,
-    }
-
-    impl Parser {
-        fn err(&self, message: &str) -> String {
-            format!("YAML line {}: {message}", self.first + self.pos)
-        }
-
-        /// The next non-blank line: (indentation, content without comment).
-        fn peek(&mut self) -> Result<Option<(usize, String)>, String> {
-            while self.pos < self.lines.len() && is_blank(&self.lines[self.pos]) {
-                self.pos += 1;
-            }
-            let Some(line) = self.lines.get(self.pos) else { return Ok(None) };
-            if line.starts_with('\t') {
-                return Err(self.err("tabs are not allowed for indentation"));
-            }
-            let n = indent(line);
-            Ok(Some((n, strip_comment(&line[n..]).trim_end().to_string())))
-        }
-
-        fn document(mut self) -> Result<Value, String> {
-            let value = self.node(0)?;
-            if let Some((_, text)) = self.peek()? {
-                return Err(self.err(&format!("unexpected content {text:?}")));
-            }
-            Ok(value)
-        }
-
-        fn node(&mut self, min_indent: usize) -> Result<Value, String> {
-            let Some((n, text)) = self.peek()? else { return Ok(Value::Null) };
-            if n < min_indent {
-                return Ok(Value::Null);
-            }
-            if is_item(&text) {
-                self.sequence(n)
-            } else if split_key(&text).is_some() {
-                self.mapping(n)
-            } else {
-                self.pos += 1;
-                let value = scalar(&text).map_err(|e| self.err(&e))?;
-                self.no_continuation(n)?;
-                Ok(value)
-            }
-        }
-
-        fn no_continuation(&mut self, n: usize) -> Result<(), String> {
-            match self.peek()? {
-                Some((next, _)) if next > n => {
-                    Err(self.err("unexpected indentation (multi-line plain scalars are not supported)"))
-                }
-                _ => Ok(()),
-            }
-        }
-
-        fn sequence(&mut self, n: usize) -> Result<Value, String> {
-            let mut items = Vec::new();
-            while let Some((i, text)) = self.peek()? {
-                if i < n || !is_item(&text) {
-                    if i > n {
-                        return Err(self.err("unexpected indentation"));
-                    }
-                    break;
-                }
-                if i > n {
-                    return Err(self.err("unexpected indentation"));
-                }
-                let rest = text[1..].trim_start();
-                if rest.is_empty() {
-                    self.pos += 1;
-                    items.push(self.node(n + 1)?);
-                } else if rest.starts_with('|') || rest.starts_with('>') {
-                    self.pos += 1;
-                    items.push(self.block_scalar(rest, n)?);
-                } else {
-                    // Read the item as a node starting at its own column.
-                    let column = n + text.len() - rest.len();
-                    let line = &mut self.lines[self.pos];
-                    *line = format!("{}{}", " ".repeat(column), &line[column..]);
-                    items.push(self.node(column)?);
-                }
-            }
-            Ok(Value::Array(items))
-        }
-
-        fn mapping(&mut self, n: usize) -> Result<Value, String> {
-            let mut map = Map::new();
-            while let Some((i, text)) = self.peek()? {
-                if i < n {
-                    break;
-                }
-                if i > n {
-                    return Err(self.err("unexpected indentation"));
-                }
-                if is_item(&text) {
-                    return Err(self.err("a sequence item where a mapping key was expected"));
-                }
-                if text.starts_with("? ") || text.starts_with('&') || text.starts_with('*') || text.starts_with('!') {
-                    return Err(self.err("complex keys, anchors, aliases and tags are not supported"));
-                }
-                let (key, value) =
-                    split_key(&text).ok_or_else(|| self.err(&format!("expected `key: value`: {text}")))?;
-                let key = match scalar(key).map_err(|e| self.err(&e))? {
-                    Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                self.pos += 1;
-                let value = if value.is_empty() {
-                    match self.peek()? {
-                        Some((next, _)) if next > n => self.node(next)?,
-                        Some((next, t)) if next == n && is_item(&t) => self.sequence(n)?,
-                        _ => Value::Null,
-                    }
-                } else if value.starts_with('|') || value.starts_with('>') {
-                    self.block_scalar(value, n)?
-                } else {
-                    let v = scalar(value).map_err(|e| self.err(&e))?;
-                    self.no_continuation(n)?;
-                    v
-                };
-                if map.insert(key.clone(), value).is_some() {
-                    return Err(self.err(&format!("duplicate key {key:?}")));
-                }
-            }
-            Ok(Value::Object(map))
-        }
-
-        /// A `|` or `>` block scalar (header already read) whose lines are
-        /// indented deeper than `parent`.
-        fn block_scalar(&mut self, header: &str, parent: usize) -> Result<Value, String> {
-            let (folded, chomp) = match header {
-                "|" => (false, ""),
-                "|-" => (false, "-"),
-                "|+" => (false, "+"),
-                ">" => (true, ""),
-                ">-" => (true, "-"),
-                ">+" => (true, "+"),
-                other => return Err(self.err(&format!("unsupported block scalar header {other:?}"))),
-            };
-            let mut raw = Vec::new();
-            while let Some(line) = self.lines.get(self.pos) {
-                if line.trim().is_empty() {
-                    raw.push(String::new());
-                } else if indent(line) > parent {
-                    raw.push(line.clone());
-                } else {
-                    break;
-                }
-                self.pos += 1;
-            }
-            let block_indent = raw.iter().find(|l| !l.is_empty()).map(|l| indent(l)).unwrap_or(parent + 1);
-            let mut lines = Vec::new();
-            for line in &raw {
-                if line.is_empty() {
-                    lines.push(String::new());
-                } else if indent(line) < block_indent {
-                    return Err(self.err("block scalar line indented less than its first line"));
-                } else {
-                    lines.push(line[block_indent..].to_string());
-                }
-            }
-            let trailing = lines.iter().rev().take_while(|l| l.is_empty()).count();
-            let body = &lines[..lines.len() - trailing];
-            let mut text = if folded {
-                let mut out = String::new();
-                for (i, line) in body.iter().enumerate() {
-                    if i > 0 {
-                        out.push(if line.is_empty() || body[i - 1].is_empty() { '\n' } else { ' ' });
-                    }
-                    out.push_str(line);
-                }
-                out
-            } else {
-                body.join("\n")
-            };
-            match chomp {
-                "-" => {}
-                "+" => text.push_str(&"\n".repeat(trailing + 1)),
-                _ if !body.is_empty() => text.push('\n'),
-                _ => {}
-            }
-            Ok(Value::String(text))
-        }
-    }
-
-    /// A scalar or one-line flow collection.
-    pub fn scalar(text: &str) -> Result<Value, String> {
-        let chars: Vec<char> = text.trim().chars().collect();
-        let mut i = 0;
-        let value = flow(&chars, &mut i, false)?;
-        skip_spaces(&chars, &mut i);
-        if i != chars.len() {
-            return Err(format!("unexpected {:?} after a value in {text:?}", chars[i..].iter().collect::<String>()));
-        }
-        Ok(value)
-    }
-
-    fn skip_spaces(chars: &[char], i: &mut usize) {
-        while *i < chars.len() && chars[*i] == ' ' {
-            *i += 1;
-        }
-    }
-
-    fn flow(chars: &[char], i: &mut usize, nested: bool) -> Result<Value, String> {
-        skip_spaces(chars, i);
-        match chars.get(*i) {
-            None => Ok(Value::Null),
-            Some('"') => double_quoted(chars, i),
-            Some('\'') => {
-                let mut out = String::new();
-                *i += 1;
-                loop {
-                    match chars.get(*i) {
-                        None => return Err("unterminated single-quoted string".into()),
-                        Some('\'') if chars.get(*i + 1) == Some(&'\'') => {
-                            out.push('\'');
-                            *i += 2;
-                        }
-                        Some('\'') => {
-                            *i += 1;
-                            return Ok(Value::String(out));
-                        }
-                        Some(&c) => {
-                            out.push(c);
-                            *i += 1;
-                        }
-                    }
-                }
-            }
-            Some('[') => {
-                *i += 1;
-                let mut items = Vec::new();
-                loop {
-                    skip_spaces(chars, i);
-                    if chars.get(*i) == Some(&']') {
-                        *i += 1;
-                        return Ok(Value::Array(items));
-                    }
-                    items.push(flow(chars, i, true)?);
-                    skip_spaces(chars, i);
-                    match chars.get(*i) {
-                        Some(',') => *i += 1,
-                        Some(']') => {}
-                        _ => return Err("unterminated flow sequence (must fit on one line)".into()),
-                    }
-                }
-            }
-            Some('{') => {
-                *i += 1;
-                let mut map = Map::new();
-                loop {
-                    skip_spaces(chars, i);
-                    if chars.get(*i) == Some(&'}') {
-                        *i += 1;
-                        return Ok(Value::Object(map));
-                    }
-                    let key = match flow(chars, i, true)? {
-                        Value::String(s) => s,
-                        other => other.to_string(),
-                    };
-                    skip_spaces(chars, i);
-                    if chars.get(*i) != Some(&':') {
-                        return Err("expected `:` in a flow mapping".into());
-                    }
-                    *i += 1;
-                    let value = flow(chars, i, true)?;
-                    map.insert(key, value);
-                    skip_spaces(chars, i);
-                    match chars.get(*i) {
-                        Some(',') => *i += 1,
-                        Some('}') => {}
-                        _ => return Err("unterminated flow mapping (must fit on one line)".into()),
-                    }
-                }
-            }
-            Some('&' | '*' | '!' | '%' | '@' | '`') => Err(format!("unsupported YAML syntax at {:?}", chars[*i])),
-            Some('|' | '>') => Err("a block scalar header here is not supported".into()),
-            Some(_) => {
-                let start = *i;
-                while let Some(&c) = chars.get(*i) {
-                    let ends_key = c == ':' && chars.get(*i + 1).is_none_or(|n| *n == ' ' || *n == ',' || *n == '}');
-                    if nested && (c == ',' || c == ']' || c == '}' || ends_key) {
-                        break;
-                    }
-                    *i += 1;
-                }
-                Ok(plain(chars[start..*i].iter().collect::<String>().trim_end()))
-            }
-        }
-    }
-
-    fn double_quoted(chars: &[char], i: &mut usize) -> Result<Value, String> {
-        let mut out = String::new();
-        *i += 1;
-        loop {
-            match chars.get(*i) {
-                None => return Err("unterminated double-quoted string (must fit on one line)".into()),
-                Some('"') => {
-                    *i += 1;
-                    return Ok(Value::String(out));
-                }
-                Some('\\') => {
-                    let escaped = chars.get(*i + 1).ok_or("dangling backslash")?;
-                    match escaped {
-                        '"' | '\\' | '/' => out.push(*escaped),
-                        'n' => out.push('\n'),
-                        't' => out.push('\t'),
-                        'r' => out.push('\r'),
-                        'u' => {
-                            let hex: String = chars.get(*i + 2..*i + 6).ok_or("short \\u escape")?.iter().collect();
-                            let code = u32::from_str_radix(&hex, 16).map_err(|e| e.to_string())?;
-                            out.push(char::from_u32(code).ok_or("bad \\u escape")?);
-                            *i += 4;
-                        }
-                        other => return Err(format!("unsupported escape \\{other}")),
-                    }
-                    *i += 2;
-                }
-                Some(&c) => {
-                    out.push(c);
-                    *i += 1;
-                }
-            }
-        }
-    }
-
-    /// YAML 1.2 core schema resolution of a plain scalar.
-    fn plain(text: &str) -> Value {
-        match text {
-            "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-            "true" | "True" | "TRUE" => return Value::Bool(true),
-            "false" | "False" | "FALSE" => return Value::Bool(false),
-            _ => {}
-        }
-        let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-            if let Ok(n) = text.parse::<i64>() {
-                return Value::Number(n.into());
-            }
-        }
-        let is_float = digits.bytes().all(|b| b.is_ascii_digit() || b"eE.-+".contains(&b))
-            && digits.bytes().any(|b| b.is_ascii_digit())
-            && digits.contains('.');
-        if is_float {
-            if let Some(n) = text.parse::<f64>().ok().and_then(Number::from_f64) {
-                return Value::Number(n);
-            }
-        }
-        Value::String(text.to_string())
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-        use serde_json::json;
-
-        #[test]
-        fn parses_the_subset() {
-            let src = r#"
-# comment
-name: demo   # trailing comment
-count: 3
-ratio: 0.5
-on: true
-empty:
-quoted: "a: b # not a comment"
-single: 'it''s'
-url: http://prometheus:9090
-list:
-  - a
-  - "b"
-  - key: 1
-    other: [x, "y z", 3]
-  - - nested
-flow: {a: 1, b: [2]}
-seq_same_indent:
-- one
-- two
-block: |
-  line 1
-    indented
-  # kept
-
-  last
-folded: >-
-  a
-  b
-items:
-  - |
-    text
-  - name: x
-"#;
-            let value = parse(src).expect("parses");
-            assert_eq!(
-                value,
-                json!({
-                    "name": "demo", "count": 3, "ratio": 0.5, "on": true, "empty": null,
-                    "quoted": "a: b # not a comment", "single": "it's", "url": "http://prometheus:9090",
-                    "list": ["a", "b", {"key": 1, "other": ["x", "y z", 3]}, ["nested"]],
-                    "flow": {"a": 1, "b": [2]},
-                    "seq_same_indent": ["one", "two"],
-                    "block": "line 1\n  indented\n# kept\n\nlast\n",
-                    "folded": "a b",
-                    "items": ["text\n", {"name": "x"}]
-                })
-            );
-        }
-
-        #[test]
-        fn refuses_what_it_does_not_understand() {
-            for bad in [
-                "a: &anchor 1",
-                "a: *alias",
-                "a: !tag x",
-                "a: b\n  c",
-                "a: [1,\n  2]",
-                "a: 1\na: 2",
-                "a:\n\t- b",
-                "a: \"open",
-            ] {
-                assert!(parse(bad).is_err(), "accepted {bad:?}: {:?}", parse(bad));
-            }
-        }
-
-        #[test]
-        fn splits_documents() {
-            let docs = parse_documents("a: 1\n---\nb: 2\n---\n").expect("parses");
-            assert_eq!(docs, [json!({"a": 1}), json!({"b": 2})]);
-        }
-    }
+#[test]
+fn finds_metric_names_and_selectors() {
+    let expr = promql(
+        "sum by (le) (rate(regionflow_a_bucket{p=~\"$pipeline\",q=\"regionflow_no\"}[1m])) / pipeline:regionflow_b:rate1m",
+    );
+    assert_eq!(
+        metric_names(&expr),
+        Ok(vec!["regionflow_a_bucket".to_string(), "pipeline:regionflow_b:rate1m".to_string()])
+    );
+    let found = selectors(&expr);
+    assert_eq!(
+        found.iter().map(|s| selector_metric(s)).collect::<Vec<_>>(),
+        [Some("regionflow_a_bucket"), Some("pipeline:regionflow_b:rate1m")]
+    );
+    assert!(has_regex_matcher(found[0], "p", "$pipeline"));
+    assert!(!has_regex_matcher(found[0], "q", "regionflow_no") && !has_regex_matcher(found[1], "p", "$pipeline"));
+    assert!(metric_names(&promql("{__name__=~\"regionflow_.*\"}")).is_err(), "a selector without a metric name");
 }

@@ -18,6 +18,7 @@ use redis::AsyncCommands;
 
 use common::connector::Connector;
 use common::kafka::Kafka;
+use common::prom_text::Exposition;
 use common::redis_cluster::RedisCluster;
 use common::reference::{self, Order, Table};
 
@@ -221,7 +222,7 @@ region = {{ name = "orders", redundancy = {redundancy} }}
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let dropped: f64 = connectors.iter().map(|c| c.metric("regionflow_late_records_total")).sum();
+        let dropped: f64 = connectors.iter().map(|c| c.metric("regionflow_late_records_total", &[])).sum();
         assert_eq!(dropped, late as f64, "late records; connectors: {}", connector_states(connectors));
     }
 
@@ -277,12 +278,15 @@ fn connector_states(connectors: &[&Connector]) -> String {
     let states: Vec<String> = connectors
         .iter()
         .map(|c| match c.scrape() {
-            Some(text) => format!(
-                "{} (records in {}, late {})",
-                c.name,
-                common::connector::sum_metric(&text, "regionflow_records_in_total"),
-                common::connector::sum_metric(&text, "regionflow_late_records_total")
-            ),
+            Some(text) => {
+                let metrics = Exposition::parse(&text);
+                format!(
+                    "{} (records in {}, late {})",
+                    c.name,
+                    metrics.sum("regionflow_records_in_total", &[]),
+                    metrics.sum("regionflow_late_records_total", &[])
+                )
+            }
             None => format!("{} (not answering)", c.name),
         })
         .collect();
@@ -312,10 +316,11 @@ async fn crash_of_one_connector_loses_and_doubles_nothing() {
     a.kill();
     producing.await.expect("produced");
     s.assert_region_equals_reference(Duration::from_secs(120), &[&b]).await;
-    let takeovers = b.metric("regionflow_partition_takeovers_total{pipeline=\"orders\",restored_from=\"checkpoint\"}");
+    let takeovers =
+        b.metric("regionflow_partition_takeovers_total", &[("pipeline", "orders"), ("restored_from", "checkpoint")]);
     assert!(takeovers >= 1.0, "b restored a's partitions from checkpoints");
-    let recovery_sum = b.metric("regionflow_recovery_duration_seconds_sum");
-    let recovery_count = b.metric("regionflow_recovery_duration_seconds_count");
+    let recovery_sum = b.metric("regionflow_recovery_duration_seconds_sum", &[]);
+    let recovery_count = b.metric("regionflow_recovery_duration_seconds_count", &[]);
     eprintln!("recovery after SIGKILL: {:.3}s mean over {recovery_count} partition starts (session timeout 6s not included: it precedes the assignment)", recovery_sum / recovery_count.max(1.0));
 }
 
@@ -344,8 +349,8 @@ async fn graceful_handoff_replays_nothing() {
             "partition {partition}: b starts exactly where a stopped (nothing replayed)"
         );
     }
-    let recovery_sum = b.metric("regionflow_recovery_duration_seconds_sum");
-    let recovery_count = b.metric("regionflow_recovery_duration_seconds_count");
+    let recovery_sum = b.metric("regionflow_recovery_duration_seconds_sum", &[]);
+    let recovery_count = b.metric("regionflow_recovery_duration_seconds_count", &[]);
     eprintln!(
         "recovery after graceful handoff: {:.3}s mean over {recovery_count} partition starts",
         recovery_sum / recovery_count.max(1.0)
@@ -367,8 +372,8 @@ async fn zombie_connector_is_fenced() {
     a.resume();
     producing.await.expect("produced");
     s.assert_region_equals_reference(Duration::from_secs(120), &[&b]).await;
-    let fenced =
-        a.metric("regionflow_fenced_writes_total") + a.metric("regionflow_checkpoints_total{outcome=\"fenced\"");
+    let fenced = a.metric("regionflow_fenced_writes_total", &[])
+        + a.metric("regionflow_checkpoints_total", &[("outcome", "fenced")]);
     assert!(fenced >= 1.0, "the zombie's stale writes or checkpoints were fenced:\n{}", a.scrape().unwrap_or_default());
     drop(b);
 }
@@ -384,7 +389,7 @@ async fn redis_primary_failover_is_ridden_through() {
     eprintln!("killed Redis primary on port {victim}");
     producing.await.expect("produced");
     s.assert_region_equals_reference(Duration::from_secs(150), &[&a]).await;
-    let ridden = a.metric("regionflow_redis_failovers_total") + a.metric("regionflow_redis_retries_total");
+    let ridden = a.metric("regionflow_redis_failovers_total", &[]) + a.metric("regionflow_redis_retries_total", &[]);
     assert!(ridden >= 1.0, "the failover shows in the metrics:\n{}", a.scrape().unwrap_or_default());
 }
 
@@ -418,7 +423,7 @@ async fn redis_stall_under_redundancy_restarts_partitions_in_place() {
     assert!(!restarts.is_empty(), "the stall replaced the connection and restarted tasks:\n{}", a.logs());
     // Each restart started a task again (from its checkpoint, or afresh if
     // the stall came before its first one).
-    let starts = a.metric("regionflow_partition_takeovers_total{pipeline=\"orders\"");
+    let starts = a.metric("regionflow_partition_takeovers_total", &[("pipeline", "orders")]);
     assert_eq!(starts, (PARTITIONS as usize + restarts.len()) as f64, "a task start per partition and per restart");
 }
 
@@ -445,9 +450,9 @@ async fn sigterm_during_a_redis_stall_stops_within_the_shutdown_timeout() {
     // Records keep coming: the tasks stop taking them (their writes are
     // stuck), so their queues fill and the dispatch loop waits.
     s.wait_produced(0.55).await;
-    let processed = a.metric("regionflow_records_in_total");
+    let processed = a.metric("regionflow_records_in_total", &[]);
     s.wait_produced(0.6).await;
-    assert_eq!(a.metric("regionflow_records_in_total"), processed, "the stall stopped the tasks:\n{}", a.logs());
+    assert_eq!(a.metric("regionflow_records_in_total", &[]), processed, "the stall stopped the tasks:\n{}", a.logs());
     let asked = Instant::now();
     let exited = tokio::task::block_in_place(|| a.terminate(Duration::from_secs(15)));
     let took = asked.elapsed();
@@ -529,7 +534,8 @@ async fn full_stop_and_restart_continues_from_checkpoints() {
     let d = s.connector("d");
     producing.await.expect("produced");
     s.assert_region_equals_reference(Duration::from_secs(120), &[&c, &d]).await;
-    let restored = c.metric("regionflow_partition_takeovers_total{pipeline=\"orders\",restored_from=\"checkpoint\"}")
-        + d.metric("regionflow_partition_takeovers_total{pipeline=\"orders\",restored_from=\"checkpoint\"}");
+    let restored = c
+        .metric("regionflow_partition_takeovers_total", &[("pipeline", "orders"), ("restored_from", "checkpoint")])
+        + d.metric("regionflow_partition_takeovers_total", &[("pipeline", "orders"), ("restored_from", "checkpoint")]);
     assert!(restored >= PARTITIONS as f64, "every partition restored from its checkpoint, got {restored}");
 }

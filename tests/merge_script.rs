@@ -19,12 +19,13 @@
 //! Needs `redis-server` (Redis 7) on PATH; on Debian run
 //! `scripts/setup-test-deps.sh`.
 
+mod common;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::net::TcpListener;
 use std::ops::Range;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -45,6 +46,8 @@ use regionflow::window::hll::{stable_hash, HyperLogLog};
 use regionflow::window::{Accumulator, Input};
 use serde_json::Value as Json;
 use tempfile::TempDir;
+
+use common::net::free_port;
 
 /// Every aggregate function once, as a pipeline would configure them.
 const ALL: &[(F, &str)] = &[
@@ -192,11 +195,6 @@ fn collating_locale(dir: &Path) -> Vec<(&'static str, OsString)> {
     } else {
         vec![]
     }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback port");
-    listener.local_addr().expect("no local address").port()
 }
 
 /// The server of the tests running now: started by the first, killed when

@@ -26,8 +26,6 @@
 //! on the scraped text.
 
 mod common;
-#[path = "common/prometheus.rs"]
-mod prometheus_harness;
 
 use std::fs;
 use std::io::Write;
@@ -39,13 +37,14 @@ use rand::{Rng, SeedableRng};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use common::connector::{sum_metric, Connector};
+use common::connector::Connector;
 use common::kafka::Kafka;
-use common::redis_cluster::RedisCluster;
-use prometheus_harness::{
-    alert_signals, dashboard_files, dashboard_queries, load_dashboard, parse_label_values, repo_root,
-    substitute_variables, variable_queries, Prometheus,
+use common::prom_text::Exposition;
+use common::prometheus::{
+    alert_signals, dashboard_files, dashboard_queries, load_dashboard, parse_label_values, parse_promql, repo_root,
+    substitute_variables, variable_queries, DashboardVariables, Prometheus,
 };
+use common::redis_cluster::RedisCluster;
 
 const PARTITIONS: i32 = 4;
 /// What `$__rate_interval` becomes: covers the whole scenario.
@@ -122,7 +121,7 @@ redundancy = 1
 
 /// Partitions a connector owns, from its own /metrics (None: no answer).
 fn owned(connector: &Connector) -> Option<i64> {
-    connector.scrape().map(|text| sum_metric(&text, "regionflow_partitions_owned{") as i64)
+    connector.scrape().map(|text| Exposition::parse(&text).sum("regionflow_partitions_owned", &[]) as i64)
 }
 
 fn address(connector: &Connector) -> String {
@@ -215,7 +214,7 @@ fn evaluate_dashboards(prometheus: &Prometheus, report: &mut Report) {
         for (name, query) in variable_queries(&dashboard) {
             let (selector, label) = parse_label_values(&query)
                 .unwrap_or_else(|| panic!("{file} variable {name}: expected label_values(...), got {query:?}"));
-            let selector = substitute_variables(&selector, RATE_INTERVAL);
+            let selector = substitute_variables(&selector, RATE_INTERVAL, DashboardVariables::MatchAll);
             report.checked += 1;
             match prometheus.query(&selector) {
                 Ok(samples) if samples.iter().any(|s| s.labels.contains_key(&label)) => {}
@@ -228,7 +227,7 @@ fn evaluate_dashboards(prometheus: &Prometheus, report: &mut Report) {
         let queries = dashboard_queries(&path);
         assert!(!queries.is_empty(), "{file} has no panel queries");
         for q in queries {
-            let expr = substitute_variables(&q.expr, RATE_INTERVAL);
+            let expr = substitute_variables(&q.expr, RATE_INTERVAL, DashboardVariables::MatchAll);
             report.check(prometheus, q.to_string(), &expr);
         }
     }
@@ -252,12 +251,18 @@ fn evaluate_rules(prometheus: &Prometheus, report: &mut Report) {
                 report.check(prometheus, format!("recording rule {} (recorded series)", rule.name), &rule.name);
             }
             _ => {
-                let signals = alert_signals(&rule.query);
+                let signals = match parse_promql(&rule.query) {
+                    Ok(expr) => alert_signals(&expr),
+                    Err(e) => {
+                        report.failures.push(format!("alert {}: {e}", rule.name));
+                        continue;
+                    }
+                };
                 for (i, signal) in signals.iter().enumerate() {
                     report.check(
                         prometheus,
                         format!("alert {} signal {}/{} of `{}`", rule.name, i + 1, signals.len(), rule.query),
-                        signal,
+                        &signal.to_string(),
                     );
                 }
             }

@@ -5,15 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::net::free_port;
+use super::prom_text::Exposition;
+
 pub struct Connector {
     pub name: String,
     child: Option<Child>,
     pub metrics_port: u16,
     pub log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 impl Connector {
@@ -102,10 +101,10 @@ impl Connector {
         response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
     }
 
-    /// Sum of every sample whose line starts with `prefix` (a metric name,
-    /// optionally with the opening of its label set).
-    pub fn metric(&self, prefix: &str) -> f64 {
-        sum_metric(&self.scrape().unwrap_or_default(), prefix)
+    /// Sum of the samples of metric `name` that carry every one of `labels`
+    /// (0 when `/metrics` does not answer).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        Exposition::parse(&self.scrape().unwrap_or_default()).sum(name, labels)
     }
 
     pub fn logs(&self) -> String {
@@ -120,10 +119,6 @@ impl Connector {
             .filter(|v| v["message"] == message)
             .collect()
     }
-}
-
-pub fn sum_metric(text: &str, prefix: &str) -> f64 {
-    text.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
 }
 
 impl Drop for Connector {

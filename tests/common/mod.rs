@@ -4,6 +4,9 @@
 
 pub mod connector;
 pub mod kafka;
+pub mod net;
+pub mod prom_text;
+pub mod prometheus;
 pub mod redis_cluster;
 pub mod reference;
 pub mod scenario;

@@ -7,9 +7,11 @@
 //!   evaluating the given rule files every second; dropping it kills it.
 //! - [`http_get`] is a small HTTP/1.0 GET over `std::net::TcpStream` (the
 //!   tests have no HTTP client dependency).
-//! - [`dashboard_queries`], [`variable_queries`], [`substitute_variables`],
-//!   [`alert_signals`] and [`metric_names`] extract and prepare the
-//!   expressions of Grafana dashboards and Prometheus rules.
+//! - [`dashboard_queries`], [`variable_queries`] and [`substitute_variables`]
+//!   extract the expressions of Grafana dashboards and make them PromQL;
+//! - [`parse_promql`] (the `promql-parser` crate) parses them, and
+//!   [`metric_names`], [`selectors`], [`alert_signals`] and [`compares`]
+//!   read the syntax tree.
 //!
 //! Needs `prometheus` and `promtool` on PATH: `scripts/setup-test-deps.sh`.
 #![allow(dead_code)]
@@ -17,15 +19,19 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use promql_parser::label::MatchOp;
+use promql_parser::parser::{Expr, VectorSelector};
 use serde_json::Value;
 use tempfile::TempDir;
+
+use super::net::free_port;
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const START_ATTEMPTS: usize = 5;
@@ -34,11 +40,6 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The repository root (where Cargo.toml is).
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("cannot bind a free loopback port").port()
 }
 
 /// `GET path` on `address` (host:port) with HTTP/1.0; returns the status
@@ -390,12 +391,22 @@ pub fn parse_label_values(query: &str) -> Option<(String, String)> {
     Some((selector.trim().to_string(), label.trim().to_string()))
 }
 
-/// Replaces Grafana variables so an expression can run in Prometheus:
+/// What [`substitute_variables`] makes of a dashboard variable (`$pipeline`,
+/// `${region:regex}`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DashboardVariables {
+    /// The regex `.*`, as with "All" selected: the expression can run.
+    MatchAll,
+    /// `$name`: the expression parses, and shows where it uses the variable.
+    Named,
+}
+
+/// Replaces Grafana variables so an expression is PromQL:
 /// `$__rate_interval`/`$__interval` (and `${...}` forms) become `interval`,
-/// `$__range` becomes `5m`, and every dashboard variable (`$pipeline`,
-/// `${region:regex}`, ...) becomes the regex `.*`. Panics on an unknown
-/// Grafana built-in, so new ones are handled on purpose.
-pub fn substitute_variables(expr: &str, interval: &str) -> String {
+/// `$__range` becomes `5m`, and dashboard variables become what `variables`
+/// says. Panics on an unknown Grafana built-in, so new ones are handled on
+/// purpose.
+pub fn substitute_variables(expr: &str, interval: &str, variables: DashboardVariables) -> String {
     let chars: Vec<char> = expr.chars().collect();
     let mut out = String::with_capacity(expr.len());
     let mut i = 0;
@@ -424,7 +435,10 @@ pub fn substitute_variables(expr: &str, interval: &str) -> String {
             "__range" => out.push_str("5m"),
             builtin if builtin.starts_with("__") => panic!("unhandled Grafana variable ${builtin} in {expr:?}"),
             "" => panic!("lone `$` in {expr:?}"),
-            _ => out.push_str(".*"),
+            variable => match variables {
+                DashboardVariables::MatchAll => out.push_str(".*"),
+                DashboardVariables::Named => out.push_str(&format!("${variable}")),
+            },
         }
         i = next;
     }
@@ -433,225 +447,95 @@ pub fn substitute_variables(expr: &str, interval: &str) -> String {
 
 // ---------------------------------------------------------------- PromQL
 
-/// Scans `expr` and calls `visit(index, char)` for every character at
-/// nesting depth 0 that is outside string literals, braces and brackets.
-fn top_level_positions(expr: &str) -> Vec<(usize, char)> {
-    let mut out = Vec::new();
-    let mut depth = 0i32;
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for (i, c) in expr.char_indices() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        match c {
-            '"' | '\'' | '`' => quote = Some(c),
-            '(' | '{' | '[' => depth += 1,
-            ')' | '}' | ']' => depth -= 1,
-            _ if depth == 0 => out.push((i, c)),
-            _ => {}
+/// Parses a PromQL expression (Grafana variables already substituted).
+pub fn parse_promql(expr: &str) -> Result<Expr, String> {
+    promql_parser::parser::parse(expr).map_err(|e| format!("not valid PromQL ({e}): {expr}"))
+}
+
+/// `expr` and every expression inside it, in source order (a parent
+/// before its children).
+pub fn subexpressions(expr: &Expr) -> Vec<&Expr> {
+    fn collect<'a>(expr: &'a Expr, out: &mut Vec<&'a Expr>) {
+        out.push(expr);
+        let children: Vec<&Expr> = match expr {
+            Expr::Aggregate(a) => a.param.iter().map(|p| &**p).chain([&*a.expr]).collect(),
+            Expr::Unary(u) => vec![&u.expr],
+            Expr::Binary(b) => vec![&b.lhs, &b.rhs],
+            Expr::Paren(p) => vec![&p.expr],
+            Expr::Subquery(s) => vec![&s.expr],
+            Expr::Call(c) => c.args.args.iter().map(|a| &**a).collect(),
+            Expr::NumberLiteral(_)
+            | Expr::StringLiteral(_)
+            | Expr::VectorSelector(_)
+            | Expr::MatrixSelector(_)
+            | Expr::Extension(_) => Vec::new(),
+        };
+        for child in children {
+            collect(child, out);
         }
     }
+    let mut out = Vec::new();
+    collect(expr, &mut out);
     out
 }
 
-fn is_ident_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+/// Every series selector an expression reads, those of range vectors too.
+pub fn selectors(expr: &Expr) -> Vec<&VectorSelector> {
+    subexpressions(expr)
+        .into_iter()
+        .filter_map(|e| match e {
+            Expr::VectorSelector(vs) => Some(vs),
+            Expr::MatrixSelector(ms) => Some(&ms.vs),
+            _ => None,
+        })
+        .collect()
 }
 
-/// Splits an alert expression at its top-level `and`/`or`/`unless`
-/// operators (dropping their `on(...)`/`ignoring(...)` modifiers), then
-/// drops the trailing comparison against a number (`> 300`, `== 0`,
-/// `> bool 1`) of each operand: the "signals" the alert compares. See the
-/// header of prometheus/rules/regionflow.yml.
-pub fn alert_signals(expr: &str) -> Vec<String> {
-    let bytes = expr.as_bytes();
-    let top: Vec<usize> = top_level_positions(expr).into_iter().map(|(i, _)| i).collect();
-    let is_top = |i: usize| top.binary_search(&i).is_ok();
-    let mut operands = Vec::new();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        let word = ["and", "or", "unless"].into_iter().find(|w| {
-            expr[i..].starts_with(w)
-                && (0..w.len()).all(|k| is_top(i + k))
-                && (i == 0 || !is_ident_char(bytes[i - 1] as char))
-                && bytes.get(i + w.len()).is_none_or(|&b| !is_ident_char(b as char))
-        });
-        let Some(word) = word else {
-            i += 1;
-            continue;
-        };
-        operands.push(expr[start..i].trim().to_string());
-        let mut j = i + word.len();
-        // Skip an `on (...)` / `ignoring (...)` modifier.
-        let rest = expr[j..].trim_start();
-        for modifier in ["on", "ignoring"] {
-            if let Some(after) = rest.strip_prefix(modifier) {
-                if after.trim_start().starts_with('(') {
-                    let open = j + (expr[j..].len() - after.trim_start().len());
-                    let close = expr[open..].find(')').map(|p| open + p + 1).expect("closing parenthesis");
-                    j = close;
-                }
-            }
-        }
-        start = j;
-        i = j;
-    }
-    operands.push(expr[start..].trim().to_string());
-    operands.into_iter().map(|operand| strip_comparison(&operand)).collect()
+/// The metric a selector reads: its name, or its `__name__="..."` matcher.
+pub fn selector_metric(selector: &VectorSelector) -> Option<&str> {
+    selector.name.as_deref().or_else(|| {
+        selector.matchers.matchers.iter().find(|m| m.name == "__name__" && m.op == MatchOp::Equal).map(|m| &*m.value)
+    })
 }
 
-/// `lhs <cmp> [bool] <number>` → `lhs`; anything else unchanged.
-fn strip_comparison(operand: &str) -> String {
-    let top = top_level_positions(operand);
-    let mut last: Option<(usize, usize)> = None;
-    let mut k = 0;
-    while k < top.len() {
-        let (i, c) = top[k];
-        let next = top.get(k + 1).filter(|(j, _)| *j == i + 1).map(|(_, c)| *c);
-        let op_len = match (c, next) {
-            ('=', Some('=')) | ('!', Some('=')) | ('>', Some('=')) | ('<', Some('=')) => 2,
-            ('>', _) | ('<', _) => 1,
-            _ => 0,
-        };
-        if op_len > 0 {
-            last = Some((i, i + op_len));
-            k += op_len;
-        } else {
-            k += 1;
-        }
-    }
-    if let Some((at, end)) = last {
-        let rhs = operand[end..].trim();
-        let rhs = rhs.strip_prefix("bool").map(str::trim).unwrap_or(rhs);
-        if rhs.parse::<f64>().is_ok() {
-            return operand[..at].trim().to_string();
-        }
-    }
-    operand.trim().to_string()
+/// Whether `selector` has the matcher `label=~"value"`.
+pub fn has_regex_matcher(selector: &VectorSelector, label: &str, value: &str) -> bool {
+    selector.matchers.matchers.iter().any(|m| m.name == label && matches!(m.op, MatchOp::Re(_)) && m.value == value)
 }
 
-/// Metric names an expression reads: every identifier (outside string
-/// literals) that contains `regionflow`, plus Prometheus' own `up`. Names
-/// with a `:` are recording rules' outputs.
-pub fn metric_names(expr: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    let mut current = String::new();
-    let mut flush = |current: &mut String, next: Option<char>| {
-        let word = std::mem::take(current);
-        let is_call = next == Some('(');
-        if !is_call && (word.contains("regionflow") || word == "up") && !names.contains(&word) {
-            names.push(word);
-        }
-    };
-    let chars: Vec<char> = expr.chars().collect();
-    for (i, &c) in chars.iter().enumerate() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
-            }
-            continue;
-        }
-        if is_ident_char(c) && !(current.is_empty() && c.is_ascii_digit()) {
-            current.push(c);
-            continue;
-        }
-        if !current.is_empty() {
-            let next = chars[i..].iter().copied().find(|c| !c.is_whitespace());
-            flush(&mut current, next);
-        }
-        if matches!(c, '"' | '\'' | '`') {
-            quote = Some(c);
+/// Names of the metrics an expression reads, each once, in order (names
+/// with a `:` are recording rules' outputs). A selector that names no
+/// metric (only `__name__=~...`) is an error: nothing could check it.
+pub fn metric_names(expr: &Expr) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = Vec::new();
+    for selector in selectors(expr) {
+        let name = selector_metric(selector).ok_or_else(|| format!("selector {selector} names no metric"))?;
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
         }
     }
-    if !current.is_empty() {
-        flush(&mut current, None);
-    }
-    names
+    Ok(names)
 }
 
-/// The label matchers written after each metric name in `expr`:
-/// (metric, matcher text without braces, or "" when there is none).
-pub fn selectors(expr: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for name in metric_names(expr) {
-        let mut from = 0;
-        while let Some(pos) = expr[from..].find(&name) {
-            let at = from + pos;
-            let end = at + name.len();
-            from = end;
-            let before_ok = at == 0 || !is_ident_char(expr.as_bytes()[at - 1] as char);
-            let after_ok = expr.as_bytes().get(end).is_none_or(|&b| !is_ident_char(b as char));
-            if !before_ok || !after_ok {
-                continue;
-            }
-            let rest = expr[end..].trim_start();
-            let matchers = if rest.starts_with('{') {
-                let close = rest.find('}').expect("closing brace");
-                rest[1..close].to_string()
-            } else {
-                String::new()
-            };
-            out.push((name.clone(), matchers));
+/// The "signals" an alert compares: its expression split at the set
+/// operators (`and`, `or`, `unless`, with their `on(...)`/`ignoring(...)`),
+/// each operand less its comparison against a number (`> 300`, `== 0`,
+/// `> bool 1`). See the header of prometheus/rules/regionflow.yml.
+pub fn alert_signals(expr: &Expr) -> Vec<Expr> {
+    match expr {
+        Expr::Binary(b) if b.op.is_set_operator() => {
+            let mut signals = alert_signals(&b.lhs);
+            signals.extend(alert_signals(&b.rhs));
+            signals
         }
+        Expr::Binary(b) if b.op.is_comparison_operator() && matches!(*b.rhs, Expr::NumberLiteral(_)) => {
+            vec![(*b.lhs).clone()]
+        }
+        other => vec![other.clone()],
     }
-    out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn alert_signals_drop_comparisons_and_set_operators() {
-        assert_eq!(alert_signals("regionflow_checkpoint_age_seconds > 300"), ["regionflow_checkpoint_age_seconds"]);
-        assert_eq!(
-            alert_signals(
-                "max by (job, pipeline) (a) > 120 and on (job, pipeline) max by (job, pipeline) (deriv(a[15m])) > 0"
-            ),
-            ["max by (job, pipeline) (a)", "max by (job, pipeline) (deriv(a[15m]))"]
-        );
-        assert_eq!(
-            alert_signals("sum(rate(x{o=\"a>b\"}[5m])) / sum(y) > 0.01"),
-            ["sum(rate(x{o=\"a>b\"}[5m])) / sum(y)"]
-        );
-        assert_eq!(alert_signals("up == 0 unless on(instance) z >= bool 2"), ["up", "z"]);
-        assert_eq!(alert_signals("x"), ["x"]);
-        assert_eq!(alert_signals("sum by (orders) (x) > 1"), ["sum by (orders) (x)"]);
-    }
-
-    #[test]
-    fn substitutes_grafana_variables() {
-        assert_eq!(
-            substitute_variables("rate(x{p=~\"$pipeline\", r=~\"${region:regex}\"}[$__rate_interval])", "1m"),
-            "rate(x{p=~\".*\", r=~\".*\"}[1m])"
-        );
-    }
-
-    #[test]
-    fn finds_metric_names_and_selectors() {
-        let expr = "sum by (le) (rate(regionflow_a_bucket{p=\"regionflow_no\"}[1m])) / pipeline:regionflow_b:rate1m";
-        assert_eq!(metric_names(expr), ["regionflow_a_bucket", "pipeline:regionflow_b:rate1m"]);
-        assert_eq!(
-            selectors(expr),
-            [
-                ("regionflow_a_bucket".to_string(), "p=\"regionflow_no\"".to_string()),
-                ("pipeline:regionflow_b:rate1m".to_string(), String::new())
-            ]
-        );
-    }
+/// Whether an expression compares anywhere inside it (`>`, `==`, ...).
+pub fn compares(expr: &Expr) -> bool {
+    subexpressions(expr).iter().any(|e| matches!(e, Expr::Binary(b) if b.op.is_comparison_operator()))
 }

@@ -17,8 +17,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
 
-use super::connector::sum_metric;
 use super::kafka::{self, Produce};
+use super::prom_text::Exposition;
 use super::reference::{self, Order, Table};
 use super::InProcess;
 use regionflow::config::Settings;
@@ -233,23 +233,25 @@ flush_interval = "100ms"
     /// regions are complete: records in, late records, amendments, bytes
     /// sent to Redis, and consumer lag back at 0 on every partition.
     pub async fn check_metrics(&self, connector: &InProcess) {
-        let text = connector.metrics.render();
-        let metric = |prefix: &str| sum_metric(&text, prefix);
-        assert_eq!(metric("regionflow_records_in_total{pipeline=\"tumbling\""), self.with_late.len() as f64);
+        let metrics = Exposition::parse(&connector.metrics.render());
         assert_eq!(
-            metric("regionflow_late_records_total{action=\"drop\",pipeline=\"tumbling\"}"),
+            metrics.sum("regionflow_records_in_total", &[("pipeline", "tumbling")]),
+            self.with_late.len() as f64
+        );
+        assert_eq!(
+            metrics.sum("regionflow_late_records_total", &[("action", "drop"), ("pipeline", "tumbling")]),
             self.tumbling_late as f64
         );
         assert!(
-            metric("regionflow_windows_fired_total{kind=\"amend\",pipeline=\"sliding\"}") > 0.0,
+            metrics.sum("regionflow_windows_fired_total", &[("kind", "amend"), ("pipeline", "sliding")]) > 0.0,
             "late records amended"
         );
         // Sliding and session windows emit updates: running values were
         // written, and every (key, window) fired as final, written or not.
         for (pipeline, table) in [("sliding", &self.sliding), ("session", &self.session)] {
-            let updates = metric(&format!("regionflow_windows_fired_total{{kind=\"update\",pipeline=\"{pipeline}\"}}"));
+            let updates = metrics.sum("regionflow_windows_fired_total", &[("kind", "update"), ("pipeline", pipeline)]);
             assert!(updates > 0.0, "{pipeline}: updates emitted");
-            let finals = metric(&format!("regionflow_windows_fired_total{{kind=\"final\",pipeline=\"{pipeline}\"}}"));
+            let finals = metrics.sum("regionflow_windows_fired_total", &[("kind", "final"), ("pipeline", pipeline)]);
             assert!(finals >= table.len() as f64, "{pipeline}: {finals} finals for {} entries", table.len());
         }
 
@@ -262,9 +264,9 @@ flush_interval = "100ms"
             ("sliding", "sliding_orders", &self.sliding),
             ("session", "session_orders", &self.session),
         ] {
-            let bytes = metric(&format!("regionflow_bytes_out_total{{pipeline=\"{pipeline}\"}}"));
-            let writes = metric(&format!("regionflow_region_writes_total{{outcome=\"applied\",region=\"{region}\"}}"))
-                + metric(&format!("regionflow_region_writes_total{{outcome=\"stale\",region=\"{region}\"}}"));
+            let bytes = metrics.sum("regionflow_bytes_out_total", &[("pipeline", pipeline)]);
+            let writes = metrics.sum("regionflow_region_writes_total", &[("outcome", "applied"), ("region", region)])
+                + metrics.sum("regionflow_region_writes_total", &[("outcome", "stale"), ("region", region)]);
             let key_bytes: usize =
                 table.keys().map(|(customer, start)| format!("rf:{region}:{customer}:{start}").len()).sum();
             assert!(
@@ -285,15 +287,9 @@ flush_interval = "100ms"
         // input is consumed (the high watermarks arrive every 500 ms).
         let started = Instant::now();
         loop {
-            let text = connector.metrics.render();
-            let lags: Vec<(String, f64)> = text
-                .lines()
-                .filter(|l| l.starts_with("regionflow_consumer_lag_records{"))
-                .filter_map(|l| {
-                    let (series, value) = l.rsplit_once(' ')?;
-                    Some((series.to_string(), value.parse().ok()?))
-                })
-                .collect();
+            let metrics = Exposition::parse(&connector.metrics.render());
+            let lags: Vec<(&BTreeMap<String, String>, f64)> =
+                metrics.matching("regionflow_consumer_lag_records", &[]).map(|s| (&s.labels, s.value)).collect();
             let expected = TOPICS.len() * PARTITIONS as usize;
             if lags.len() == expected && lags.iter().all(|(_, lag)| *lag == 0.0) {
                 break;

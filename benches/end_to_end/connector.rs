@@ -1,0 +1,252 @@
+//! The connector run: the connector child (`crate::child`) over a data set
+//! already in Kafka, until the region has acknowledged every entry the
+//! compute run fired; its throughput, cost per event and peak RSS.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use regionflow::time::now_millis;
+
+use crate::data::DataSet;
+use crate::net::free_port;
+use crate::options::Options;
+use crate::process::{cpu_seconds, status_bytes};
+use crate::prom_text::Exposition;
+use crate::sink_ceiling::{all_calls, Redis};
+use crate::support::{self, Workload};
+
+// The connector run.
+
+fn scrape(port: u16) -> Option<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+pub struct ConnectorChild {
+    pub child: Child,
+    pub port: u16,
+    pub report: PathBuf,
+    pub _dir: tempfile::TempDir,
+}
+
+impl ConnectorChild {
+    /// `live`: the live latency run's settings (see `support::settings_toml`);
+    /// when set, the child also times each entry's last write, which costs a
+    /// map entry per entry.
+    pub fn start(
+        workload: Workload,
+        brokers: &str,
+        redis_nodes: &[String],
+        group: &str,
+        topic: &str,
+        live: Option<&support::Tuning<'_>>,
+    ) -> ConnectorChild {
+        let dir = tempfile::Builder::new().prefix("regionflow-bench-").tempdir().expect("temp dir");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let toml = support::settings_toml(
+            workload,
+            &support::Endpoints { brokers, redis_nodes, group, topic, metrics_listen: &listen },
+            live,
+        );
+        let config = dir.path().join("connector.toml");
+        std::fs::write(&config, toml).expect("config written");
+        let report = dir.path().join("report.txt");
+        let child = Command::new(std::env::current_exe().expect("own executable"))
+            .env("BENCH_ROLE", "connector")
+            .env("BENCH_CONFIG", &config)
+            .env("BENCH_REPORT", &report)
+            .env("BENCH_PER_ENTRY", if live.is_some() { "1" } else { "" })
+            .spawn()
+            .expect("connector child started");
+        ConnectorChild { child, port, report, _dir: dir }
+    }
+
+    pub fn metrics(&self) -> Option<String> {
+        scrape(self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until the connector owns every partition.
+    pub fn wait_ready(&mut self, partitions: i32) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("child status") {
+                panic!("connector exited early: {status}");
+            }
+            if let Some(text) = self.metrics() {
+                if Exposition::parse(&text).sum("regionflow_partitions_owned", &[]) >= partitions as f64 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "connector did not take its partitions within 60s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, wait, and read the report.
+    /// Tells the child that windows ending at or before `watermark` are
+    /// closed (see `closed_by`).
+    pub fn closed_by(&self, watermark: i64) {
+        std::fs::write(self.report.with_extension("closed"), watermark.to_string()).expect("closed_by written");
+    }
+
+    pub fn stop(mut self) -> HashMap<String, String> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait().expect("child status").is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.report)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect()
+    }
+}
+
+impl Drop for ConnectorChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Run {
+    pub events_per_s: f64,
+    pub bytes_per_s: f64,
+    pub entries_per_s: f64,
+    pub seconds: f64,
+    pub commands_per_event: f64,
+    pub merges_per_event: f64,
+    pub script_inner_per_event: f64,
+    pub peak_rss: u64,
+    pub cpu_us_per_event: f64,
+    pub harness_cpu_us_per_event: f64,
+    pub written: u64,
+    pub note: String,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn connector_run(
+    redis: &Redis,
+    workload: Workload,
+    brokers: &str,
+    redis_nodes: &[String],
+    data: &DataSet,
+    expected: u64,
+    inner_per_script: f64,
+    opts: &Options,
+    ticks: f64,
+) -> Run {
+    redis.flush_all().await;
+    let group = format!("bench-{}-{}", workload.name(), data.topic);
+    let mut child = ConnectorChild::start(workload, brokers, redis_nodes, &group, &data.topic, None);
+    let pid = child.pid();
+    // BENCH_PROFILE_DIR: sample the connector with `perf record` while it
+    // runs; with BENCH_PROFILE_SYSTEM=1 every process on the machine (Redis,
+    // the mock brokers, the connector), to see which one the time goes to.
+    let mut perf = std::env::var("BENCH_PROFILE_DIR").ok().map(|dir| {
+        let out = format!("{dir}/perf-{}-{}.data", workload.name(), data.name);
+        let pid = pid.to_string();
+        let target = match std::env::var("BENCH_PROFILE_SYSTEM").as_deref() {
+            Ok("1") => vec!["-a", "-g"],
+            _ => vec!["--call-graph", "dwarf,16384", "-p", &pid],
+        };
+        Command::new("perf")
+            .args(["record", "-F", "499", "-o", &out])
+            .args(target)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("perf record started")
+    });
+    let mut run = Run::default();
+    // Records flow as soon as the group assigns the partitions; stats are
+    // reset before that.
+    redis.reset_stats().await;
+    let region = format!("bench_{}", workload.name().to_ascii_lowercase());
+    let applied = [("region", region.as_str()), ("outcome", "applied")];
+    let deadline = Instant::now() + opts.run_timeout;
+    let mut t0: Option<(Instant, i64, f64, f64)> = None;
+    let mut last_text = String::new();
+    loop {
+        if let Some(status) = child.child.try_wait().expect("child status") {
+            run.note = format!("connector exited: {status}");
+            break;
+        }
+        let text = child.metrics().unwrap_or_default();
+        let metrics = Exposition::parse(&text);
+        let records = metrics.sum("regionflow_records_in_total", &[]);
+        let written = metrics.sum("regionflow_region_writes_total", &applied);
+        if t0.is_none() && records > 0.0 {
+            t0 = Some((Instant::now(), now_millis(), cpu_seconds(pid, ticks), cpu_seconds(std::process::id(), ticks)));
+        }
+        if !text.is_empty() {
+            last_text = text;
+        }
+        if written >= expected as f64 {
+            break;
+        }
+        if Instant::now() > deadline {
+            run.note = format!("timed out: {written} of {expected} entries written");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu_child = cpu_seconds(pid, ticks);
+    let cpu_harness = cpu_seconds(std::process::id(), ticks);
+    if let Some(mut perf) = perf.take() {
+        let _ = Command::new("kill").arg("-INT").arg(perf.id().to_string()).status();
+        let _ = perf.wait();
+    }
+    run.peak_rss = status_bytes(pid, "VmHWM:");
+    let counters = redis.counters().await;
+    let report = child.stop();
+    if let Some(e) = report.get("error") {
+        run.note = format!("{} connector error: {e}", run.note);
+    }
+    let Some((_, t0_ms, cpu0, harness0)) = t0 else {
+        run.note = format!("{} no record consumed", run.note);
+        return run;
+    };
+    let last_ack: i64 = report.get("last_ack_ms").and_then(|v| v.parse().ok()).unwrap_or(now_millis());
+    let seconds = ((last_ack - t0_ms) as f64 / 1000.0).max(1e-3);
+    let n = data.len() as f64;
+    run.seconds = seconds;
+    let last_metrics = Exposition::parse(&last_text);
+    run.written = last_metrics.sum("regionflow_region_writes_total", &applied) as u64;
+    run.events_per_s = n / seconds;
+    run.bytes_per_s = last_metrics.sum("regionflow_bytes_in_total", &[]) / seconds;
+    run.entries_per_s = run.written as f64 / seconds;
+    run.cpu_us_per_event = (cpu_child - cpu0) * 1e6 / n;
+    run.harness_cpu_us_per_event = (cpu_harness - harness0) * 1e6 / n;
+    let get = |k: &str| *counters.get(k).unwrap_or(&0) as f64;
+    // Commandstats also count the commands a script runs (`redis.call`);
+    // the sink ceiling's EVALSHA-only run gives how many one merge runs, so
+    // client commands are the rest (less this harness's INFO/CONFIG).
+    let merges = get("calls_fcall");
+    let inner = inner_per_script * merges;
+    run.merges_per_event = merges / n;
+    run.script_inner_per_event = inner / n;
+    run.commands_per_event = (all_calls(&counters) - inner) / n;
+    run
+}

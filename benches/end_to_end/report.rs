@@ -1,0 +1,153 @@
+//! The report printed at the end: throughput next to each ceiling, cost
+//! per event, state at scale and latency.
+
+use crate::compute_ceiling::Compute;
+use crate::connector::Run;
+use crate::latency::Latency;
+use crate::options::Options;
+use crate::sink_ceiling::Sink;
+use crate::source_ceiling::Rate;
+use crate::state::StateSize;
+use crate::support::DISORDER_MS;
+
+// Report.
+
+pub struct Row {
+    pub label: String,
+    pub events: usize,
+    pub source: Rate,
+    pub compute: Compute,
+    pub sink: Sink,
+    pub entries: usize,
+    pub run: Run,
+    pub state: StateSize,
+}
+
+pub fn si(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.0}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn pct(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.0}%", 100.0 * a / b)
+    } else {
+        "-".into()
+    }
+}
+
+pub fn print_rows(rows: &[Row]) {
+    println!();
+    println!("== Throughput (events/s unless noted; ratio = end-to-end / ceiling) ==");
+    println!(
+        "{:<14} {:>7} {:>9} {:>8} | {:>9} {:>5} | {:>9} {:>9} {:>5} | {:>8} {:>9} {:>9} {:>9} {:>5}",
+        "workload",
+        "events",
+        "e2e ev/s",
+        "e2e MB/s",
+        "source",
+        "ratio",
+        "operator",
+        "dec+op",
+        "ratio",
+        "entries",
+        "e2e ent/s",
+        "merge FCALL/s",
+        "HSET/s",
+        "ratio"
+    );
+    for r in rows {
+        println!(
+            "{:<14} {:>7} {:>9} {:>8.1} | {:>9} {:>5} | {:>9} {:>9} {:>5} | {:>8} {:>9} {:>9} {:>9} {:>5}",
+            r.label,
+            si(r.events as f64),
+            si(r.run.events_per_s),
+            r.run.bytes_per_s / 1e6,
+            si(r.source.events_per_s),
+            pct(r.run.events_per_s, r.source.events_per_s),
+            si(r.compute.operator_events_per_s),
+            si(r.compute.decode_operator_events_per_s),
+            pct(r.run.events_per_s, r.compute.operator_events_per_s),
+            si(r.entries as f64),
+            si(r.run.entries_per_s),
+            si(r.sink.merge_per_s),
+            si(r.sink.hset_per_s),
+            pct(r.run.entries_per_s, r.sink.merge_per_s),
+        );
+    }
+    println!();
+    println!("== Cost per event ==");
+    println!(
+        "{:<14} {:>8} {:>10} {:>9} {:>9} {:>10} {:>11} {:>12} {:>10}  note",
+        "workload", "run s", "cmds/ev", "FCALL", "in-function", "peak RSS", "state B/wk", "open w-keys", "CPU us/ev"
+    );
+    for r in rows {
+        println!(
+            "{:<14} {:>8.1} {:>10.3} {:>9.3} {:>9.2} {:>8.0}MB {:>11.0} {:>12} {:>5.2} (+{:.2})  {}",
+            r.label,
+            r.run.seconds,
+            r.run.commands_per_event,
+            r.run.merges_per_event,
+            r.run.script_inner_per_event,
+            r.run.peak_rss as f64 / 1048576.0,
+            r.state.bytes_per_window_key,
+            r.state.open_window_keys,
+            r.run.cpu_us_per_event,
+            r.run.harness_cpu_us_per_event,
+            r.run.note
+        );
+    }
+}
+
+/// W1's operator alone with many open window-keys (`state::state_stress`):
+/// (events/s, bytes per window-key, open window-keys).
+pub fn print_state_at_scale((rate, bytes, open): (f64, f64, usize)) {
+    println!();
+    println!(
+        "== State at scale: W1 operator with {} open window-keys: {:.0} B/window-key, {}/s ==",
+        si(open as f64),
+        bytes,
+        si(rate)
+    );
+}
+
+pub fn print_latency(l: &Latency, opts: &Options) {
+    let ms = |k: &str| l.direct.get(k).and_then(|v| v.parse::<f64>().ok());
+    let fmt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} ms"));
+    let beyond = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.0} ms", v - DISORDER_MS as f64));
+    println!();
+    println!(
+        "== Latency: W1 live at {}/s ({}) for {} s, emit = {}, flush_interval = {}, {} events, {} writes applied ==",
+        si(l.rate),
+        if opts.latency_rate.is_some() { "BENCH_LATENCY_RATE" } else { "half the W1 end-to-end rate" },
+        l.seconds,
+        opts.latency_emit.as_deref().unwrap_or(r#"{ mode = "final" }"#),
+        opts.latency_flush.as_deref().unwrap_or("default"),
+        l.produced,
+        l.entries
+    );
+    println!(
+"window end → the entry's last write acknowledged (0 when before the end): p50 {}, p90 {}, p99 {}, max {} ({} entries)",
+        fmt(ms("latency_p50_ms")),
+        fmt(ms("latency_p90_ms")),
+        fmt(ms("latency_p99_ms")),
+        fmt(ms("latency_max_ms")),
+        l.direct.get("latency_count").cloned().unwrap_or_default()
+    );
+    println!(
+        "beyond the window's own wait ({DISORDER_MS} ms out-of-orderness): p50 {}, p99 {}",
+        beyond(ms("latency_p50_ms")),
+        beyond(ms("latency_p99_ms"))
+    );
+    println!(
+        "connector histogram regionflow_event_to_region_latency_seconds (bucketed): p50 {}, p99 {} {}",
+        fmt(l.histogram_p50.map(|s| s * 1000.0)),
+        fmt(l.histogram_p99.map(|s| s * 1000.0)),
+        l.note
+    );
+}
