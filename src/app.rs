@@ -26,6 +26,8 @@ pub struct Sinks {
     /// One region per pipeline, by pipeline name.
     pub regions: HashMap<String, Arc<dyn Region>>,
     pub checkpoints: Arc<dyn CheckpointStore>,
+    /// The Redis Cluster they live on, for readiness (`None` in memory).
+    pub redis: Option<Arc<ClusterHandle>>,
 }
 
 /// Connects to the Redis Cluster: one region per pipeline and the checkpoint
@@ -61,7 +63,7 @@ pub async fn redis_sinks(settings: &Settings, metrics: &Metrics) -> Result<Sinks
             (name.clone(), Arc::new(region) as Arc<dyn Region>)
         })
         .collect();
-    Ok(Sinks { regions, checkpoints: Arc::new(checkpoint_store(settings, handle)) })
+    Ok(Sinks { regions, checkpoints: Arc::new(checkpoint_store(settings, handle.clone())), redis: Some(handle) })
 }
 
 /// The checkpoint store on `handle`.
@@ -84,7 +86,7 @@ pub fn memory_sinks(settings: &Settings) -> (Sinks, Vec<(String, Arc<MemoryRegio
         memory.push((name.clone(), region.clone()));
         regions.insert(name.clone(), region);
     }
-    (Sinks { regions, checkpoints: Arc::new(MemoryCheckpointStore::default()) }, memory)
+    (Sinks { regions, checkpoints: Arc::new(MemoryCheckpointStore::default()), redis: None }, memory)
 }
 
 /// Runs a connector on Redis until `shutdown`, serving its metrics.

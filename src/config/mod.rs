@@ -158,6 +158,9 @@ pub struct ConnectorConfig {
     /// How long graceful shutdown waits for tasks to flush.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// `/readyz` turns 503 once Redis has not answered for this long.
+    #[serde(default = "default_unready_after_redis_down", with = "humantime_serde")]
+    pub unready_after_redis_down: Duration,
 }
 
 fn default_poll_batch() -> usize {
@@ -180,6 +183,10 @@ fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+fn default_unready_after_redis_down() -> Duration {
+    Duration::from_secs(10)
+}
+
 impl Default for ConnectorConfig {
     fn default() -> Self {
         ConnectorConfig {
@@ -188,6 +195,7 @@ impl Default for ConnectorConfig {
             max_pending_results: default_max_pending(),
             checkpoint_interval: default_checkpoint_interval(),
             shutdown_timeout: default_shutdown_timeout(),
+            unready_after_redis_down: default_unready_after_redis_down(),
         }
     }
 }

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::{ConnectorError, Tasks, TASK_QUEUE_BATCHES};
 use crate::kafka::consumer::{self, AssignHandler, HighWatermarks, RevokeHandler};
 use crate::kafka::{Partition, SourceConsumer};
-use crate::metrics::Metrics;
+use crate::metrics::{Health, Metrics};
 use crate::pipeline::{PartitionSource, PartitionTask, Pipeline, Started, TaskError, TaskHandle};
 
 /// A task that failed to start or stopped with an error: which partition,
@@ -103,17 +103,21 @@ impl Assignments {
     }
 
     /// The rebalance callbacks: forward, count, and wait for the answer.
-    pub fn handlers(&self, metrics: &Arc<Metrics>) -> (AssignHandler, RevokeHandler) {
-        let (events, metrics_assign) = (self.events.clone(), metrics.clone());
+    pub fn handlers(&self, metrics: &Arc<Metrics>, health: &Arc<Health>) -> (AssignHandler, RevokeHandler) {
+        let (events, metrics_assign, health) = (self.events.clone(), metrics.clone(), health.clone());
         let on_assign: AssignHandler = Arc::new(move |partitions: &[Partition]| {
             metrics_assign.rebalances.with_label_values(&["assign"]).inc();
+            health.restoring(partitions.len());
             let (reply, answer) = oneshot::channel();
-            if events.send(Event::Assigned(partitions.to_vec(), reply)).is_err() {
-                return Vec::new();
-            }
-            // Inside librdkafka's callback on a runtime worker: hand the
-            // worker over while the tasks restore.
-            tokio::task::block_in_place(|| answer.blocking_recv()).unwrap_or_default()
+            let offsets = if events.send(Event::Assigned(partitions.to_vec(), reply)).is_err() {
+                Vec::new()
+            } else {
+                // Inside librdkafka's callback on a runtime worker: hand the
+                // worker over while the tasks restore.
+                tokio::task::block_in_place(|| answer.blocking_recv()).unwrap_or_default()
+            };
+            health.restored(partitions.len());
+            offsets
         });
         let (events, metrics) = (self.events.clone(), metrics.clone());
         let on_revoke: RevokeHandler = Arc::new(move |partitions: &[Partition]| {

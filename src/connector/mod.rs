@@ -27,6 +27,7 @@ mod assignment;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -39,6 +40,7 @@ use crate::format::SourceRecord;
 use crate::kafka::{self, DeadLetters, Partition};
 use crate::metrics::{Health, Metrics};
 use crate::pipeline::{Pipeline, TaskError, TaskHandle};
+use crate::redis::ClusterHandle;
 
 use assignment::Assignments;
 
@@ -100,14 +102,17 @@ pub async fn run(
     let high_watermarks: kafka::consumer::HighWatermarks = Arc::default();
     let (assignments, mut failed) =
         Assignments::start(by_topic, high_watermarks.clone(), tasks.clone(), abort.clone(), shutdown_timeout);
-    let (on_assign, on_revoke) = assignments.handlers(&metrics);
+    let (on_assign, on_revoke) = assignments.handlers(&metrics, &health);
     let consumer = kafka::consumer::consumer(&settings.kafka, on_assign, on_revoke, high_watermarks)?;
     assignments.set_consumer(&consumer);
     let topics: Vec<String> = settings.pipelines.values().flat_map(|p| p.topics.clone()).collect();
     kafka::consumer::wait_for_brokers(&consumer, &settings.kafka, &topics).await?;
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topic_refs)?;
-    health.set_ready(true);
+    health.set_running(true);
+    let probe = sinks.redis.clone().map(|handle| {
+        tokio::spawn(probe_redis(handle, health.clone(), settings.connector.unready_after_redis_down, shutdown.clone()))
+    });
     tracing::info!(group = %settings.kafka.group_id, topics = ?topics, "connector running");
 
     let poll_batch = settings.connector.poll_batch;
@@ -156,7 +161,10 @@ pub async fn run(
             }
         }
     };
-    health.set_ready(false);
+    health.set_running(false);
+    if let Some(probe) = probe {
+        probe.abort();
+    }
     let handles: Vec<TaskHandle> = tasks.lock().expect("task table lock").drain().map(|(_, h)| h).collect();
     if result.is_ok() {
         tracing::info!(partitions = handles.len(), "shutting down: flushing and checkpointing partition tasks");
@@ -198,4 +206,41 @@ async fn dispatch(buffers: &mut [(Partition, Vec<SourceRecord>)], tasks: &Tasks,
         }
     }
     true
+}
+
+/// Pings every Redis primary each second; marks the connector unready once
+/// they have not all answered for `unready_after`, ready again when they do.
+async fn probe_redis(
+    handle: Arc<ClusterHandle>,
+    health: Arc<Health>,
+    unready_after: Duration,
+    stop: CancellationToken,
+) {
+    let mut failing_since: Option<Instant> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match handle.ping_primaries().await {
+            Ok(()) => {
+                if failing_since.take().is_some() {
+                    tracing::info!("Redis answers again: ready");
+                }
+                health.set_redis_down(false);
+            }
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= unready_after {
+                    if !health.is_ready() {
+                        tracing::debug!(error = %e, "Redis still not answering");
+                    } else {
+                        tracing::warn!(error = %e, down_for = ?since.elapsed(), "Redis not answering: not ready");
+                    }
+                    health.set_redis_down(true);
+                }
+            }
+        }
+    }
 }

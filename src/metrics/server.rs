@@ -1,10 +1,8 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the
-//! process is alive) and `/readyz` (the connector reached Kafka and Redis
-//! and subscribed to its topics; set once, cleared at shutdown; it does not
-//! yet follow partition assignment or a later loss of Redis).
+//! process is alive) and `/readyz` (see [`Health`]).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,19 +16,47 @@ use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
 
-/// Readiness, set by the connector as partitions start and Redis answers.
+/// Readiness: the connector is running (subscribed, not shutting down),
+/// the group has given it an assignment (possibly empty), every assigned
+/// partition has restored its checkpoint, and Redis answers. Each part is
+/// set by the component that knows it.
 #[derive(Debug, Default)]
 pub struct Health {
-    ready: AtomicBool,
+    running: AtomicBool,
+    assigned: AtomicBool,
+    /// Partitions whose tasks are starting (epoch, checkpoint restore).
+    restoring: AtomicUsize,
+    /// Set while Redis has stopped answering for longer than the connector
+    /// tolerates (`connector.unready_after_redis_down`).
+    redis_down: AtomicBool,
 }
 
 impl Health {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Relaxed);
+    /// Subscribed and running (`true`), or shutting down (`false`).
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::Relaxed);
+    }
+
+    /// The group's assignment arrived, and `partitions` of it start restoring.
+    pub fn restoring(&self, partitions: usize) {
+        self.restoring.fetch_add(partitions, Ordering::Relaxed);
+        self.assigned.store(true, Ordering::Relaxed);
+    }
+
+    /// `partitions` finished starting (restored, or failed and reported).
+    pub fn restored(&self, partitions: usize) {
+        self.restoring.fetch_sub(partitions, Ordering::Relaxed);
+    }
+
+    pub fn set_redis_down(&self, down: bool) {
+        self.redis_down.store(down, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.running.load(Ordering::Relaxed)
+            && self.assigned.load(Ordering::Relaxed)
+            && self.restoring.load(Ordering::Relaxed) == 0
+            && !self.redis_down.load(Ordering::Relaxed)
     }
 }
 

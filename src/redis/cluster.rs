@@ -140,6 +140,25 @@ impl ClusterHandle {
         Ok(())
     }
 
+    /// Sends `PING` to every primary, each bounded by the connect timeout.
+    pub async fn ping_primaries(&self) -> Result<(), String> {
+        let slots = self.slot_map().await.ok_or("no slot map: CLUSTER SLOTS does not answer")?;
+        let (_, mut connection) = self.get();
+        for index in 0..slots.primaries() {
+            let (host, port) = slots.address(index);
+            let route = redis::cluster_routing::RoutingInfo::SingleNode(
+                redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host: host.to_string(), port },
+            );
+            let ping = connection.route_command(redis::cmd("PING"), route);
+            match tokio::time::timeout(self.connect_timeout, ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("{host}:{port}: {e}")),
+                Err(_) => return Err(format!("{host}:{port}: no answer within {:?}", self.connect_timeout)),
+            }
+        }
+        Ok(())
+    }
+
     async fn open(client: &ClusterClient, timeout: Duration) -> Result<ClusterConnection, String> {
         let attempt = async {
             let mut connection = client.get_async_connection().await?;

@@ -28,6 +28,7 @@ pub fn toml_nodes(urls: &[String]) -> String {
 /// A connector running inside the test process, on the Redis Cluster.
 pub struct InProcess {
     pub metrics: std::sync::Arc<regionflow::metrics::Metrics>,
+    pub health: std::sync::Arc<regionflow::metrics::Health>,
     shutdown: tokio_util::sync::CancellationToken,
     pub handle: tokio::task::JoinHandle<Result<(), regionflow::connector::ConnectorError>>,
 }
@@ -37,14 +38,20 @@ impl InProcess {
         let metrics = std::sync::Arc::new(regionflow::metrics::Metrics::new());
         let shutdown = tokio_util::sync::CancellationToken::new();
         let sinks = regionflow::app::redis_sinks(&settings, &metrics).await.expect("Redis Cluster reachable");
+        let health = std::sync::Arc::new(regionflow::metrics::Health::default());
         let handle = tokio::spawn(regionflow::connector::run(
             settings,
             sinks,
             metrics.clone(),
-            std::sync::Arc::new(regionflow::metrics::Health::default()),
+            health.clone(),
             shutdown.clone(),
         ));
-        InProcess { metrics, shutdown, handle }
+        InProcess { metrics, health, shutdown, handle }
+    }
+
+    /// Starts stopping (as SIGTERM does) without waiting.
+    pub fn begin_stop(&self) {
+        self.shutdown.cancel();
     }
 
     /// Stops gracefully (flush, checkpoint, leave the group) and returns how the run ended.
