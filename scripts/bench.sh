@@ -70,8 +70,8 @@ done
 echo "== machine: $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM"
 echo "== commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
 
-# The merge function (src/region/merge.lua, loaded as regionflow does: see
-# src/region/function.rs) on one idle redis-server, against a plain HSET of
+# The merge function (src/redis/merge.lua, loaded as regionflow does: see
+# src/redis/function.rs) on one idle redis-server, against a plain HSET of
 # the same fields: Redis's own time per call from INFO commandstats.
 merge_function() {
     command -v redis-benchmark >/dev/null || { echo "bench.sh: redis-benchmark not on PATH: run scripts/setup-test-deps.sh" >&2; exit 1; }
@@ -88,8 +88,8 @@ merge_function() {
         fi
         sleep 0.1
     done
-    name="regionflow_merge_$(sha1sum src/region/merge.lua | cut -c1-16)"
-    { printf '#!lua name=%s\nlocal FUNCTION_NAME = %s\n' "$name" "'$name'"; cat src/region/merge.lua; } |
+    name="regionflow_merge_$(sha1sum src/redis/merge.lua | cut -c1-16)"
+    { printf '#!lua name=%s\nlocal FUNCTION_NAME = %s\n' "$name" "'$name'"; cat src/redis/merge.lua; } |
         redis-cli -p "$port" -x FUNCTION LOAD REPLACE >/dev/null
     key='u__rand_int__:1700000010000'
     partial='{"a":[3,1627.5],"e":1,"o":12345}'

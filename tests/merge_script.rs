@@ -1,4 +1,4 @@
-//! `src/region/merge.lua` against the Rust accumulators it must agree with.
+//! `src/redis/merge.lua` against the Rust accumulators it must agree with.
 //!
 //! Each test calls the merge function (the library regionflow loads, see
 //! `regionflow::redis::function`) on a real `redis-server` (one plain node

@@ -9,6 +9,7 @@
 //! windows an enum) and then validates once; errors carry the key's path and
 //! what would be valid. Nothing downstream re-parses strings.
 
+mod errors;
 mod pipeline;
 mod secrets;
 
@@ -91,7 +92,7 @@ pub struct RedisConfig {
     pub startup_timeout: Duration,
     /// Entries written one command at a time, at once, per task: amendments
     /// and writes retried after a failed pipeline (an entry's first write
-    /// goes in a pipeline per primary; see `region/redis.rs`).
+    /// goes in a pipeline per primary; see `redis/region.rs`).
     #[serde(default = "default_write_concurrency")]
     pub write_concurrency: usize,
     /// How long a checkpoint waits for `region.redundancy` replicas.
@@ -225,10 +226,18 @@ impl Settings {
             )
             .build()
             .map_err(|e| ConfigError::Read { path: path.display().to_string(), message: e.to_string() })?;
+        for variable in errors::ignored_lookalikes(&variables) {
+            tracing::warn!(
+                %variable,
+                "looks like a configuration override but is ignored: overrides start with REGIONFLOW__ (two underscores)"
+            );
+        }
+        let explain = |e: ConfigError| errors::explain(e, &variables);
         let mut settings: Settings = serde_path_to_error::deserialize(source)
-            .map_err(|e| ConfigError::Invalid { key: e.path().to_string(), message: e.inner().to_string() })?;
+            .map_err(|e| ConfigError::Invalid { key: e.path().to_string(), message: e.inner().to_string() })
+            .map_err(explain)?;
         settings.resolve_secrets(&variables)?;
-        settings.validate()?;
+        settings.validate().map_err(explain)?;
         Ok(settings)
     }
 
@@ -238,7 +247,8 @@ impl Settings {
             .build()
             .map_err(|e| ConfigError::Read { path: "<string>".into(), message: e.to_string() })?;
         let mut settings: Settings = serde_path_to_error::deserialize(source)
-            .map_err(|e| ConfigError::Invalid { key: e.path().to_string(), message: e.inner().to_string() })?;
+            .map_err(|e| ConfigError::Invalid { key: e.path().to_string(), message: e.inner().to_string() })
+            .map_err(|e| errors::explain(e, &BTreeMap::new()))?;
         settings.resolve_secrets(&std::env::vars().collect())?;
         settings.validate()?;
         Ok(settings)

@@ -6,7 +6,7 @@ entry's public fields from all partials, atomically.
 It is one long file because Redis loads a library as one body: helpers
 cannot come from other files.
 
-The file is the library's body. `src/region/function.rs` prepends the
+The file is the library's body. `src/redis/function.rs` prepends the
 `#!lua name=...` line and `local FUNCTION_NAME = '...'`, both named after a
 hash of this text, so that two regionflow versions in one cluster never
 replace each other's function. The body runs once, at FUNCTION LOAD: the
