@@ -71,6 +71,10 @@ mod prom_text;
 #[allow(dead_code)]
 #[path = "../tests/common/redis_cluster.rs"]
 mod redis_cluster;
+/// The TLS side of the harness, which redis_cluster.rs refers to.
+#[allow(dead_code)]
+#[path = "../tests/common/secure/mod.rs"]
+mod secure;
 
 use std::time::Instant;
 

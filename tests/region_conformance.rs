@@ -86,6 +86,9 @@ async fn memory_region_applies_writes_exactly_as_the_merge_function() {
         write_concurrency: 4,
         replica_timeout: Duration::from_secs(5),
         allow_eviction: false,
+        username: None,
+        password: None,
+        tls: None,
     };
     let handle = Arc::new(ClusterHandle::connect(&config).await.expect("cluster"));
     let redis_region = RedisRegion::new(

@@ -67,6 +67,9 @@ async fn region(cluster: &RedisCluster) -> (Arc<ClusterHandle>, RedisRegion) {
         write_concurrency: 16,
         replica_timeout: Duration::from_secs(5),
         allow_eviction: false,
+        username: None,
+        password: None,
+        tls: None,
     };
     let connection = Arc::new(ClusterHandle::connect(&config).await.expect("cluster"));
     let metrics = Metrics::new().redis_region("test");

@@ -11,6 +11,7 @@
 
 mod errors;
 mod pipeline;
+mod redis;
 mod secrets;
 
 use std::collections::BTreeMap;
@@ -21,7 +22,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use pipeline::*;
-pub use secrets::{is_secret_property, redact_url, REDACTED};
+pub use redis::RedisTlsConfig;
+pub use secrets::{is_secret_property, redact_url, Secret, REDACTED};
 
 pub const ENV_PREFIX: &str = "REGIONFLOW";
 
@@ -104,6 +106,16 @@ pub struct RedisConfig {
     /// refused at start.
     #[serde(default)]
     pub allow_eviction: bool,
+    /// ACL user to log in as (else the URLs' user, else `default`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password of `username` (or of `default`); may be a `${file:...}` or
+    /// `${env:...}` reference, and is never shown.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// TLS files and the opt-out from verification; needs `rediss://` nodes.
+    #[serde(default)]
+    pub tls: Option<RedisTlsConfig>,
 }
 
 fn default_key_prefix() -> String {
@@ -270,6 +282,7 @@ impl Settings {
                 ));
             }
         }
+        self.redis.validate_security()?;
         if self.redis.key_prefix.is_empty() || self.redis.key_prefix.contains(':') {
             return Err(invalid("redis.key_prefix", "a non-empty prefix without ':'"));
         }

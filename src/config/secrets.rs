@@ -1,7 +1,8 @@
 //! Secrets: where they may come from, and that they are never shown.
 //!
-//! A value of a librdkafka property or a Redis seed-node URL may be a
-//! reference instead of the secret itself, resolved at load:
+//! A value of a librdkafka property, a Redis seed-node URL or
+//! `redis.password` may be a reference instead of the secret itself,
+//! resolved at load:
 //!
 //! - `${file:/run/secrets/kafka-password}`: the file's content, without the
 //!   trailing newline (Docker and Kubernetes secrets mounted as files);
@@ -13,7 +14,9 @@
 //! librdkafka's names have no underscores, so the mapping is unambiguous.
 //!
 //! [`Settings::redacted`] is what may be printed: every property that holds
-//! a secret ([`is_secret_property`]) and every password in a URL replaced.
+//! a secret ([`is_secret_property`]), every password in a URL and
+//! `redis.password` replaced. `redis.password` is a [`Secret`], whose
+//! `Debug` shows no value either.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +24,29 @@ use super::{ConfigError, Settings};
 
 /// What stands in for a secret wherever settings are shown.
 pub const REDACTED: &str = "<redacted>";
+
+/// A secret setting: serialized as is (for [`Settings::redacted`] to
+/// replace), debug-printed as [`REDACTED`].
+#[derive(Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the client that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
 
 /// Whether a librdkafka property holds a secret: every `*.password`, the
 /// OAUTHBEARER client secret and configuration, private keys and JAAS
@@ -88,6 +114,9 @@ impl Settings {
         for (i, node) in self.redis.nodes.iter_mut().enumerate() {
             *node = resolve(node, &format!("redis.nodes[{i}]"), env)?;
         }
+        if let Some(password) = &mut self.redis.password {
+            *password = Secret(resolve(password.expose(), "redis.password", env)?);
+        }
         Ok(())
     }
 
@@ -102,6 +131,9 @@ impl Settings {
         }
         for node in shown.redis.nodes.iter_mut() {
             *node = redact_url(node);
+        }
+        if let Some(password) = &mut shown.redis.password {
+            *password = Secret::new(REDACTED);
         }
         shown
     }

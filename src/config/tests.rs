@@ -142,3 +142,66 @@ fn example_configurations_are_valid() {
         }
     }
 }
+
+/// `VALID` with `nodes` and more `[redis]` keys.
+fn with_redis(nodes: &str, keys: &str) -> String {
+    VALID.replace("nodes = [\"redis://127.0.0.1:7000\"]", &format!("nodes = [\"{nodes}\"]\n{keys}"))
+}
+
+#[test]
+fn redis_tls_and_credentials_are_checked_at_load() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pem = dir.path().join("ca.pem");
+    std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").expect("written");
+    let not_pem = dir.path().join("ca.der");
+    std::fs::write(&not_pem, [0x30, 0x82, 0x01]).expect("written");
+    let tls = |table: &str| format!("tls = {{ {table} }}");
+    let ca = format!("ca_file = \"{}\"", pem.display());
+
+    let s = Settings::from_toml_str(&with_redis(
+        "rediss://h:1",
+        &tls(&format!("{ca}, cert_file = \"{}\", key_file = \"{}\"", pem.display(), pem.display())),
+    ))
+    .expect("valid");
+    let t = s.redis.tls.expect("tls table");
+    assert_eq!(t.ca_file.as_deref(), Some(pem.as_path()));
+    assert!(!t.danger_accept_invalid_certificates);
+
+    let (key, message) = error_of(&with_redis("redis://h:1", &tls(&ca)));
+    assert_eq!(key, "redis.tls");
+    assert!(message.contains("rediss://") && message.contains("redis.nodes[0]"), "{message}");
+
+    let (key, message) = error_of(&with_redis("rediss://h:1", &tls("ca_file = \"/nonexistent/ca.pem\"")));
+    assert_eq!(key, "redis.tls.ca_file");
+    assert!(message.contains("/nonexistent/ca.pem"), "{message}");
+
+    let (key, message) = error_of(&with_redis("rediss://h:1", &tls(&format!("ca_file = \"{}\"", not_pem.display()))));
+    assert_eq!((key.as_str(), message.contains("not a PEM file")), ("redis.tls.ca_file", true), "{message}");
+
+    let (key, _) = error_of(&with_redis("rediss://h:1", &tls(&format!("cert_file = \"{}\"", pem.display()))));
+    assert_eq!(key, "redis.tls.key_file");
+
+    let (key, message) = error_of(&with_redis("rediss://h:1", "username = \"app\""));
+    assert_eq!(key, "redis.password", "{message}");
+
+    let (key, message) = error_of(&with_redis("rediss://app:pw@h:1", "password = \"other\""));
+    assert_eq!(key, "redis.password");
+    assert!(!message.contains("other") && !message.contains(":pw@"), "no password shown: {message}");
+
+    let (key, _) = error_of(&with_redis("rediss://h:1", "tls = { ca = \"x\" }"));
+    assert!(key.starts_with("redis.tls"), "unknown keys are refused: {key}");
+}
+
+#[test]
+fn redis_password_resolves_references_and_is_never_shown() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, with_redis("rediss://h:1", "username = \"app\"\npassword = \"${env:RF_TEST_REDIS_PW}\""))
+        .expect("written");
+    let env = [("RF_TEST_REDIS_PW".to_string(), "s3cret-value".to_string())];
+    let s = Settings::load_with_env(&path, env).expect("valid");
+    assert_eq!(s.redis.password.as_ref().map(Secret::expose), Some("s3cret-value"));
+    assert!(!format!("{s:?}").contains("s3cret-value"), "Debug hides it");
+    let shown = toml::to_string(&s.redacted()).expect("serializes");
+    assert!(!shown.contains("s3cret-value") && shown.contains("password = \"<redacted>\""), "{shown}");
+}

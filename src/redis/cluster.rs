@@ -10,6 +10,13 @@
 //! connection it is sent on, so a checkpoint that needs replicas must not
 //! vouch for writes made on an older generation.
 //!
+//! Connecting at start retries what a rolling restart explains (refused
+//! connections, timeouts) until `redis.startup_timeout`, and gives up at
+//! once on what no retry mends: refused credentials, TLS failures, a
+//! plain-text client on a TLS port, a server that is not a cluster
+//! ([`error::classify_connect`]). TLS and the ACL user come from
+//! `redis.tls`, `redis.username` and `redis.password`.
+//!
 //! It also keeps the cluster's slot → primary map ([`SlotMap`]) for the
 //! region writer's per-node pipelines: fetched on demand, forgotten when a
 //! pipeline fails or the connection is replaced.
@@ -19,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
+use redis::{ClientTlsConfig, TlsCertificates, TlsMode};
 
 use super::error::{self, Retry};
 use super::slots::SlotMap;
@@ -31,12 +39,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// After a failed `CLUSTER SLOTS`, writes go without a slot map this long
 /// before it is asked again.
 const SLOT_MAP_RETRY: Duration = Duration::from_secs(1);
+/// How long seed nodes must keep closing connections without a reply
+/// before start-up calls it a TLS-only port: a node shutting down in a
+/// rolling restart can do it too, but only briefly.
+const CLOSED_WITHOUT_REPLY_FOR: Duration = Duration::from_secs(1);
 
 /// Why a connector cannot start on this Redis Cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("cannot reach Redis Cluster at {nodes}: {message}; check redis.nodes and that the cluster is up")]
     Unreachable { nodes: String, message: String },
+    /// Connecting failed in a way no retry mends (see
+    /// [`error::classify_connect`]).
+    #[error("cannot connect to Redis Cluster at {nodes}: {cause}: {message}")]
+    Permanent { nodes: String, cause: error::StartupFailure, message: String },
     /// The cluster answers but cannot be used as configured.
     #[error("{0}")]
     Refused(String),
@@ -63,14 +79,11 @@ impl ClusterHandle {
     pub async fn connect(config: &RedisConfig) -> Result<ClusterHandle, ConnectError> {
         let nodes = config.nodes.iter().map(|n| crate::config::redact_url(n)).collect::<Vec<_>>().join(",");
         let unreachable = |message: String| ConnectError::Unreachable { nodes: nodes.clone(), message };
-        let client = ClusterClientBuilder::new(config.nodes.clone())
-            .connection_timeout(config.connect_timeout)
-            .response_timeout(config.response_timeout)
-            .retries(3)
-            .build()
-            .map_err(|e| unreachable(e.to_string()))?;
+        let client = Self::client(config)?;
+        let tls = config.nodes.iter().any(|node| node.starts_with("rediss://"));
         let started = Instant::now();
         let mut backoff = MIN_BACKOFF;
+        let mut closed_since: Option<Instant> = None;
         loop {
             match Self::open(&client, config.connect_timeout).await {
                 Ok(connection) => {
@@ -83,12 +96,64 @@ impl ClusterHandle {
                         fetching_slots: tokio::sync::Mutex::new(()),
                     })
                 }
-                Err(e) if started.elapsed() >= config.startup_timeout => return Err(unreachable(e)),
-                Err(e) => tracing::warn!(error = %e, "Redis Cluster not reachable yet; retrying"),
+                Err(e) => {
+                    let cause = error::classify_connect(&e, tls);
+                    let closed = cause == Some(error::StartupFailure::PlainTextToTls);
+                    closed_since = if closed { closed_since.or(Some(Instant::now())) } else { None };
+                    let settled = closed_since.is_none_or(|since| since.elapsed() >= CLOSED_WITHOUT_REPLY_FOR);
+                    if let Some(cause) = cause.filter(|_| settled) {
+                        return Err(ConnectError::Permanent { nodes: nodes.clone(), cause, message: e.to_string() });
+                    }
+                    if started.elapsed() >= config.startup_timeout {
+                        return Err(unreachable(e.to_string()));
+                    }
+                    tracing::warn!(error = %e, "Redis Cluster not reachable yet; retrying");
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// The cluster client for `config`: timeouts, the ACL user, TLS.
+    fn client(config: &RedisConfig) -> Result<ClusterClient, ConnectError> {
+        let refused = |message: String| ConnectError::Refused(message);
+        let mut builder = ClusterClientBuilder::new(config.nodes.clone())
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.response_timeout)
+            .retries(3);
+        if let Some(username) = &config.username {
+            builder = builder.username(username);
+        }
+        if let Some(password) = &config.password {
+            builder = builder.password(password.expose());
+        }
+        if let Some(tls) = &config.tls {
+            // Read again (validation read them at load): they may have been
+            // rotated since, and the contents are not kept in the settings.
+            let read = |key: &str, path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| refused(format!("{key}: cannot read {}: {e}", path.display())))
+            };
+            let root_cert = tls.ca_file.as_deref().map(|path| read("redis.tls.ca_file", path)).transpose()?;
+            let client_tls = match (&tls.cert_file, &tls.key_file) {
+                (Some(cert), Some(key)) => Some(ClientTlsConfig {
+                    client_cert: read("redis.tls.cert_file", cert)?,
+                    client_key: read("redis.tls.key_file", key)?,
+                }),
+                _ => None,
+            };
+            builder = builder.certs(TlsCertificates { client_tls, root_cert });
+            if tls.danger_accept_invalid_certificates {
+                tracing::warn!(
+                    "redis.tls.danger_accept_invalid_certificates is set: Redis servers' certificates are NOT \
+                     verified, so anyone on the network path can impersonate them; use redis.tls.ca_file instead"
+                );
+                builder = builder.tls(TlsMode::Insecure);
+            }
+        }
+        builder.build().map_err(|e| {
+            refused(format!("cannot build the Redis Cluster client: {e}; check redis.tls and redis.nodes"))
+        })
     }
 
     /// Refuses (or, with `allow`, warns about) primaries whose
@@ -159,15 +224,17 @@ impl ClusterHandle {
         Ok(())
     }
 
-    async fn open(client: &ClusterClient, timeout: Duration) -> Result<ClusterConnection, String> {
+    async fn open(client: &ClusterClient, timeout: Duration) -> Result<ClusterConnection, redis::RedisError> {
         let attempt = async {
             let mut connection = client.get_async_connection().await?;
             redis::cmd("PING").query_async::<String>(&mut connection).await?;
             Ok::<_, redis::RedisError>(connection)
         };
         match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Ok(result) => result,
+            Err(_) => {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {timeout:?}")).into())
+            }
         }
     }
 

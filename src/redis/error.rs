@@ -4,6 +4,13 @@
 //! (`MOVED`, `OOM`, `NOPERM`, ...), with the message read only where Redis
 //! gives one code to different causes (`ERR`: the merge function's refusal,
 //! an unknown command, a failed function load).
+//!
+//! Connecting at start is classified apart ([`classify_connect`]): there a
+//! failure either is a rolling restart (retry until `redis.startup_timeout`)
+//! or will never pass (fail at once, naming the cause). redis-rs' cluster
+//! client reports failed initial connections as one `Io` error that carries
+//! each node's error as text, so the kind is read where it survives and the
+//! text (server codes, rustls' error names) where it does not.
 
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
@@ -83,6 +90,107 @@ fn response_error(e: &RedisError) -> Option<Permanent> {
     }
 }
 
+/// Why connecting at start cannot succeed, however long it is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartupFailure {
+    /// The server refused the user or password (WRONGPASS, NOAUTH, NOPERM).
+    Denied,
+    /// The server's certificate is not trusted (unknown CA, wrong name,
+    /// expired), or the server refused regionflow's client certificate.
+    Certificate,
+    /// The TLS handshake failed otherwise, e.g. `rediss://` against a
+    /// plain-text port.
+    TlsHandshake,
+    /// A plain-text (`redis://`) client against a TLS-only port: the server
+    /// closes the connection without a reply.
+    PlainTextToTls,
+    /// The server runs with `cluster-enabled no`.
+    NotACluster,
+    /// redis-rs refused the client configuration (e.g. unusable PEM data).
+    ClientConfig,
+}
+
+impl std::fmt::Display for StartupFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StartupFailure::Denied => {
+                "authentication refused: check redis.username and redis.password (or the URLs' user info) \
+                 and the ACL user's permissions"
+            }
+            StartupFailure::Certificate => {
+                "TLS certificate verification failed: check redis.tls.ca_file against the servers' certificates \
+                 (and their names), and redis.tls.cert_file/key_file if the servers require client certificates"
+            }
+            StartupFailure::TlsHandshake => {
+                "TLS handshake failed: is this port TLS (tls-port)? plain-text ports need redis:// URLs"
+            }
+            StartupFailure::PlainTextToTls => {
+                "the server closed the connection without a reply, as a TLS-only port does with a plain-text \
+                 client: use rediss:// URLs (and redis.tls)"
+            }
+            StartupFailure::NotACluster => {
+                "the server is not a Redis Cluster (cluster support disabled): regionflow needs \
+                 cluster-enabled yes"
+            }
+            StartupFailure::ClientConfig => {
+                "the Redis client configuration is unusable: check redis.tls and redis.nodes"
+            }
+        })
+    }
+}
+
+/// Classifies a failed connection at start: `Some` when no retry mends it.
+/// `tls`: whether the seed URLs are `rediss://` (a connection closed
+/// without a reply means a TLS port only to a plain-text client).
+pub fn classify_connect(e: &RedisError, tls: bool) -> Option<StartupFailure> {
+    match e.kind() {
+        ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {
+            return Some(StartupFailure::Denied)
+        }
+        ErrorKind::InvalidClientConfig => return Some(StartupFailure::ClientConfig),
+        _ => {}
+    }
+    if matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM")) {
+        return Some(StartupFailure::Denied);
+    }
+    let text = e.to_string();
+    let has = |needle: &str| text.contains(needle);
+    if has("WRONGPASS") || has("NOAUTH") || has("NOPERM") || has("Password authentication failed") {
+        Some(StartupFailure::Denied)
+    } else if has("cluster support disabled") {
+        Some(StartupFailure::NotACluster)
+    } else if has("invalid peer certificate")
+        || has("CertificateRequired")
+        || has("BadCertificate")
+        || has("UnknownCA")
+        || has("CertificateUnknown")
+    {
+        Some(StartupFailure::Certificate)
+    } else if has("InvalidContentType")
+        || has("corrupt message")
+        || has("HandshakeFailure")
+        || has("peer is incompatible")
+    {
+        Some(StartupFailure::TlsHandshake)
+    } else if !tls && closed_without_reply(e, &text) {
+        Some(StartupFailure::PlainTextToTls)
+    } else {
+        None
+    }
+}
+
+/// An accepted connection the server closed before answering anything.
+fn closed_without_reply(e: &RedisError, text: &str) -> bool {
+    let io_kind = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>()).map(|e| e.kind());
+    matches!(
+        io_kind,
+        Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::BrokenPipe)
+    ) || text.contains("Connection reset by peer")
+        || text.contains("connection closed")
+        || text.contains("Connection closed")
+        || text.contains("Broken pipe")
+}
+
 /// The error's message with advice, when it is permanent.
 pub fn describe(e: &RedisError) -> String {
     match classify(e) {
@@ -129,5 +237,38 @@ mod tests {
         }
         let io: RedisError = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset").into();
         assert_eq!(classify(&io), Retry::Transient);
+    }
+
+    /// As redis-rs' cluster client reports a failed start: one `Io` error
+    /// carrying a node's error as text.
+    fn initial(detail: &str) -> RedisError {
+        (ErrorKind::Io, "Failed to create initial connections", detail.to_string()).into()
+    }
+
+    #[test]
+    fn connect_failures_that_no_retry_mends_are_recognised() {
+        use StartupFailure::*;
+        let cases = [
+            (initial("Io: Password authentication failed - AuthenticationFailed"), true, Some(Denied)),
+            (server("WRONGPASS", "invalid username-password pair or user is disabled."), true, Some(Denied)),
+            (server("NOAUTH", "Authentication required."), false, Some(Denied)),
+            (server("NOPERM", "User app has no permissions to run the 'ping' command"), false, Some(Denied)),
+            (initial("Io: invalid peer certificate: UnknownIssuer"), true, Some(Certificate)),
+            (initial("Io: invalid peer certificate: NotValidForName"), true, Some(Certificate)),
+            (initial("Io: received fatal alert: CertificateRequired"), true, Some(Certificate)),
+            (initial("Io: received corrupt message of type InvalidContentType"), true, Some(TlsHandshake)),
+            (server("ERR", "This instance has cluster support disabled"), false, Some(NotACluster)),
+            (initial("Io: Connection reset by peer (os error 104)"), false, Some(PlainTextToTls)),
+            // Through TLS a reset is a server going away, not a wrong scheme.
+            (initial("Io: Connection reset by peer (os error 104)"), true, None),
+            (initial("Io: Connection refused (os error 111)"), false, None),
+            (std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused").into(), true, None),
+            (std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer within 5s").into(), true, None),
+            (server("CLUSTERDOWN", "The cluster is down"), true, None),
+            (server("LOADING", "Redis is loading the dataset in memory"), true, None),
+        ];
+        for (error, tls, expected) in cases {
+            assert_eq!(classify_connect(&error, tls), expected, "{error} (tls: {tls})");
+        }
     }
 }

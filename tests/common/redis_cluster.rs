@@ -12,8 +12,12 @@
 //! through `tokio::task::block_in_place` or `spawn_blocking`, so the runtime
 //! keeps driving the clients under test meanwhile.
 //!
-//! Needs `redis-server` and `redis-cli` (Redis 7) on PATH; on Debian run
-//! `scripts/setup-test-deps.sh`.
+//! [`RedisCluster::start_tls`] starts the same cluster TLS-only, with mutual
+//! TLS and an ACL user instead of the `default` user (see
+//! `secure/redis_tls.rs`); the harness then reaches its nodes the same way.
+//!
+//! Needs `redis-server` and `redis-cli` (Redis 7, built with TLS) on PATH; on
+//! Debian run `scripts/setup-test-deps.sh`.
 
 use std::collections::hash_map::RandomState;
 use std::collections::BTreeSet;
@@ -30,6 +34,8 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use tempfile::TempDir;
+
+use super::secure::redis_tls::RedisTls;
 
 const NODE_COUNT: usize = 6;
 const PRIMARY_COUNT: usize = NODE_COUNT / 2;
@@ -67,6 +73,8 @@ pub struct RedisCluster {
     /// `Drop` does not print them a second time. Atomic only to keep the
     /// cluster `Sync`, so tests may share one through a static.
     logs_reported: AtomicBool,
+    /// Set for a TLS-only cluster: how every connection must be made.
+    tls: Option<RedisTls>,
     // Dropped after `nodes` (declaration order), i.e. once no process uses it.
     dir: TempDir,
 }
@@ -79,6 +87,22 @@ impl RedisCluster {
     /// Panics with a clear message if redis-server/redis-cli are missing, and
     /// with the tail of the node logs if the cluster does not come up in time.
     pub fn start() -> RedisCluster {
+        Self::start_with(false)
+    }
+
+    /// As [`RedisCluster::start`], TLS-only: no plain-text port, TLS on the
+    /// cluster bus and replication, client certificates required, and the
+    /// ACL user of [`RedisCluster::tls`] instead of `default`.
+    pub fn start_tls() -> RedisCluster {
+        Self::start_with(true)
+    }
+
+    /// The certificates and user of a cluster from [`RedisCluster::start_tls`].
+    pub fn tls(&self) -> &RedisTls {
+        self.tls.as_ref().expect("a cluster started with RedisCluster::start_tls")
+    }
+
+    fn start_with(tls: bool) -> RedisCluster {
         let server_bin = find_on_path("redis-server").unwrap_or_else(|| {
             panic!(
                 "redis-server not found on PATH: run scripts/setup-test-deps.sh \
@@ -95,6 +119,7 @@ impl RedisCluster {
             .prefix("regionflow-redis-cluster-")
             .tempdir()
             .expect("cannot create a temp dir for the Redis Cluster");
+        let tls = tls.then(|| RedisTls::issue(dir.path()));
 
         // Built before anything is started so that a panic part-way through
         // still drops it and kills the nodes already running.
@@ -103,6 +128,7 @@ impl RedisCluster {
             server_bin,
             cli_bin,
             logs_reported: AtomicBool::new(false),
+            tls,
             dir,
         };
         for _ in 0..NODE_COUNT {
@@ -114,10 +140,12 @@ impl RedisCluster {
         cluster
     }
 
-    /// `redis://127.0.0.1:PORT` for every node still running (killed nodes
-    /// are left out so clients are not seeded with dead addresses).
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS cluster) for every
+    /// node still running (killed nodes are left out so clients are not
+    /// seeded with dead addresses).
     pub fn urls(&self) -> Vec<String> {
-        self.live_nodes().map(|node| format!("redis://127.0.0.1:{}", node.port)).collect()
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        self.live_nodes().map(|node| format!("{scheme}://127.0.0.1:{}", node.port)).collect()
     }
 
     /// Ports of the current primaries (nodes serving slots), sorted.
@@ -181,7 +209,8 @@ impl RedisCluster {
     /// the raw reply, e.g. `node_cmd(port, &["DBSIZE"])`. Panics on a
     /// connection error or an error reply.
     pub fn node_cmd(&self, port: u16, args: &[&str]) -> redis::Value {
-        try_cmd(port, args).unwrap_or_else(|e| panic!("`{}` on Redis node {port} failed: {e}", args.join(" ")))
+        try_cmd(self.tls.as_ref(), port, args)
+            .unwrap_or_else(|e| panic!("`{}` on Redis node {port} failed: {e}", args.join(" ")))
     }
 
     /// All keys matching `pattern` across all primaries (SCAN on each),
@@ -189,7 +218,8 @@ impl RedisCluster {
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         let mut keys = BTreeSet::new();
         for port in self.primary_ports() {
-            let mut con = connect(port).unwrap_or_else(|e| panic!("cannot connect to Redis node {port}: {e}"));
+            let mut con =
+                connect(self.tls.as_ref(), port).unwrap_or_else(|e| panic!("cannot connect to Redis node {port}: {e}"));
             scan_into(&mut con, pattern, &mut keys).unwrap_or_else(|e| panic!("SCAN on Redis node {port} failed: {e}"));
         }
         keys.into_iter().collect()
@@ -210,7 +240,7 @@ impl RedisCluster {
         for _ in 0..NODE_START_ATTEMPTS {
             let port = reserve_port_pair();
             let mut node = self.spawn_node(port);
-            match node.wait_until_ready() {
+            match node.wait_until_ready(self.tls.as_ref()) {
                 Ok(()) => return node,
                 Err(StartError::Exited(status)) => {
                     failures.push(format!(
@@ -241,8 +271,11 @@ impl RedisCluster {
         let log_err = log.try_clone().expect("cannot duplicate log file handle");
 
         let mut cmd = Command::new(&self.server_bin);
-        cmd.args(["--port", &port.to_string()])
-            .args(["--cluster-enabled", "yes"])
+        match &self.tls {
+            Some(tls) => cmd.args(tls.server_args(port)),
+            None => cmd.args(["--port", &port.to_string()]),
+        };
+        cmd.args(["--cluster-enabled", "yes"])
             .args(["--cluster-config-file", "nodes.conf"])
             .args(["--cluster-node-timeout", "1000"])
             // Replicas may always take over however long they were cut off:
@@ -273,6 +306,10 @@ impl RedisCluster {
         let log_err = log.try_clone().expect("cannot duplicate log file handle");
 
         let mut cmd = Command::new(&self.cli_bin);
+        if let Some(tls) = &self.tls {
+            let (name, value) = tls.cli_env();
+            cmd.args(tls.cli_args()).env(name, value);
+        }
         cmd.args(["--cluster", "create"])
             .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -334,8 +371,8 @@ impl RedisCluster {
         let known_nodes = self.nodes.len().to_string();
         for node in self.live_nodes() {
             let port = node.port;
-            let info =
-                try_string(port, &["CLUSTER", "INFO"]).map_err(|e| format!("CLUSTER INFO on {port} failed: {e}"))?;
+            let info = try_string(self.tls.as_ref(), port, &["CLUSTER", "INFO"])
+                .map_err(|e| format!("CLUSTER INFO on {port} failed: {e}"))?;
             for (field, want) in [
                 ("cluster_state", "ok"),
                 ("cluster_slots_assigned", SLOT_COUNT),
@@ -348,7 +385,7 @@ impl RedisCluster {
                 }
             }
 
-            let mut owners: SlotOwners = cluster_nodes(port)?
+            let mut owners: SlotOwners = cluster_nodes(self.tls.as_ref(), port)?
                 .into_iter()
                 .filter(|e| e.is_serving_primary())
                 .map(|e| (e.port, e.slots))
@@ -371,7 +408,7 @@ impl RedisCluster {
                 Some(_) => {}
             }
 
-            let replication = try_string(port, &["INFO", "replication"])
+            let replication = try_string(self.tls.as_ref(), port, &["INFO", "replication"])
                 .map_err(|e| format!("INFO replication on {port} failed: {e}"))?;
             if info_field(&replication, "role") == Some("slave") {
                 let link = info_field(&replication, "master_link_status");
@@ -423,7 +460,7 @@ impl RedisCluster {
     }
 
     fn replication_info(&self, port: u16) -> String {
-        try_string(port, &["INFO", "replication"])
+        try_string(self.tls.as_ref(), port, &["INFO", "replication"])
             .unwrap_or_else(|e| panic!("INFO replication on Redis node {port} failed: {e}"))
     }
 
@@ -431,7 +468,7 @@ impl RedisCluster {
     fn cmd_on_any(&self, args: &[&str]) -> redis::Value {
         let mut errors = Vec::new();
         for node in self.live_nodes() {
-            match try_cmd(node.port, args) {
+            match try_cmd(self.tls.as_ref(), node.port, args) {
                 Ok(value) => return value,
                 Err(e) => errors.push(format!("{}: {e}", node.port)),
             }
@@ -442,7 +479,7 @@ impl RedisCluster {
     fn cluster_nodes_from_any(&self) -> Vec<NodeEntry> {
         let mut errors = Vec::new();
         for node in self.live_nodes() {
-            match cluster_nodes(node.port) {
+            match cluster_nodes(self.tls.as_ref(), node.port) {
                 Ok(entries) => return entries,
                 Err(e) => errors.push(e),
             }
@@ -501,7 +538,7 @@ impl Node {
     /// Waits until our own redis-server answers on the port. Checking the
     /// process id matters: if our server lost the port to another test's
     /// server, that one would answer PING just as well.
-    fn wait_until_ready(&mut self) -> Result<(), StartError> {
+    fn wait_until_ready(&mut self, tls: Option<&RedisTls>) -> Result<(), StartError> {
         let pid = self.child.as_ref().expect("node not started").id().to_string();
         let deadline = Instant::now() + NODE_START_TIMEOUT;
         loop {
@@ -510,7 +547,7 @@ impl Node {
                 self.child = None;
                 return Err(StartError::Exited(status));
             }
-            let last_error = match try_string(self.port, &["INFO", "server"]) {
+            let last_error = match try_string(tls, self.port, &["INFO", "server"]) {
                 Ok(info) if info_field(&info, "process_id") == Some(pid.as_str()) => {
                     return Ok(());
                 }
@@ -566,8 +603,9 @@ impl NodeEntry {
     }
 }
 
-fn cluster_nodes(port: u16) -> Result<Vec<NodeEntry>, String> {
-    let text = try_string(port, &["CLUSTER", "NODES"]).map_err(|e| format!("CLUSTER NODES on {port} failed: {e}"))?;
+fn cluster_nodes(tls: Option<&RedisTls>, port: u16) -> Result<Vec<NodeEntry>, String> {
+    let text =
+        try_string(tls, port, &["CLUSTER", "NODES"]).map_err(|e| format!("CLUSTER NODES on {port} failed: {e}"))?;
     Ok(parse_cluster_nodes(&text))
 }
 
@@ -601,8 +639,11 @@ fn parse_cluster_nodes(text: &str) -> Vec<NodeEntry> {
         .collect()
 }
 
-fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+fn connect(tls: Option<&RedisTls>, port: u16) -> redis::RedisResult<redis::Connection> {
+    let client = match tls {
+        Some(tls) => tls.node_client(port)?,
+        None => redis::Client::open(format!("redis://127.0.0.1:{port}"))?,
+    };
     let con = client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
     // A wedged node must fail the poll, not hang the test.
     con.set_read_timeout(Some(IO_TIMEOUT))?;
@@ -610,14 +651,14 @@ fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
     Ok(con)
 }
 
-fn try_cmd(port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
+fn try_cmd(tls: Option<&RedisTls>, port: u16, args: &[&str]) -> redis::RedisResult<redis::Value> {
     let (name, rest) = args.split_first().expect("a Redis command needs at least a name");
-    let mut con = connect(port)?;
+    let mut con = connect(tls, port)?;
     redis::cmd(name).arg(rest).query(&mut con)
 }
 
-fn try_string(port: u16, args: &[&str]) -> redis::RedisResult<String> {
-    let value = try_cmd(port, args)?;
+fn try_string(tls: Option<&RedisTls>, port: u16, args: &[&str]) -> redis::RedisResult<String> {
+    let value = try_cmd(tls, port, args)?;
     Ok(redis::from_redis_value(value)?)
 }
 

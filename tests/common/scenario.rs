@@ -119,6 +119,12 @@ impl Scenario {
     /// The connector's configuration for `brokers` and the Redis Cluster
     /// seeded by `redis_urls`.
     pub fn settings(&self, brokers: &str, redis_urls: &[String], group: &str) -> Settings {
+        self.settings_with_redis(brokers, redis_urls, group, "")
+    }
+
+    /// As [`Scenario::settings`], with `redis_keys` (TOML lines) added to
+    /// the `[redis]` table, e.g. credentials and TLS.
+    pub fn settings_with_redis(&self, brokers: &str, redis_urls: &[String], group: &str, redis_keys: &str) -> Settings {
         let pipeline = |name: &str, window: &str, extra: &str, region: &str| {
             format!(
                 r#"
@@ -146,7 +152,7 @@ startup_timeout = "20s"
 [redis]
 nodes = {nodes}
 key_prefix = "rf"
-
+{redis_keys}
 [connector]
 flush_interval = "100ms"
 {tumbling}{sliding}{session}"#,
@@ -185,6 +191,18 @@ flush_interval = "100ms"
         timeout: Duration,
     ) {
         let client = redis::cluster::ClusterClient::new(redis_urls.to_vec()).expect("cluster client");
+        self.check_regions_with(&client, keys, connector, timeout).await
+    }
+
+    /// As [`Scenario::check_regions`], reading through `client` (e.g. one
+    /// with TLS and credentials).
+    pub async fn check_regions_with(
+        &self,
+        client: &redis::cluster::ClusterClient,
+        keys: impl Fn(&str) -> Vec<String>,
+        connector: &InProcess,
+        timeout: Duration,
+    ) {
         let mut con = client.get_async_connection().await.expect("cluster connection");
         let deadline = Instant::now() + timeout;
         let mut last = Err(String::new());

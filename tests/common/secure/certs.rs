@@ -1,7 +1,7 @@
-//! A throwaway certificate authority and a server certificate for
-//! 127.0.0.1, made with the openssl CLI (Debian's `openssl` package): the
-//! same files an operator would hand to a broker and to regionflow's
-//! `ssl.ca.location`.
+//! A throwaway certificate authority, a server certificate for 127.0.0.1
+//! and client certificates, made with the openssl CLI (Debian's `openssl`
+//! package): the same files an operator would hand to a broker or a Redis
+//! node and to regionflow (`ssl.ca.location`, `redis.tls.ca_file`).
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -13,21 +13,45 @@ pub struct Certificates {
     /// The server certificate, signed by `ca`, for IP 127.0.0.1 and localhost.
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// The CA's private key, to sign client certificates with.
+    pub ca_key: PathBuf,
 }
 
 /// Issues a CA and a server certificate signed by it, in `dir`.
 pub fn issue(dir: &Path) -> Certificates {
     let (ca, ca_key) = self_signed_ca(dir, "test-ca");
-    let server_key = dir.join("server.key");
-    let csr = dir.join("server.csr");
-    let server_cert = dir.join("server.pem");
-    let extensions = dir.join("server.ext");
+    let (server_cert, server_key) = signed(
+        dir,
+        "server",
+        "localhost",
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\nextendedKeyUsage = serverAuth\n",
+        (&ca, &ca_key),
+        2,
+    );
+    Certificates { ca, server_cert, server_key, ca_key }
+}
+
+/// A client certificate (and its key) signed by `certs.ca`, for mutual
+/// TLS; `serial` must differ between certificates of one CA.
+pub fn issue_client(dir: &Path, certs: &Certificates, name: &str, serial: u32) -> (PathBuf, PathBuf) {
+    signed(dir, name, name, "extendedKeyUsage = clientAuth\n", (&certs.ca, &certs.ca_key), serial)
+}
+
+/// A certificate for `subject` with `usage` extensions, signed by `ca`
+/// (certificate, key); returns the certificate and its key.
+fn signed(dir: &Path, name: &str, subject: &str, usage: &str, ca: (&Path, &Path), serial: u32) -> (PathBuf, PathBuf) {
+    let (ca, ca_key) = ca;
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let cert = dir.join(format!("{name}.pem"));
+    let extensions = dir.join(format!("{name}.ext"));
     std::fs::write(
         &extensions,
-        "subjectAltName = IP:127.0.0.1, DNS:localhost\nbasicConstraints = CA:FALSE\n\
-         keyUsage = digitalSignature, keyEncipherment\nextendedKeyUsage = serverAuth\n",
+        format!("basicConstraints = CA:FALSE\nkeyUsage = digitalSignature, keyEncipherment\n{usage}"),
     )
-    .expect("write the server certificate's extensions");
+    .expect("write the certificate's extensions");
+    let subject = format!("/CN={subject}");
+    let serial = serial.to_string();
     openssl(
         &[
             "req".as_ref(),
@@ -35,9 +59,9 @@ pub fn issue(dir: &Path) -> Certificates {
             "rsa:2048".as_ref(),
             "-nodes".as_ref(),
             "-subj".as_ref(),
-            "/CN=localhost".as_ref(),
+            subject.as_ref(),
             "-keyout".as_ref(),
-            server_key.as_os_str(),
+            key.as_os_str(),
             "-out".as_ref(),
             csr.as_os_str(),
         ],
@@ -50,7 +74,7 @@ pub fn issue(dir: &Path) -> Certificates {
             "-days".as_ref(),
             "2".as_ref(),
             "-set_serial".as_ref(),
-            "2".as_ref(),
+            serial.as_ref(),
             "-in".as_ref(),
             csr.as_os_str(),
             "-CA".as_ref(),
@@ -60,11 +84,11 @@ pub fn issue(dir: &Path) -> Certificates {
             "-extfile".as_ref(),
             extensions.as_os_str(),
             "-out".as_ref(),
-            server_cert.as_os_str(),
+            cert.as_os_str(),
         ],
-        &server_cert,
+        &cert,
     );
-    Certificates { ca, server_cert, server_key }
+    (cert, key)
 }
 
 /// A CA certificate that signed nothing the broker presents: trusting only

@@ -10,6 +10,7 @@
 //! ClientHello as a Kafka frame).
 
 pub mod certs;
+pub mod redis_tls;
 pub mod stunnel;
 pub mod tansu;
 
