@@ -67,8 +67,13 @@ enum Command {
     /// exits 0 when it answers 200.
     Probe {
         /// host:port of the metrics endpoint.
-        #[arg(long, default_value = "127.0.0.1:9464")]
+        #[arg(long, default_value = "127.0.0.1:9464", conflicts_with = "config")]
         address: String,
+        /// Probe the endpoint this configuration (with its environment
+        /// overrides) serves: `metrics.listen`, on loopback when it listens
+        /// on every address.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
         /// Probe /readyz instead of /healthz.
         #[arg(long)]
         ready: bool,
@@ -236,6 +241,20 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Checkpoints { action } => checkpoints(action).await,
-        Command::Probe { address, ready } => probe(&address, if ready { "/readyz" } else { "/healthz" }).await,
+        Command::Probe { address, config, ready } => {
+            let address = match config {
+                Some(config) => {
+                    let settings = Settings::load(&config)
+                        .with_context(|| format!("invalid configuration {}", config.display()))?;
+                    let mut listen = settings.metrics.listen;
+                    if listen.ip().is_unspecified() {
+                        listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                    }
+                    listen.to_string()
+                }
+                None => address,
+            };
+            probe(&address, if ready { "/readyz" } else { "/healthz" }).await
+        }
     }
 }

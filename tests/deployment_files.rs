@@ -785,9 +785,18 @@ fn dockerfile_builds_from_existing_files_and_matches_the_config() {
     let health = runtime.iter().find(|(i, _)| i == "HEALTHCHECK").map(|(_, a)| a.clone()).expect("HEALTHCHECK");
     let exec: Vec<String> = serde_json::from_str(health.split("CMD").nth(1).expect("CMD").trim()).expect("exec form");
     assert_eq!(&exec[..2], ["regionflow", "probe"], "health check uses `regionflow probe`");
-    assert_eq!(port_of(flag(&exec, "--address").expect("--address")), config.metrics_port, "probed port");
     let entrypoint = runtime.iter().find(|(i, _)| i == "ENTRYPOINT").map(|(_, a)| a.clone()).expect("ENTRYPOINT");
     assert_eq!(serde_json::from_str::<Vec<String>>(&entrypoint).expect("exec form"), ["regionflow"]);
+    let cmd = runtime.iter().find(|(i, _)| i == "CMD").map(|(_, a)| a.clone()).expect("CMD");
+    let cmd: Vec<String> = serde_json::from_str(&cmd).expect("exec form");
+    assert_eq!(
+        flag(&exec, "--config"),
+        flag(&cmd, "--config"),
+        "the health check probes the port of the configuration the container runs"
+    );
+    // The image drops debug info from the binary it ships.
+    let build = instructions.iter().find(|(i, a)| i == "RUN" && a.contains("cargo build")).expect("cargo build");
+    assert!(build.1.contains("CARGO_PROFILE_RELEASE_STRIP=symbols"), "a stripped binary: {}", build.1);
 
     if !root.join(".dockerignore").exists() {
         eprintln!("NOTE: no .dockerignore: `docker build .` sends target/ and .git/ to the daemon");

@@ -85,3 +85,54 @@ async fn connections_beyond_the_limit_are_closed() {
     drop(idle);
     shutdown.cancel();
 }
+
+/// `regionflow probe --config FILE` (the image's health check) probes the
+/// port that configuration serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_with_a_configuration_checks_its_metrics_port() {
+    let shutdown = CancellationToken::new();
+    let addr =
+        serve("127.0.0.1:0".parse().unwrap(), Arc::new(Metrics::new()), Arc::new(Health::default()), shutdown.clone())
+            .await
+            .expect("listening");
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let probe = move |port: u16| {
+        let config = dir.path().join(format!("regionflow-{port}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[kafka]
+brokers = "k:9092"
+[redis]
+nodes = ["redis://r:1"]
+[metrics]
+listen = "0.0.0.0:{port}"
+[pipelines.p]
+topics = ["t"]
+key = {{ from = "kafka_key" }}
+event_time = {{ from = "kafka_timestamp" }}
+window = {{ kind = "tumbling", size = "1s" }}
+aggregates.n = {{ function = "count" }}
+region = {{ name = "r" }}
+"#
+            ),
+        )
+        .expect("written");
+        std::process::Command::new(env!("CARGO_BIN_EXE_regionflow"))
+            .args(["probe", "--config"])
+            .arg(&config)
+            .output()
+            .expect("runs")
+    };
+    let up = tokio::task::spawn_blocking({
+        let probe = probe.clone();
+        move || probe(addr.port())
+    });
+    let up = up.await.expect("joined");
+    assert!(up.status.success(), "{}", String::from_utf8_lossy(&up.stderr));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let down = tokio::task::spawn_blocking(move || probe(closed)).await.expect("joined");
+    assert!(!down.status.success(), "nothing listens on {closed}");
+    shutdown.cancel();
+}
