@@ -850,6 +850,7 @@ fn kubernetes_sidecar_example_is_consistent() {
         .map(|i| str_of(&i["key"], "key").to_string())
         .unwrap_or_else(|| file_name.to_string());
     let toml_text = str_of(&config_map["data"][&key], "ConfigMap data");
+    assert!(!toml_text.contains("password ="), "no password in the ConfigMap");
     let env: Vec<(String, String)> = sidecar["env"]
         .as_array()
         .expect("env")
@@ -858,6 +859,15 @@ fn kubernetes_sidecar_example_is_consistent() {
         .collect();
     for wanted in ["REGIONFLOW__KAFKA__BROKERS", "REGIONFLOW__REDIS__NODES"] {
         assert!(env.iter().any(|(k, _)| k == wanted), "sidecar env override {wanted}");
+    }
+    // Passwords come from the Secret, not from the ConfigMap or a plain value.
+    let secret = find("Secret");
+    for wanted in ["REGIONFLOW__KAFKA__PROPERTIES__SASL_PASSWORD", "REGIONFLOW__REDIS__PASSWORD"] {
+        let entry = sidecar["env"].as_array().expect("env").iter().find(|e| e["name"] == wanted);
+        let reference = &entry.unwrap_or_else(|| panic!("sidecar env {wanted}"))["valueFrom"]["secretKeyRef"];
+        assert_eq!(reference["name"], secret["metadata"]["name"], "{wanted} comes from the Secret");
+        let key = str_of(&reference["key"], "secretKeyRef.key");
+        assert!(!secret["stringData"][key].is_null() || !secret["data"][key].is_null(), "the Secret has {key}");
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join(file_name);
