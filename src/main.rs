@@ -117,11 +117,19 @@ enum CheckpointAction {
     },
 }
 
+/// How long interactive commands wait for Redis.
+const INTERACTIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 async fn checkpoints(action: CheckpointAction) -> anyhow::Result<()> {
     let config = match &action {
         CheckpointAction::List { config, .. } | CheckpointAction::Reset { config, .. } => config.clone(),
     };
-    let settings = Settings::load(&config).with_context(|| format!("invalid configuration {}", config.display()))?;
+    let mut settings =
+        Settings::load(&config).with_context(|| format!("invalid configuration {}", config.display()))?;
+    // Interactive: a person waits; a cluster that is not there now is an
+    // answer (a connector instead waits out a rolling restart).
+    settings.redis.startup_timeout = settings.redis.startup_timeout.min(INTERACTIVE_TIMEOUT);
+    settings.redis.write_deadline = settings.redis.write_deadline.min(INTERACTIVE_TIMEOUT);
     let handle = regionflow::redis::ClusterHandle::connect(&settings.redis).await?;
     let store = regionflow::app::checkpoint_store(&settings, Arc::new(handle));
     match action {

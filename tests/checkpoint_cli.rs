@@ -104,3 +104,36 @@ region = {{ name = "clicks" }}
     let (ok, stdout, _) = tokio::task::block_in_place(|| cli(&["checkpoints", "list", "--config", config]));
     assert!(ok && stdout.lines().count() == 1, "only the header is left:\n{stdout}");
 }
+
+/// An interactive command fails within seconds when Redis is not there,
+/// where a connector (startup_timeout, default 30 s) waits out a restart.
+#[test]
+fn list_fails_fast_when_redis_is_not_there() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("regionflow.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[kafka]
+brokers = "127.0.0.1:1"
+[redis]
+nodes = ["redis://127.0.0.1:{closed}"]
+[pipelines.clicks]
+topics = ["clicks"]
+key = {{ from = "kafka_key" }}
+event_time = {{ from = "kafka_timestamp" }}
+window = {{ kind = "tumbling", size = "1s" }}
+aggregates.clicks = {{ function = "count" }}
+region = {{ name = "clicks" }}
+"#
+        ),
+    )
+    .expect("written");
+    let started = std::time::Instant::now();
+    let (ok, _, stderr) = cli(&["checkpoints", "list", "--config", path.to_str().expect("utf-8")]);
+    assert!(!ok, "fails");
+    assert!(stderr.contains("cannot reach Redis Cluster"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "within seconds: {:?}", started.elapsed());
+}
