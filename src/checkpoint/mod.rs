@@ -62,32 +62,22 @@ pub enum CheckpointError {
         "only {acked} of {wanted} replicas acknowledged the task's writes within {timeout:?}; checkpoint postponed"
     )]
     NotReplicated { acked: usize, wanted: usize, timeout: std::time::Duration },
+    #[error("the primaries' replication state could not be read ({message}); checkpoint postponed")]
+    ReplicationUnknown { message: String },
     #[error("checkpoint of {task} is unreadable: {message}")]
     Corrupt { task: String, message: String },
-    #[error("the Redis connection was replaced after the task's writes since its last checkpoint; WAIT cannot vouch for them")]
+    #[error("a Redis primary failed over, restarted or changed since the task's writes before this checkpoint; their replication cannot be vouched for")]
     ReplicationUnverifiable,
 }
 
 /// What a checkpoint must wait for before it is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replication {
-    /// Replicas that must acknowledge the task's writes (0: no wait).
+    /// Replicas that must hold the task's writes (0: no wait).
     pub replicas: usize,
-    /// The connection generation the task's writes since its last
-    /// checkpoint were made on (`None`: it made none). `WAIT` only covers
-    /// writes made on the connection it is sent on.
-    pub writes_generation: Option<u64>,
 }
 
 pub trait CheckpointStore: Send + Sync {
-    /// Identifies the connection region writes currently go over; a task
-    /// notes it at its first write after a checkpoint and hands it back in
-    /// [`Replication::writes_generation`]. Stores that do not wait for
-    /// replicas have one connection forever.
-    fn connection_generation(&self) -> u64 {
-        0
-    }
-
     /// Takes a new ownership epoch for the task.
     fn acquire<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<u64, CheckpointError>>;
 

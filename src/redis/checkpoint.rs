@@ -18,6 +18,7 @@ use futures::FutureExt;
 use redis::Script;
 
 use super::cluster::{ClusterHandle, Failed};
+use super::replication::{self, Snapshot, Unconfirmed};
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, Replication, TaskId};
 
 const COMMIT_SCRIPT: &str = r#"
@@ -37,6 +38,9 @@ pub struct RedisCheckpointStore {
     deadline: Duration,
     replica_timeout: Duration,
     script: Arc<Script>,
+    /// Per task, every primary's identity before its writes since its last
+    /// checkpoint (see `replication`).
+    snapshots: Arc<std::sync::Mutex<HashMap<TaskId, Snapshot>>>,
 }
 
 impl RedisCheckpointStore {
@@ -49,6 +53,7 @@ impl RedisCheckpointStore {
             deadline,
             replica_timeout,
             script: Arc::new(Script::new(COMMIT_SCRIPT)),
+            snapshots: Arc::default(),
         }
     }
 
@@ -136,10 +141,6 @@ fn parse(task: &TaskId, mut fields: HashMap<String, Vec<u8>>) -> Result<Checkpoi
 }
 
 impl CheckpointStore for RedisCheckpointStore {
-    fn connection_generation(&self) -> u64 {
-        self.connection.generation()
-    }
-
     fn acquire<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<u64, CheckpointError>> {
         async move {
             let key = self.epoch_key(task);
@@ -151,6 +152,17 @@ impl CheckpointStore for RedisCheckpointStore {
                 })
                 .await
                 .map_err(Self::unavailable)?;
+            // Before the task's first write: what its first checkpoint
+            // compares with.
+            match replication::snapshot(&self.connection, self.replica_timeout).await {
+                Ok(snapshot) => {
+                    self.snapshots.lock().expect("snapshots lock").insert(task.clone(), snapshot);
+                }
+                Err(e) => {
+                    self.snapshots.lock().expect("snapshots lock").remove(task);
+                    tracing::warn!(error = %e, "cannot read the primaries' replication state; a checkpoint that needs replicas will restart the task");
+                }
+            }
             Ok(epoch)
         }
         .boxed()
@@ -183,35 +195,27 @@ impl CheckpointStore for RedisCheckpointStore {
     ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>> {
         async move {
             let replicas = replication.replicas;
+            let mut confirmed = None;
             if replicas > 0 {
-                // Before and after the WAIT: a connection replaced while it
-                // was retried has no record of the task's writes.
-                let unverifiable =
-                    || replication.writes_generation.is_some_and(|written| written != self.connection.generation());
-                if unverifiable() {
+                let before = self.snapshots.lock().expect("snapshots lock").get(task).cloned();
+                let Some(before) = before else {
                     return Err(CheckpointError::ReplicationUnverifiable);
-                }
-                let timeout = self.replica_timeout;
-                let (acked, _) = self
-                    .connection
-                    .with_retry(self.deadline, "wait for replicas", |mut c| async move {
-                        redis::cmd("WAIT")
-                            .arg(replicas)
-                            .arg(timeout.as_millis() as u64)
-                            .query_async::<i64>(&mut c)
-                            .await
-                    })
-                    .await
-                    .map_err(Self::unavailable)?;
-                if unverifiable() {
-                    return Err(CheckpointError::ReplicationUnverifiable);
-                }
-                if (acked.max(0) as usize) < replicas {
-                    return Err(CheckpointError::NotReplicated {
-                        acked: acked.max(0) as usize,
-                        wanted: replicas,
-                        timeout,
-                    });
+                };
+                let started = std::time::Instant::now();
+                match replication::confirm(&self.connection, &before, replicas, self.replica_timeout).await {
+                    Ok(now) => confirmed = Some(now),
+                    Err(Unconfirmed::Changed) => return Err(CheckpointError::ReplicationUnverifiable),
+                    Err(Unconfirmed::Behind { acked }) => {
+                        return Err(CheckpointError::NotReplicated {
+                            acked,
+                            wanted: replicas,
+                            timeout: self.replica_timeout,
+                        })
+                    }
+                    Err(Unconfirmed::Unavailable(message)) => {
+                        tracing::debug!(took = ?started.elapsed(), "replication state unreadable");
+                        return Err(CheckpointError::ReplicationUnknown { message });
+                    }
                 }
             }
             let (epoch_key, checkpoint_key) = (self.epoch_key(task), self.checkpoint_key(task));
@@ -232,6 +236,9 @@ impl CheckpointStore for RedisCheckpointStore {
                 .map_err(Self::unavailable)?;
             if stored == 0 {
                 return Ok(CommitOutcome::Fenced);
+            }
+            if let Some(now) = confirmed {
+                self.snapshots.lock().expect("snapshots lock").insert(task.clone(), now);
             }
             let index = self.index_key(&task.pipeline);
             let member = format!("{}:{}", task.topic, task.partition);

@@ -5,10 +5,10 @@
 //! redis-rs' cluster connection normally follows failovers by itself
 //! (MOVED, reconnects, slot refreshes), but it can stay stuck on a dead
 //! primary; after operations keep failing for [`REPLACE_AFTER`], the retry
-//! loop replaces it with a fresh one built from the seed nodes. Each
-//! replacement bumps a generation: `WAIT` only covers writes made on the
-//! connection it is sent on, so a checkpoint that needs replicas must not
-//! vouch for writes made on an older generation.
+//! loop replaces it with a fresh one built from the seed nodes (a
+//! generation counter makes one replacement serve every caller). Whether
+//! writes reached replicas is decided by replication offsets, which do not
+//! depend on which socket carried them (see `replication`).
 //!
 //! Connecting at start retries what a rolling restart explains (refused
 //! connections, timeouts) until `redis.startup_timeout`, and gives up at

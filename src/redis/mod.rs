@@ -12,6 +12,7 @@ pub mod error;
 pub mod function;
 pub mod partial;
 mod region;
+pub mod replication;
 mod slots;
 
 pub use checkpoint::RedisCheckpointStore;

@@ -95,13 +95,6 @@ impl RedisRegion {
         RedisRegion { connection, name: name.into(), metrics, spec, concurrency, write_deadline }
     }
 
-    /// The connection's generation (see `ClusterHandle`): a checkpoint
-    /// that waits for replicas must know whether it changed since the
-    /// writes it vouches for.
-    pub fn connection_generation(&self) -> u64 {
-        self.connection.generation()
-    }
-
     /// `ARGV[1..]` of `merge.lua` for one write (`KEYS[1]` is its key).
     fn merge_args<'a>(&'a self, encoded: &'a Encoded<'_>) -> impl redis::ToRedisArgs + 'a {
         let write = encoded.write;

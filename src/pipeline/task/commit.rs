@@ -22,7 +22,6 @@ impl PartitionTask {
         let mut ownership = Ownership::Owner;
         if !self.pending.is_empty() {
             self.changed_since_checkpoint = true;
-            self.writes_generation.get_or_insert(self.pipeline.checkpoints.connection_generation());
             let writes = self.entry_writes();
             let outcome = self.pipeline.region.write(&writes).await.map_err(|source| TaskError::Region {
                 topic: self.topic.to_string(),
@@ -70,14 +69,12 @@ impl PartitionTask {
             written_at: self.pipeline.clock.wall(),
         };
         let m = &self.pipeline.metrics;
-        let replication =
-            Replication { replicas: self.pipeline.policy.redundancy, writes_generation: self.writes_generation };
+        let replication = Replication { replicas: self.pipeline.policy.redundancy };
         match self.pipeline.checkpoints.commit(&self.id, &checkpoint, replication).await {
             Ok(CommitOutcome::Stored) => {
                 m.checkpoint_stored(started.elapsed(), checkpoint.state.len());
                 self.metrics.checkpoint_age.set(0.0);
                 self.changed_since_checkpoint = false;
-                self.writes_generation = None;
                 (self.source.commit)(offset);
                 Ok(Ownership::Owner)
             }
@@ -89,7 +86,7 @@ impl PartitionTask {
                 m.checkpoint(CheckpointOutcome::Failed);
                 Err(TaskError::ReplicationUnverifiable { task: self.id.clone() })
             }
-            Err(e @ CheckpointError::NotReplicated { .. }) => {
+            Err(e @ (CheckpointError::NotReplicated { .. } | CheckpointError::ReplicationUnknown { .. })) => {
                 m.checkpoint(CheckpointOutcome::Failed);
                 tracing::warn!(error = %e, "checkpoint postponed");
                 Ok(Ownership::Owner)

@@ -87,8 +87,8 @@ pub enum TaskError {
     )]
     IncompatibleState { task: TaskId, stored: String, current: String },
     #[error(
-        "{task}: the Redis connection was replaced (failover) while results since the last checkpoint were in \
-         flight; WAIT cannot vouch for them, so the task restarts from the last checkpoint and replays"
+        "{task}: a Redis primary failed over or restarted while results since the last checkpoint were in \
+         flight; their replication cannot be vouched for, so the task restarts from the last checkpoint and replays"
     )]
     ReplicationUnverifiable { task: TaskId },
     #[error(
@@ -156,9 +156,6 @@ pub struct PartitionTask {
     last_checkpoint: Instant,
     /// Records processed or results written since the last checkpoint.
     changed_since_checkpoint: bool,
-    /// The region connection's generation at the first write since the
-    /// last checkpoint.
-    writes_generation: Option<u64>,
     /// Set until the first record after the start: for the recovery time.
     assigned_at: Option<Instant>,
     /// The restored checkpoint's offset, until the first record past it.

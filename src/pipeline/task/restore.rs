@@ -86,7 +86,6 @@ impl PartitionTask {
             last_update: Instant::now(),
             last_checkpoint: Instant::now(),
             changed_since_checkpoint: false,
-            writes_generation: None,
             assigned_at: Some(assigned_at),
             restored_at: seek_to,
             pipeline,
