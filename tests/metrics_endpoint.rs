@@ -2,6 +2,8 @@
 //! is still answered at once, slow clients are dropped after the header
 //! timeout, and connections beyond the limit are closed instead of queued.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,14 +110,8 @@ brokers = "k:9092"
 nodes = ["redis://r:1"]
 [metrics]
 listen = "0.0.0.0:{port}"
-[pipelines.p]
-topics = ["t"]
-key = {{ from = "kafka_key" }}
-event_time = {{ from = "kafka_timestamp" }}
-window = {{ kind = "tumbling", size = "1s" }}
-aggregates.n = {{ function = "count" }}
-region = {{ name = "r" }}
-"#
+{pipeline}"#,
+                pipeline = common::counting_pipeline("p", "t", "r")
             ),
         )
         .expect("written");

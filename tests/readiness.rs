@@ -35,16 +35,10 @@ nodes = {nodes}
 connect_timeout = "500ms"
 [connector]
 unready_after_redis_down = "2s"
-[pipelines.p]
-topics = ["events"]
-key = {{ from = "kafka_key" }}
-event_time = {{ from = "kafka_timestamp" }}
-window = {{ kind = "tumbling", size = "1s" }}
-aggregates.n = {{ function = "count" }}
-region = {{ name = "r" }}
-"#,
+{pipeline}"#,
         brokers = kafka.brokers,
-        nodes = common::toml_nodes(&cluster.urls())
+        nodes = common::toml_nodes(&cluster.urls()),
+        pipeline = common::counting_pipeline("p", "events", "r")
     ))
     .expect("valid");
 

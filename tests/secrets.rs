@@ -43,16 +43,10 @@ startup_timeout = "3s"
 nodes = {nodes}
 startup_timeout = "3s"
 connect_timeout = "1s"
-[pipelines.p]
-topics = ["events"]
-key = {{ from = "kafka_key" }}
-event_time = {{ from = "kafka_timestamp" }}
-window = {{ kind = "tumbling", size = "1s" }}
-aggregates.n = {{ function = "count" }}
-region = {{ name = "r" }}
-"#,
+{pipeline}"#,
             secret_file = secret_file.display(),
-            nodes = common::toml_nodes(redis)
+            nodes = common::toml_nodes(redis),
+            pipeline = common::counting_pipeline("p", "events", "r")
         ),
     )
     .expect("written");

@@ -21,15 +21,9 @@ group_id = "{group}"
 [redis]
 nodes = {nodes}
 allow_eviction = {allow_eviction}
-[pipelines.{pipeline}]
-topics = ["t"]
-key = {{ from = "kafka_key" }}
-event_time = {{ from = "kafka_timestamp" }}
-window = {{ kind = "tumbling", size = "1s" }}
-aggregates.n = {{ function = "count" }}
-region = {{ name = "r" }}
-"#,
-        nodes = common::toml_nodes(nodes)
+{pipeline}"#,
+        nodes = common::toml_nodes(nodes),
+        pipeline = common::counting_pipeline(pipeline, "t", "r")
     ))
     .expect("valid")
 }

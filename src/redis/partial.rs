@@ -279,23 +279,10 @@ mod tests {
 
     #[test]
     fn non_finite_numbers_are_named_strings() {
-        let mut sum = Accumulator::new(AggregateFunction::Sum);
-        sum.add(&Input::Number(1e308), 1);
-        sum.add(&Input::Number(1e308), 2);
-        assert_eq!(sum, Accumulator::Sum(f64::INFINITY));
-        assert_eq!(sum.render().as_deref(), Some("inf"));
-        let mut negative = Accumulator::new(AggregateFunction::Avg);
-        negative.add(&Input::Number(-1e308), 1);
-        negative.add(&Input::Number(-1e308), 2);
-        assert_eq!(negative.render().as_deref(), Some("-inf"));
-        let mut both = sum.clone();
-        both.merge(&Accumulator::Sum(f64::NEG_INFINITY));
-        assert_eq!(both.render().as_deref(), Some("NaN"));
-
         for (acc, function, text) in [
-            (sum, AggregateFunction::Sum, r#""inf""#),
-            (negative, AggregateFunction::Avg, r#"["-inf",2]"#),
-            (both, AggregateFunction::Sum, r#""NaN""#),
+            (Accumulator::Sum(f64::INFINITY), AggregateFunction::Sum, r#""inf""#),
+            (Accumulator::Avg { sum: f64::NEG_INFINITY, count: 2 }, AggregateFunction::Avg, r#"["-inf",2]"#),
+            (Accumulator::Sum(f64::NAN), AggregateFunction::Sum, r#""NaN""#),
             (Accumulator::Max(Some(f64::INFINITY)), AggregateFunction::Max, r#""inf""#),
             (Accumulator::Min(None), AggregateFunction::Min, "null"),
         ] {

@@ -19,6 +19,23 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
 }
 
+/// The smallest valid pipeline, for tests about everything around one:
+/// `[pipelines.<name>]` counting records of `topic` per Kafka key in 1 s
+/// tumbling windows of Kafka timestamps, into region `region`.
+pub fn counting_pipeline(name: &str, topic: &str, region: &str) -> String {
+    format!(
+        r#"
+[pipelines.{name}]
+topics = ["{topic}"]
+key = {{ from = "kafka_key" }}
+event_time = {{ from = "kafka_timestamp" }}
+window = {{ kind = "tumbling", size = "1s" }}
+aggregates.n = {{ function = "count" }}
+region = {{ name = "{region}" }}
+"#
+    )
+}
+
 /// Seed nodes as a TOML array, for test configurations.
 pub fn toml_nodes(urls: &[String]) -> String {
     let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();

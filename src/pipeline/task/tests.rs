@@ -164,11 +164,9 @@ async fn run_once(pipeline: &Arc<Pipeline>, log: LogBounds, records: Vec<SourceR
     task.await.expect("joined")
 }
 
-/// A recreated or truncated topic: the log now ends before the position the
-/// checkpoint holds. Skipping every offset below it would drop the new
-/// records silently; the task fails and says how to start over.
-#[tokio::test]
-async fn a_log_behind_the_checkpoint_fails_the_task() {
+/// A pipeline whose partition 0 was checkpointed at offset 10 (ten records
+/// of key `a` in the window starting at the returned `t0`).
+async fn checkpointed_at_ten() -> (Arc<Pipeline>, Arc<Metrics>, crate::time::Millis) {
     let settings = Settings::from_toml_str(SETTINGS).expect("valid");
     let (sinks, _) = crate::app::memory_sinks(&settings);
     let metrics = Arc::new(Metrics::new());
@@ -177,6 +175,15 @@ async fn a_log_behind_the_checkpoint_fails_the_task() {
     let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
     let first: Vec<SourceRecord> = (0..10).map(|i| record(i, "a", t0 + i)).collect();
     run_once(&pipeline, LogBounds { start: 0, end: 10 }, first).await.expect("checkpointed at offset 10");
+    (pipeline, metrics, t0)
+}
+
+/// A recreated or truncated topic: the log now ends before the position the
+/// checkpoint holds. Skipping every offset below it would drop the new
+/// records silently; the task fails and says how to start over.
+#[tokio::test]
+async fn a_log_behind_the_checkpoint_fails_the_task() {
+    let (pipeline, _, t0) = checkpointed_at_ten().await;
 
     // Recreated with 3 records: none of them is past the checkpoint.
     let error = run_once(&pipeline, LogBounds { start: 0, end: 3 }, vec![record(0, "a", t0)]).await.expect_err("fails");
@@ -194,14 +201,7 @@ async fn a_log_behind_the_checkpoint_fails_the_task() {
 /// after them, and counts and logs how many were lost.
 #[tokio::test]
 async fn records_deleted_before_they_were_processed_are_counted() {
-    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
-    let (sinks, _) = crate::app::memory_sinks(&settings);
-    let metrics = Arc::new(Metrics::new());
-    let pipeline =
-        Arc::new(Pipeline::compile("p", &settings, sinks.regions["p"].clone(), sinks.checkpoints, None, &metrics));
-    let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
-    let first: Vec<SourceRecord> = (0..10).map(|i| record(i, "a", t0 + i)).collect();
-    run_once(&pipeline, LogBounds { start: 0, end: 10 }, first).await.expect("checkpointed at offset 10");
+    let (pipeline, metrics, t0) = checkpointed_at_ten().await;
 
     // Offsets 10..50 were deleted; a transaction marker skips 51 too.
     let later = vec![record(50, "a", t0 + 50), record(52, "a", t0 + 52)];
