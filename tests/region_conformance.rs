@@ -21,7 +21,6 @@ use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
 
 use common::redis_cluster::RedisCluster;
-use regionflow::config::RedisConfig;
 use regionflow::metrics::Metrics;
 use regionflow::redis::{ClusterHandle, RedisRegion};
 use regionflow::region::{EntryWrite, Expiry, MemoryRegion, Region, WriteMode, WriteOutcome};
@@ -76,20 +75,7 @@ async fn redis_entries(
 async fn memory_region_applies_writes_exactly_as_the_merge_function() {
     common::init_logging();
     let cluster = tokio::task::block_in_place(RedisCluster::start);
-    let config = RedisConfig {
-        nodes: cluster.urls(),
-        key_prefix: "rf".into(),
-        connect_timeout: Duration::from_secs(5),
-        response_timeout: Duration::from_secs(5),
-        write_deadline: Duration::from_secs(30),
-        startup_timeout: Duration::from_secs(30),
-        write_concurrency: 4,
-        replica_timeout: Duration::from_secs(5),
-        allow_eviction: false,
-        username: None,
-        password: None,
-        tls: None,
-    };
+    let config = common::redis_config(cluster.urls(), 4);
     let handle = Arc::new(ClusterHandle::connect(&config).await.expect("cluster"));
     let redis_region = RedisRegion::new(
         handle.clone(),

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use common::redis_cluster::RedisCluster;
 use redis::AsyncCommands;
-use regionflow::config::RedisConfig;
 use regionflow::metrics::Metrics;
 use regionflow::redis::{ClusterHandle, RedisRegion};
 use regionflow::region::{EntryWrite, Expiry, Region, WriteMode, WriteOutcome};
@@ -57,20 +56,7 @@ fn payload_bytes(writes: &[EntryWrite]) -> u64 {
 }
 
 async fn region(cluster: &RedisCluster) -> (Arc<ClusterHandle>, RedisRegion) {
-    let config = RedisConfig {
-        nodes: cluster.urls(),
-        key_prefix: "rf".into(),
-        connect_timeout: Duration::from_secs(5),
-        response_timeout: Duration::from_secs(5),
-        write_deadline: Duration::from_secs(30),
-        startup_timeout: Duration::from_secs(30),
-        write_concurrency: 16,
-        replica_timeout: Duration::from_secs(5),
-        allow_eviction: false,
-        username: None,
-        password: None,
-        tls: None,
-    };
+    let config = common::redis_config(cluster.urls(), 16);
     let connection = Arc::new(ClusterHandle::connect(&config).await.expect("cluster"));
     let metrics = Metrics::new().redis_region("test");
     let region = RedisRegion::new(connection.clone(), "test", AGGREGATES, 16, Duration::from_secs(30), metrics);

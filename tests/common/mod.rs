@@ -36,6 +36,26 @@ region = {{ name = "{region}" }}
     )
 }
 
+/// Redis settings for tests that build Redis components directly: the
+/// cluster at `nodes`, short timeouts, 30 s write deadlines.
+pub fn redis_config(nodes: Vec<String>, write_concurrency: usize) -> regionflow::config::RedisConfig {
+    use std::time::Duration;
+    regionflow::config::RedisConfig {
+        nodes,
+        key_prefix: "rf".into(),
+        connect_timeout: Duration::from_secs(5),
+        response_timeout: Duration::from_secs(5),
+        write_deadline: Duration::from_secs(30),
+        startup_timeout: Duration::from_secs(30),
+        write_concurrency,
+        replica_timeout: Duration::from_secs(5),
+        allow_eviction: false,
+        username: None,
+        password: None,
+        tls: None,
+    }
+}
+
 /// Seed nodes as a TOML array, for test configurations.
 pub fn toml_nodes(urls: &[String]) -> String {
     let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
