@@ -70,7 +70,8 @@ impl MergeFunction {
 
 /// The node does not have the function (never loaded there, or flushed).
 pub fn is_not_loaded(e: &RedisError) -> bool {
-    e.to_string().contains("Function not found")
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+        && e.detail().is_some_and(|d| d.starts_with("Function not found"))
 }
 
 #[cfg(test)]
