@@ -394,16 +394,16 @@ async fn redis_primary_failover_is_ridden_through() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_stall_under_redundancy_restarts_partitions_in_place() {
-    // With redundancy, a checkpoint vouches (WAIT) for the writes since the
-    // previous one; a stall long enough to replace the Redis connection
-    // makes that impossible, so each affected task restarts from its
-    // checkpoint inside the same process, which keeps running. Windows close
-    // every second, so tasks are writing results when the stall begins; a
-    // task caught in a checkpoint instead would wait there (its WAIT ran
-    // before the stall) and need no restart, so checkpoints are rare here.
-    // While its tasks wait on Redis the connector stops polling Kafka
-    // (backpressure), so the group session must outlast the stall.
+async fn redis_stall_under_redundancy_is_ridden_through() {
+    // With redundancy, a checkpoint vouches for the writes since the
+    // previous one by the primaries' replication offsets, which a stall long
+    // enough to replace the Redis connection does not disturb: the tasks
+    // wait out the stall and go on, and the connector keeps running. Windows
+    // close every second, so tasks are writing results when the stall
+    // begins. While its tasks wait on Redis the connector stops polling
+    // Kafka (backpressure), so the group session must outlast the stall;
+    // the time tasks spend blocked is not quiet time, so no idle watermark
+    // jumps past the records that piled up in Kafka meanwhile.
     let timing = Timing {
         checkpoint_interval: Duration::from_secs(10),
         session_timeout: Duration::from_secs(30),
@@ -419,12 +419,6 @@ async fn redis_stall_under_redundancy_restarts_partitions_in_place() {
     producing.await.expect("produced");
     s.assert_region_equals_reference(Duration::from_secs(150), &[&a]).await;
     assert!(a.is_running(), "the connector rode the stall out:\n{}", a.logs());
-    let restarts = a.log_events("restarting the partition's task from its last checkpoint");
-    assert!(!restarts.is_empty(), "the stall replaced the connection and restarted tasks:\n{}", a.logs());
-    // Each restart started a task again (from its checkpoint, or afresh if
-    // the stall came before its first one).
-    let starts = a.metric("regionflow_partition_takeovers_total", &[("pipeline", "orders")]);
-    assert_eq!(starts, (PARTITIONS as usize + restarts.len()) as f64, "a task start per partition and per restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,7 @@ use crate::checkpoint::{state, Checkpoint, CheckpointError, CommitOutcome, Repli
 use crate::kafka::dead_letter::Origin;
 use crate::metrics::CheckpointOutcome;
 use crate::region::{EntryWrite, WriteMode};
+use crate::time::Millis;
 use crate::window::ResultKind;
 
 impl PartitionTask {
@@ -40,6 +41,7 @@ impl PartitionTask {
             self.record_fired();
         }
         self.pipeline.metrics.flushed(started.elapsed());
+        self.watermark.discount(started.elapsed().as_millis() as Millis);
         Ok(ownership)
     }
 
@@ -68,9 +70,11 @@ impl PartitionTask {
             state,
             written_at: self.pipeline.clock.wall(),
         };
-        let m = &self.pipeline.metrics;
         let replication = Replication { replicas: self.pipeline.policy.redundancy };
-        match self.pipeline.checkpoints.commit(&self.id, &checkpoint, replication).await {
+        let committed = self.pipeline.checkpoints.commit(&self.id, &checkpoint, replication).await;
+        self.watermark.discount(started.elapsed().as_millis() as Millis);
+        let m = &self.pipeline.metrics;
+        match committed {
             Ok(CommitOutcome::Stored) => {
                 m.checkpoint_stored(started.elapsed(), checkpoint.state.len());
                 self.metrics.checkpoint_age.set(0.0);
