@@ -532,3 +532,51 @@ fn known_failure_pause_past_idle_timeout_drops_records() {
     eprintln!("chaos {plan}");
     runtime.block_on(run(&plan));
 }
+
+/// A known bug, found by seed 323466 (its step 3): during `CLUSTER FAILOVER
+/// FORCE` under `redundancy = 1`, a checkpoint's replica wait got a reply it
+/// did not expect ("expected array of integers as response -
+/// UnexpectedReturnType") and gave up after milliseconds instead of
+/// retrying until the cluster healed: two of three connectors stopped with
+/// "checkpoint store unavailable". The region stayed correct (the test
+/// restarts exited connectors, as an orchestrator would), so the search
+/// only reports such exits; this test fails on them. It depends on a
+/// checkpoint meeting the failover, so it may pass by luck. Expected to
+/// pass once fixed; run with `REGIONFLOW_CHAOS_KNOWN_FAILURES=1`.
+#[test]
+fn known_failure_forced_failover_stops_connectors() {
+    if !env_flag("REGIONFLOW_CHAOS_KNOWN_FAILURES") {
+        eprintln!("SKIPPED: known failure; set REGIONFLOW_CHAOS_KNOWN_FAILURES=1 to run it");
+        return;
+    }
+    let plan = Plan::from_seed(323_466, false);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    eprintln!("chaos {plan}");
+    let outcome = runtime.block_on(run(&plan));
+    assert!(
+        outcome.unexpected_exits.is_empty(),
+        "chaos seed 323466: connectors stopped on their own: {:?}",
+        outcome.unexpected_exits
+    );
+}
+
+/// A bug found by seed 929730 (session windows, emit updates, redundancy 1;
+/// its schedule: OffsetFetch errors, a connector SIGKILLed, a scale-out, a
+/// Redis primary killed without waiting): once healed, the region still
+/// held 17 session entries the reference does not have, intermediate
+/// sessions that should have been retracted (several from the first
+/// second of event time, long before the primary died). Not yet shrunk
+/// (`REGIONFLOW_CHAOS_STEPS`) or explained; the schedule has no CLIENT
+/// KILL, so it is not issue 11's hole 4. Expected to pass once fixed; run
+/// with `REGIONFLOW_CHAOS_KNOWN_FAILURES=1`.
+#[test]
+fn known_failure_session_retractions_lost_after_primary_kill() {
+    if !env_flag("REGIONFLOW_CHAOS_KNOWN_FAILURES") {
+        eprintln!("SKIPPED: known failure; set REGIONFLOW_CHAOS_KNOWN_FAILURES=1 to run it");
+        return;
+    }
+    let plan = Plan::from_seed(929_730, false);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    eprintln!("chaos {plan}");
+    runtime.block_on(run(&plan));
+}
