@@ -192,9 +192,9 @@ pub fn force_failover(ports: &[u16], pick: usize) -> u16 {
     let replica = replicas[pick % replicas.len()].clone();
     query(replica.port, &["CLUSTER", "FAILOVER", "FORCE"]).expect("CLUSTER FAILOVER FORCE");
     let started = Instant::now();
-    while !cluster_nodes(replica.port).is_some_and(|nodes| {
-        nodes.iter().any(|n| n.id == replica.id && n.primary && n.serves_slots)
-    }) {
+    while !cluster_nodes(replica.port)
+        .is_some_and(|nodes| nodes.iter().any(|n| n.id == replica.id && n.primary && n.serves_slots))
+    {
         assert!(started.elapsed() < HEAL_TIMEOUT, "replica {} did not take over", replica.port);
         std::thread::sleep(Duration::from_millis(100));
     }
