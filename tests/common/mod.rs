@@ -2,13 +2,16 @@
 //! torn down even when the test fails.
 #![allow(dead_code)]
 
+pub mod chaos_plan;
 pub mod connector;
 pub mod kafka;
 pub mod net;
 pub mod prom_text;
 pub mod prometheus;
 pub mod redis_cluster;
+pub mod redis_faults;
 pub mod reference;
+pub mod region_watch;
 pub mod scenario;
 pub mod secure;
 

@@ -1,0 +1,582 @@
+//! Chaos that searches (issue 11): each seed draws a pipeline (tumbling,
+//! sliding or session windows; emit final or updates; late records dropped,
+//! dead-lettered or, where the window kind allows, amended), one to three
+//! connectors (the real binary, as child processes) and a schedule of
+//! faults struck while the records are produced: connector SIGKILL,
+//! SIGSTOP/SIGCONT, SIGTERM with a replacement, scaling out and in, a Redis
+//! primary killed without waiting for replication, `CLUSTER FAILOVER
+//! FORCE`, `CLIENT KILL`, and broker request errors (tests/common/
+//! chaos_plan.rs). Meanwhile a reader samples the region and checks that
+//! no value goes backwards (tests/common/region_watch.rs says exactly
+//! what and why). Once every fault is healed, the region must equal the
+//! reference computed from the records as the broker stored them.
+//!
+//! - `cargo test --test chaos`: the fixed CI seeds ([`CI_SEEDS`]).
+//! - `REGIONFLOW_CHAOS_SEED=N`: seed N only (printed by every run).
+//! - `REGIONFLOW_CHAOS_SEEDS=K`: K random seeds; all run, failures are
+//!   listed at the end.
+//! - `REGIONFLOW_CHAOS_STEPS=0,2`: only those steps of the seed's schedule
+//!   (to shrink a failing one).
+//! - `REGIONFLOW_CHAOS_KNOWN_FAILURES=1`: schedules may also combine
+//!   `CLIENT KILL` with lost Redis writes (issue 11's open hole 4).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+
+use common::chaos_plan::{Fault, Late, Plan, WindowKind, BROKER_ERRORS};
+use common::connector::Connector;
+use common::kafka::Kafka;
+use common::redis_cluster::RedisCluster;
+use common::redis_faults::{self, RestartedNode};
+use common::reference::{self, Order, Table};
+use common::region_watch::{self, RegionWatch};
+
+/// One per window kind (see `ci_seeds_cover_every_window_kind`): 6 amends
+/// tumbling windows through a primary killed without waiting and a
+/// SIGTERM handoff; 17 emits sliding-window updates through a SIGTERM, a
+/// SIGKILL, `CLUSTER FAILOVER FORCE` and a scale-in; 19 emits session
+/// updates through a scale-out, heartbeat errors (rebalances) and a 7 s
+/// SIGSTOP (past the session timeout: the group moves on).
+const CI_SEEDS: [u64; 3] = [6, 17, 19];
+const PARTITIONS: i32 = 4;
+const RECORDS: usize = 8_000;
+const PER_SECOND: usize = 1_000;
+/// How far behind its stream's clock an on-time record may be.
+const DISORDER_MS: i64 = 300;
+const BASE_TS: i64 = 1_700_000_000_000;
+const MAX_CONNECTORS: usize = 4;
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1")
+}
+
+/// The records of `plan`, 2 ms of event time apart. Fixed windows: grouped
+/// by one of 20 customers, spread over all partitions, 1% of them 1.5 s
+/// late and 0.5% a minute late. Sessions: 30 customers, each in one
+/// partition (its Kafka key), never behind the watermark by more than the
+/// allowed lateness.
+fn orders(plan: &Plan) -> Vec<Order> {
+    let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (0..RECORDS)
+        .map(|i| {
+            let clock = BASE_TS + 2 * i as i64;
+            let on_time = clock - rng.random_range(0..=DISORDER_MS);
+            let product = format!("p{}", rng.random_range(0..20));
+            let amount = rng.random_range(1..50_000) as f64 / 100.0;
+            if plan.window == WindowKind::Session {
+                let c = rng.random_range(0..30);
+                Order { partition: c % PARTITIONS, customer: format!("c{c}"), product, amount, ts: on_time }
+            } else {
+                let ts = match rng.random_range(0..1000) {
+                    0..5 => clock - 60_000,
+                    5..15 => clock - 1_500,
+                    _ => on_time,
+                };
+                let customer = format!("c{}", rng.random_range(0..20));
+                Order { partition: rng.random_range(0..PARTITIONS), customer, product, amount, ts }
+            }
+        })
+        .collect()
+}
+
+/// What the region must hold for `stored` (each partition in offset order).
+fn reference_table(plan: &Plan, stored: &[Order]) -> Table {
+    let lateness = plan.allowed_lateness.as_millis() as i64;
+    let disorder = plan.max_out_of_orderness.as_millis() as i64;
+    let amend = plan.late == Late::Amend;
+    match plan.window {
+        WindowKind::Tumbling => reference::fixed_windows(stored, 1_000, 1_000, lateness, disorder, amend).0,
+        WindowKind::Sliding => reference::fixed_windows(stored, 2_000, 500, lateness, disorder, amend).0,
+        WindowKind::Session => reference::sessions(stored, 100),
+    }
+}
+
+fn entry_key(plan: &Plan, (customer, start): &(String, i64), window_end: i64) -> String {
+    let region = format!("rf:{}_chaos", plan.topic());
+    match plan.window {
+        WindowKind::Session => format!("{region}:{customer}:{start}:{window_end}"),
+        _ => format!("{region}:{customer}:{start}"),
+    }
+}
+
+/// The connectors of a run: those running, and those stopped (kept for their logs).
+struct Fleet {
+    config: PathBuf,
+    dir: PathBuf,
+    running: Vec<Connector>,
+    stopped: Vec<Connector>,
+    started: usize,
+    /// Connectors that exited without being told to.
+    unexpected_exits: Vec<String>,
+}
+
+impl Fleet {
+    fn start_one(&mut self) {
+        let name = format!("c{}", self.started);
+        self.started += 1;
+        let c = tokio::task::block_in_place(|| Connector::start(&name, &self.config, &self.dir));
+        self.running.push(c);
+    }
+
+    fn take(&mut self, target: usize) -> Connector {
+        let i = target % self.running.len();
+        self.running.remove(i)
+    }
+
+    /// Moves connectors that exited on their own to `stopped` and starts
+    /// one in place of each, as an orchestrator would.
+    fn replace_exited(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].is_running() {
+                i += 1;
+                continue;
+            }
+            let c = self.running.remove(i);
+            let logs = c.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(5).collect();
+            eprintln!("connector {} exited on its own; last lines: {tail:?}", c.name);
+            self.unexpected_exits.push(c.name.clone());
+            self.stopped.push(c);
+            self.start_one();
+        }
+    }
+
+    /// SIGTERM; a graceful stop must exit 0 (a failure is reported, not fatal).
+    fn terminate(&mut self, target: usize) {
+        let mut c = self.take(target);
+        let clean = tokio::task::block_in_place(|| c.terminate(Duration::from_secs(30)));
+        if !clean {
+            eprintln!("connector {} did not exit 0 on SIGTERM", c.name);
+            self.unexpected_exits.push(format!("{} (SIGTERM)", c.name));
+        }
+        self.stopped.push(c);
+    }
+}
+
+fn start_producing(
+    kafka: &Kafka,
+    topic: &'static str,
+    orders: Arc<Vec<Order>>,
+    produced: Arc<AtomicUsize>,
+    session_keys: bool,
+) -> tokio::task::JoinHandle<()> {
+    let producer = kafka.producer();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        for (n, chunk) in orders.chunks(PER_SECOND / 10).enumerate() {
+            tick.tick().await;
+            let records: Vec<(String, String)> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let key = if session_keys { o.customer.clone() } else { format!("order-{}", n * 100 + i) };
+                    let value = serde_json::json!({"customer": o.customer, "product": o.product, "amount": o.amount, "ts": o.ts});
+                    (key, value.to_string())
+                })
+                .collect();
+            let mut deliveries = Vec::new();
+            for (o, (key, value)) in chunk.iter().zip(&records) {
+                let record = FutureRecord::to(topic).partition(o.partition).key(key).payload(value);
+                deliveries.push(producer.send(record, Duration::from_secs(60)));
+            }
+            for d in futures::future::join_all(deliveries).await {
+                d.expect("produced");
+            }
+            produced.fetch_add(chunk.len(), Ordering::SeqCst);
+        }
+    })
+}
+
+/// The records as the broker stored them, each partition in offset order.
+fn stored_orders(kafka: &Kafka, topic: &str) -> Vec<Order> {
+    let messages =
+        tokio::task::block_in_place(|| kafka.read_topic(topic, PARTITIONS, RECORDS, Duration::from_secs(60)));
+    messages
+        .iter()
+        .map(|m| {
+            let v: serde_json::Value = serde_json::from_slice(m.payload().expect("payload")).expect("JSON order");
+            Order {
+                partition: m.partition(),
+                customer: v["customer"].as_str().expect("customer").to_string(),
+                product: v["product"].as_str().expect("product").to_string(),
+                amount: v["amount"].as_f64().expect("amount"),
+                ts: v["ts"].as_i64().expect("ts"),
+            }
+        })
+        .collect()
+}
+
+/// Differences between the region and `expected`; empty when equal.
+fn differences(plan: &Plan, ports: &[u16], expected: &Table) -> Vec<String> {
+    let pattern = format!("rf:{}_chaos:*", plan.topic());
+    let entries = match region_watch::snapshot(ports, &pattern) {
+        Ok(entries) => entries,
+        Err(e) => return vec![format!("region unreadable: {e}")],
+    };
+    let mut problems = Vec::new();
+    let mut wanted = BTreeSet::new();
+    for (k, e) in expected {
+        let key = entry_key(plan, k, e.window_end);
+        match entries.get(&key) {
+            None => problems.push(format!("missing {key}")),
+            Some(fields) => {
+                if let Err(p) = reference::check_entry(fields, k.1, e) {
+                    problems.push(format!("{key}: {p}"));
+                }
+            }
+        }
+        wanted.insert(key);
+    }
+    for key in entries.keys().filter(|k| !wanted.contains(*k)) {
+        problems.push(format!("unexpected {key}"));
+    }
+    problems
+}
+
+fn write_config(plan: &Plan, dir: &Path, brokers: &str, cluster: &RedisCluster) -> PathBuf {
+    let config = dir.join("regionflow.toml");
+    let toml = format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "chaos"
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+[redis]
+nodes = {nodes}
+key_prefix = "rf"
+write_deadline = "90s"
+response_timeout = "2s"
+replica_timeout = "2s"
+[connector]
+flush_interval = "100ms"
+checkpoint_interval = "{checkpoint}ms"
+shutdown_timeout = "10s"
+{pipeline}"#,
+        nodes = common::toml_nodes(&cluster.urls()),
+        checkpoint = plan.checkpoint_interval.as_millis(),
+        pipeline = plan.pipeline_toml(),
+    );
+    std::fs::write(&config, toml).expect("config written");
+    config
+}
+
+/// What a passing run saw, for the summary line.
+struct Outcome {
+    samples: usize,
+    discarded: usize,
+    unexpected_exits: Vec<String>,
+}
+
+/// Carries out `plan` and checks the region; panics (naming the seed) on
+/// any difference.
+async fn run(plan: &Plan) -> Outcome {
+    let seed = plan.seed;
+    let topic = plan.topic();
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let ports = redis_faults::ports(&cluster);
+    let dlq = format!("{topic}-dlq");
+    let kafka = Kafka::start(&[(topic, PARTITIONS), (dlq.as_str(), 1)]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(plan, dir.path(), &kafka.brokers, &cluster);
+    let watch = RegionWatch::start(ports.clone(), format!("rf:{topic}_chaos:*"), plan.window == WindowKind::Session);
+    let mut fleet = Fleet {
+        config,
+        dir: dir.path().to_path_buf(),
+        running: Vec::new(),
+        stopped: Vec::new(),
+        started: 0,
+        unexpected_exits: Vec::new(),
+    };
+    for _ in 0..plan.connectors {
+        fleet.start_one();
+    }
+    let orders = Arc::new(orders(plan));
+    let produced = Arc::new(AtomicUsize::new(0));
+    let producing =
+        start_producing(&kafka, topic, orders.clone(), produced.clone(), plan.window == WindowKind::Session);
+    let mut restarted: Vec<RestartedNode> = Vec::new();
+    let started = Instant::now();
+
+    for (i, step) in plan.steps.iter().enumerate() {
+        let target = (RECORDS as f64 * step.at) as usize;
+        while produced.load(Ordering::SeqCst) < target {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        fleet.replace_exited();
+        eprintln!("chaos seed {seed}: {:.1}s step {i}: {}", started.elapsed().as_secs_f64(), step.fault);
+        match &step.fault {
+            Fault::Kill { replace } => {
+                let mut c = fleet.take(step.target);
+                c.kill();
+                fleet.stopped.push(c);
+                if *replace || fleet.running.is_empty() {
+                    fleet.start_one();
+                }
+            }
+            Fault::Pause(d) => {
+                let i = step.target % fleet.running.len();
+                fleet.running[i].pause();
+                tokio::time::sleep(*d).await;
+                fleet.running[i].resume();
+            }
+            Fault::Terminate => {
+                fleet.terminate(step.target);
+                fleet.start_one();
+            }
+            Fault::ScaleOut if fleet.running.len() < MAX_CONNECTORS => fleet.start_one(),
+            Fault::ScaleIn if fleet.running.len() > 1 => fleet.terminate(step.target),
+            Fault::ScaleOut | Fault::ScaleIn => eprintln!("chaos seed {seed}: step {i} skipped (fleet size)"),
+            Fault::KillPrimary => {
+                watch.lossy_fault_begins();
+                let (port, node) =
+                    tokio::task::block_in_place(|| redis_faults::kill_primary_unreplicated(&ports, step.target));
+                watch.lossy_fault_ends();
+                eprintln!("chaos seed {seed}: killed Redis primary {port}, restarted it as a replica");
+                restarted.push(node);
+            }
+            Fault::ForceFailover => {
+                watch.lossy_fault_begins();
+                let port = tokio::task::block_in_place(|| redis_faults::force_failover(&ports, step.target));
+                watch.lossy_fault_ends();
+                eprintln!("chaos seed {seed}: replica {port} took over by CLUSTER FAILOVER FORCE");
+            }
+            Fault::ClientKill => {
+                let killed = tokio::task::block_in_place(|| redis_faults::kill_clients(&ports));
+                eprintln!("chaos seed {seed}: connections killed per primary: {killed:?}");
+            }
+            Fault::BrokerErrors(e) => {
+                let (api, err, n) = BROKER_ERRORS[*e];
+                kafka.cluster.request_errors(api, &vec![err; n]);
+            }
+        }
+    }
+    producing.await.unwrap_or_else(|e| panic!("chaos seed {seed}: producer failed: {e}"));
+
+    // Heal: no more broker errors, every exited connector replaced.
+    for (api, _, _) in BROKER_ERRORS {
+        kafka.cluster.clear_request_errors(api);
+    }
+    fleet.replace_exited();
+    let stored = stored_orders(&kafka, topic);
+    assert_eq!(stored.len(), RECORDS, "chaos seed {seed}: the broker stored every record once");
+    let expected = reference_table(plan, &stored);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let problems = tokio::task::block_in_place(|| differences(plan, &ports, &expected));
+        if problems.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let states: Vec<String> = fleet
+                .running
+                .iter_mut()
+                .map(|c| {
+                    let running = c.is_running();
+                    format!(
+                        "{} running={running} records_in={} late={}",
+                        c.name,
+                        c.metric("regionflow_records_in_total", &[]),
+                        c.metric("regionflow_late_records_total", &[])
+                    )
+                })
+                .collect();
+            panic!(
+                "chaos seed {seed}: the region differs from the reference 60 s after the stream ended: {} of {} \
+                 entries, e.g. {:?}\nplan: {plan}\nconnectors: {states:?}{}\nrerun: REGIONFLOW_CHAOS_SEED={seed}",
+                problems.len(),
+                expected.len(),
+                &problems[..problems.len().min(8)],
+                if plan.has_known_failure() {
+                    "\nthis schedule has a known failure (CLIENT KILL with lost Redis writes, or a pause past the idle timeout)"
+                } else {
+                    ""
+                }
+            );
+        }
+        fleet.replace_exited();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A few more samples of the final region.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = watch.finish();
+    assert!(
+        report.violations.is_empty(),
+        "chaos seed {seed}: a reader saw values go backwards: {:?}\nplan: {plan}\nrerun: REGIONFLOW_CHAOS_SEED={seed}",
+        report.violations
+    );
+    let mut above = Vec::new();
+    for (k, e) in &expected {
+        let key = entry_key(plan, k, e.window_end);
+        if let Some(&max) = report.max_count.get(&key) {
+            if max > e.count {
+                above.push(format!("{key}: saw {max} orders, reference {}", e.count));
+            }
+        }
+    }
+    assert!(
+        above.is_empty(),
+        "chaos seed {seed}: a reader saw counts above the final reference (doubled records): {above:?}\nplan: {plan}"
+    );
+    assert!(
+        report.samples > report.discarded,
+        "chaos seed {seed}: the reader could not read the region once ({} samples)",
+        report.samples
+    );
+    drop(restarted);
+    Outcome { samples: report.samples, discarded: report.discarded, unexpected_exits: fleet.unexpected_exits }
+}
+
+/// Runs each seed on a fresh runtime, catching failures so that a search
+/// goes on; panics at the end listing the failed seeds.
+fn run_seeds(seeds: &[u64]) {
+    let known = env_flag("REGIONFLOW_CHAOS_KNOWN_FAILURES");
+    let only: Option<Vec<usize>> = std::env::var("REGIONFLOW_CHAOS_STEPS")
+        .ok()
+        .map(|s| s.split(',').map(|i| i.trim().parse().expect("REGIONFLOW_CHAOS_STEPS: step indexes")).collect());
+    let all = Instant::now();
+    let mut failed = Vec::new();
+    for &seed in seeds {
+        let mut plan = Plan::from_seed(seed, known);
+        if let Some(only) = &only {
+            plan = plan.only_steps(only);
+        }
+        eprintln!("chaos {plan}");
+        let started = Instant::now();
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(run(&plan))));
+        drop(runtime);
+        match result {
+            Ok(o) => eprintln!(
+                "chaos seed {seed}: passed in {:.0}s ({} reader samples, {} discarded; unplanned exits {:?})",
+                started.elapsed().as_secs_f64(),
+                o.samples,
+                o.discarded,
+                o.unexpected_exits
+            ),
+            Err(_) => {
+                eprintln!("chaos seed {seed}: FAILED after {:.0}s", started.elapsed().as_secs_f64());
+                failed.push((seed, plan.has_known_failure()));
+            }
+        }
+    }
+    eprintln!(
+        "chaos: {} seeds in {:.0}s, {} failed: {failed:?} (seed, schedule with a known failure)",
+        seeds.len(),
+        all.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "chaos seeds failed: {failed:?}; rerun one with REGIONFLOW_CHAOS_SEED=<seed>");
+}
+
+/// Random seeds, small enough to type.
+fn random_seeds(k: usize) -> Vec<u64> {
+    let mut rng = StdRng::seed_from_u64(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64,
+    );
+    (0..k).map(|_| rng.random_range(1_000..1_000_000)).collect()
+}
+
+#[test]
+fn chaos() {
+    let seeds = if let Ok(seed) = std::env::var("REGIONFLOW_CHAOS_SEED") {
+        vec![seed.parse().expect("REGIONFLOW_CHAOS_SEED is a number")]
+    } else if let Ok(k) = std::env::var("REGIONFLOW_CHAOS_SEEDS") {
+        random_seeds(k.parse().expect("REGIONFLOW_CHAOS_SEEDS is a number"))
+    } else {
+        CI_SEEDS.to_vec()
+    };
+    run_seeds(&seeds);
+}
+
+#[test]
+fn ci_seeds_cover_every_window_kind() {
+    let plans: Vec<Plan> = CI_SEEDS.iter().map(|&s| Plan::from_seed(s, false)).collect();
+    for kind in [WindowKind::Tumbling, WindowKind::Sliding, WindowKind::Session] {
+        assert!(plans.iter().any(|p| p.window == kind), "no CI seed runs {kind:?}: {plans:#?}");
+    }
+}
+
+/// A known bug, found by seed 19 (`REGIONFLOW_CHAOS_SEED=19
+/// REGIONFLOW_CHAOS_STEPS=2` with a 5 s idle timeout): a connector frozen
+/// (SIGSTOP; likewise a VM pause or a long stall) for longer than the
+/// watermark's idle timeout wakes up, finds each of its partitions
+/// "caught up" by the high watermark it knew before the freeze, and
+/// advances the watermark by the idle rule; the records produced during
+/// the freeze are then dropped as late, and the checkpoint taken at the
+/// revoke that follows stores the advanced watermark, so no replay brings
+/// them back. Expected to pass once fixed; run with
+/// `REGIONFLOW_CHAOS_KNOWN_FAILURES=1`.
+#[test]
+fn known_failure_pause_past_idle_timeout_drops_records() {
+    if !env_flag("REGIONFLOW_CHAOS_KNOWN_FAILURES") {
+        eprintln!("SKIPPED: known failure; set REGIONFLOW_CHAOS_KNOWN_FAILURES=1 to run it");
+        return;
+    }
+    let mut plan = Plan::from_seed(19, true).only_steps(&[2]);
+    plan.steps[0].fault = Fault::Pause(Duration::from_millis(common::chaos_plan::IDLE_TIMEOUT_MS + 2_000));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    eprintln!("chaos {plan}");
+    runtime.block_on(run(&plan));
+}
+
+/// A known bug, found by seed 323466 (its step 3): during `CLUSTER FAILOVER
+/// FORCE` under `redundancy = 1`, a checkpoint's replica wait got a reply it
+/// did not expect ("expected array of integers as response -
+/// UnexpectedReturnType") and gave up after milliseconds instead of
+/// retrying until the cluster healed: two of three connectors stopped with
+/// "checkpoint store unavailable". The region stayed correct (the test
+/// restarts exited connectors, as an orchestrator would), so the search
+/// only reports such exits; this test fails on them. It depends on a
+/// checkpoint meeting the failover, so it may pass by luck. Expected to
+/// pass once fixed; run with `REGIONFLOW_CHAOS_KNOWN_FAILURES=1`.
+#[test]
+fn known_failure_forced_failover_stops_connectors() {
+    if !env_flag("REGIONFLOW_CHAOS_KNOWN_FAILURES") {
+        eprintln!("SKIPPED: known failure; set REGIONFLOW_CHAOS_KNOWN_FAILURES=1 to run it");
+        return;
+    }
+    let plan = Plan::from_seed(323_466, false);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    eprintln!("chaos {plan}");
+    let outcome = runtime.block_on(run(&plan));
+    assert!(
+        outcome.unexpected_exits.is_empty(),
+        "chaos seed 323466: connectors stopped on their own: {:?}",
+        outcome.unexpected_exits
+    );
+}
+
+/// A bug found by seed 929730 (session windows, emit updates, redundancy 1;
+/// its schedule: OffsetFetch errors, a connector SIGKILLed, a scale-out, a
+/// Redis primary killed without waiting): once healed, the region still
+/// held 17 session entries the reference does not have, intermediate
+/// sessions that should have been retracted (several from the first
+/// second of event time, long before the primary died). Not yet shrunk
+/// (`REGIONFLOW_CHAOS_STEPS`) or explained; the schedule has no CLIENT
+/// KILL, so it is not issue 11's hole 4. Expected to pass once fixed; run
+/// with `REGIONFLOW_CHAOS_KNOWN_FAILURES=1`.
+#[test]
+fn known_failure_session_retractions_lost_after_primary_kill() {
+    if !env_flag("REGIONFLOW_CHAOS_KNOWN_FAILURES") {
+        eprintln!("SKIPPED: known failure; set REGIONFLOW_CHAOS_KNOWN_FAILURES=1 to run it");
+        return;
+    }
+    let plan = Plan::from_seed(929_730, false);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    eprintln!("chaos {plan}");
+    runtime.block_on(run(&plan));
+}
