@@ -510,22 +510,14 @@ fn ci_seeds_cover_every_window_kind() {
     }
 }
 
-/// A known bug, found by seed 19 (`REGIONFLOW_CHAOS_SEED=19
-/// REGIONFLOW_CHAOS_STEPS=2` with a 5 s idle timeout): a connector frozen
-/// (SIGSTOP; likewise a VM pause or a long stall) for longer than the
-/// watermark's idle timeout wakes up, finds each of its partitions
-/// "caught up" by the high watermark it knew before the freeze, and
-/// advances the watermark by the idle rule; the records produced during
-/// the freeze are then dropped as late, and the checkpoint taken at the
-/// revoke that follows stores the advanced watermark, so no replay brings
-/// them back. Expected to pass once fixed; run with
-/// `REGIONFLOW_CHAOS_KNOWN_FAILURES=1`.
+/// Found by seed 19 (its step 2): a connector frozen (SIGSTOP; likewise a
+/// VM pause or a long stall) for longer than the watermark's idle timeout
+/// woke up, found each partition "caught up" by the statistics it held
+/// from before the freeze, and advanced its idle watermark past the
+/// records produced meanwhile, which were then dropped as late for good.
+/// Fixed: idle decisions need statistics younger than 1.5 s.
 #[test]
-fn known_failure_pause_past_idle_timeout_drops_records() {
-    if !env_flag("REGIONFLOW_CHAOS_KNOWN_FAILURES") {
-        eprintln!("SKIPPED: known failure; set REGIONFLOW_CHAOS_KNOWN_FAILURES=1 to run it");
-        return;
-    }
+fn seed_19_a_pause_past_the_idle_timeout_loses_nothing() {
     let mut plan = Plan::from_seed(19, true).only_steps(&[2]);
     plan.steps[0].fault = Fault::Pause(Duration::from_millis(common::chaos_plan::IDLE_TIMEOUT_MS + 2_000));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
@@ -533,22 +525,15 @@ fn known_failure_pause_past_idle_timeout_drops_records() {
     runtime.block_on(run(&plan));
 }
 
-/// A known bug, found by seed 323466 (its step 3): during `CLUSTER FAILOVER
-/// FORCE` under `redundancy = 1`, a checkpoint's replica wait got a reply it
-/// did not expect ("expected array of integers as response -
-/// UnexpectedReturnType") and gave up after milliseconds instead of
-/// retrying until the cluster healed: two of three connectors stopped with
-/// "checkpoint store unavailable". The region stayed correct (the test
-/// restarts exited connectors, as an orchestrator would), so the search
-/// only reports such exits; this test fails on them. It depends on a
-/// checkpoint meeting the failover, so it may pass by luck. Expected to
-/// pass once fixed; run with `REGIONFLOW_CHAOS_KNOWN_FAILURES=1`.
+/// Found by seed 323466 (its step 3): during `CLUSTER FAILOVER FORCE`
+/// under `redundancy = 1`, a checkpoint got a reply of a type it did not
+/// expect and gave up within milliseconds, stopping two of three
+/// connectors. Fixed: such replies are transient (retried until the write
+/// deadline), and replication is confirmed by offsets, not `WAIT`. It
+/// depends on a checkpoint meeting the failover, so a pass alone proves
+/// less than a failure would.
 #[test]
-fn known_failure_forced_failover_stops_connectors() {
-    if !env_flag("REGIONFLOW_CHAOS_KNOWN_FAILURES") {
-        eprintln!("SKIPPED: known failure; set REGIONFLOW_CHAOS_KNOWN_FAILURES=1 to run it");
-        return;
-    }
+fn seed_323466_a_forced_failover_stops_no_connector() {
     let plan = Plan::from_seed(323_466, false);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     eprintln!("chaos {plan}");
@@ -567,14 +552,11 @@ fn known_failure_forced_failover_stops_connectors() {
 /// sessions that should have been retracted (several from the first
 /// second of event time, long before the primary died). Not yet shrunk
 /// (`REGIONFLOW_CHAOS_STEPS`) or explained; the schedule has no CLIENT
-/// KILL, so it is not issue 11's hole 4. Expected to pass once fixed; run
-/// with `REGIONFLOW_CHAOS_KNOWN_FAILURES=1`.
+/// KILL, so it is not issue 11's hole 4. Reported as ignored until fixed;
+/// `cargo test --test chaos -- --ignored` runs it.
 #[test]
+#[ignore = "known bug: session retractions lost after a primary kill (seed 929730); open in issue 11"]
 fn known_failure_session_retractions_lost_after_primary_kill() {
-    if !env_flag("REGIONFLOW_CHAOS_KNOWN_FAILURES") {
-        eprintln!("SKIPPED: known failure; set REGIONFLOW_CHAOS_KNOWN_FAILURES=1 to run it");
-        return;
-    }
     let plan = Plan::from_seed(929_730, false);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     eprintln!("chaos {plan}");

@@ -46,6 +46,9 @@ pub type RevokeHandler = Arc<dyn Fn(&[Partition]) + Send + Sync>;
 pub struct LogBounds {
     pub start: i64,
     pub end: i64,
+    /// When the statistics said so: they are only delivered while the
+    /// dispatch loop polls, so a frozen or blocked connector holds old ones.
+    pub observed: Instant,
 }
 
 /// Each partition's log bounds, from librdkafka's statistics (emitted
@@ -78,7 +81,10 @@ impl ClientContext for SourceContext {
             for (partition, p) in t.partitions.into_iter().filter(|(id, _)| *id >= 0) {
                 let key = (topic.clone(), partition);
                 if p.hi_offset >= 0 && p.fetch_state == "active" && reachable.contains(&p.leader) {
-                    high.insert(key, LogBounds { start: p.lo_offset.max(0), end: p.hi_offset });
+                    high.insert(
+                        key,
+                        LogBounds { start: p.lo_offset.max(0), end: p.hi_offset, observed: Instant::now() },
+                    );
                 } else {
                     high.remove(&key);
                 }

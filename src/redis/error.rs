@@ -37,7 +37,7 @@ pub enum Permanent {
     OutOfMemory,
     /// The function library could not be loaded (a Lua error in it).
     FunctionLoad,
-    /// A reply of an unexpected type, or a bad client configuration.
+    /// A bad client configuration.
     Protocol,
 }
 
@@ -62,9 +62,11 @@ impl Permanent {
 pub fn classify(e: &RedisError) -> Retry {
     let permanent = match e.kind() {
         ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => Some(Permanent::Denied),
-        ErrorKind::UnexpectedReturnType | ErrorKind::InvalidClientConfig | ErrorKind::Parse => {
-            Some(Permanent::Protocol)
-        }
+        // A reply of an unexpected type is transient: redis-rs aggregates
+        // some replies over every primary, and during a failover one of
+        // them can be an error or a redirect (found by tests/chaos.rs:
+        // `CLUSTER FAILOVER FORCE` stopped connectors within milliseconds).
+        ErrorKind::InvalidClientConfig => Some(Permanent::Protocol),
         ErrorKind::Server(ServerErrorKind::ResponseError) => response_error(e),
         ErrorKind::Extension => match e.code() {
             Some("OOM") => Some(Permanent::OutOfMemory),

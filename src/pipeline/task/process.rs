@@ -161,9 +161,14 @@ impl PartitionTask {
         Ok(())
     }
 
-    /// Whether every record the partition had when last fetched is processed.
+    /// Whether every record the partition had when last fetched is processed,
+    /// by statistics fresh enough to say so: after the process was frozen
+    /// (SIGSTOP, a VM pause) or its dispatch loop blocked, the last ones
+    /// predate the records produced meanwhile, and a partition that looked
+    /// caught up would advance its idle watermark past them.
     fn caught_up(&self) -> bool {
-        consumer_lag((self.source.log)().map(|l| l.end), self.next_offset) == Some(0)
+        let fresh = (self.source.log)().filter(|l| l.observed.elapsed() < FRESH_STATISTICS);
+        consumer_lag(fresh.map(|l| l.end), self.next_offset) == Some(0)
     }
 
     fn update_consumer_lag(&mut self) {
@@ -172,6 +177,10 @@ impl PartitionTask {
         }
     }
 }
+
+/// How old the partition's statistics may be for an idle decision: three
+/// statistics intervals (`statistics.interval.ms` = 500).
+const FRESH_STATISTICS: std::time::Duration = std::time::Duration::from_millis(1_500);
 
 /// Records the partition holds beyond the task's position: its high
 /// watermark (from the client's statistics) minus the next offset to

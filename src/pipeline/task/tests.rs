@@ -55,7 +55,9 @@ async fn a_wall_clock_step_does_not_make_records_late() {
     let high = fetched.clone();
     let source = PartitionSource {
         commit: Box::new(|_| {}),
-        log: Box::new(move || Some(LogBounds { start: 0, end: high.load(Ordering::SeqCst) })),
+        log: Box::new(move || {
+            Some(LogBounds { start: 0, end: high.load(Ordering::SeqCst), observed: std::time::Instant::now() })
+        }),
     };
     let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
@@ -136,7 +138,10 @@ async fn a_fenced_task_fails_restartably() {
     };
     region.write(std::slice::from_ref(&newer)).await.expect("seeded");
 
-    let source = PartitionSource { commit: Box::new(|_| {}), log: Box::new(|| Some(LogBounds { start: 0, end: 1 })) };
+    let source = PartitionSource {
+        commit: Box::new(|_| {}),
+        log: Box::new(|| Some(LogBounds { start: 0, end: 1, observed: std::time::Instant::now() })),
+    };
     let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
     let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
@@ -149,6 +154,10 @@ async fn a_fenced_task_fails_restartably() {
     assert!(matches!(error, TaskError::Fenced { epoch: 1, .. }), "{error}");
     assert!(error.restartable());
     assert!(metrics.render().contains("regionflow_fenced_writes_total{pipeline=\"p\"} 1"));
+}
+
+fn bounds(start: i64, end: i64) -> LogBounds {
+    LogBounds { start, end, observed: std::time::Instant::now() }
 }
 
 /// Runs a task over `records` (one batch) until its channel closes, with
@@ -174,7 +183,7 @@ async fn checkpointed_at_ten() -> (Arc<Pipeline>, Arc<Metrics>, crate::time::Mil
         Arc::new(Pipeline::compile("p", &settings, sinks.regions["p"].clone(), sinks.checkpoints, None, &metrics));
     let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
     let first: Vec<SourceRecord> = (0..10).map(|i| record(i, "a", t0 + i)).collect();
-    run_once(&pipeline, LogBounds { start: 0, end: 10 }, first).await.expect("checkpointed at offset 10");
+    run_once(&pipeline, bounds(0, 10), first).await.expect("checkpointed at offset 10");
     (pipeline, metrics, t0)
 }
 
@@ -186,7 +195,7 @@ async fn a_log_behind_the_checkpoint_fails_the_task() {
     let (pipeline, _, t0) = checkpointed_at_ten().await;
 
     // Recreated with 3 records: none of them is past the checkpoint.
-    let error = run_once(&pipeline, LogBounds { start: 0, end: 3 }, vec![record(0, "a", t0)]).await.expect_err("fails");
+    let error = run_once(&pipeline, bounds(0, 3), vec![record(0, "a", t0)]).await.expect_err("fails");
     assert!(matches!(error, TaskError::LogBehindCheckpoint { position: 10, log_end: 3, .. }), "{error}");
     assert!(error.to_string().contains("checkpoints reset --pipeline p"), "{error}");
     assert!(!error.restartable());
@@ -194,7 +203,7 @@ async fn a_log_behind_the_checkpoint_fails_the_task() {
     // Statistics that trail the position the task reached are no sign of a
     // truncated log: records past the checkpoint arrived.
     let more: Vec<SourceRecord> = (10..20).map(|i| record(i, "a", t0 + i)).collect();
-    run_once(&pipeline, LogBounds { start: 0, end: 10 }, more).await.expect("stale statistics are fine");
+    run_once(&pipeline, bounds(0, 10), more).await.expect("stale statistics are fine");
 }
 
 /// Retention deleted records before they were processed: the task goes on
@@ -205,7 +214,7 @@ async fn records_deleted_before_they_were_processed_are_counted() {
 
     // Offsets 10..50 were deleted; a transaction marker skips 51 too.
     let later = vec![record(50, "a", t0 + 50), record(52, "a", t0 + 52)];
-    run_once(&pipeline, LogBounds { start: 50, end: 53 }, later).await.expect("goes on");
+    run_once(&pipeline, bounds(50, 53), later).await.expect("goes on");
     let text = metrics.render();
     assert!(text.contains("regionflow_offset_gap_records_total{pipeline=\"p\"} 40"), "{text}");
 }
