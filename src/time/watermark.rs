@@ -60,15 +60,6 @@ impl WatermarkTracker {
         self.last_arrival = now;
     }
 
-    /// Leaves `blocked` milliseconds out of the quiet time: the task could
-    /// not take records meanwhile (waiting on Redis), so their absence says
-    /// nothing about the partition. Without it, a Redis stall longer than
-    /// `idle_timeout` would advance the watermark past the records that
-    /// piled up in Kafka meanwhile and make them late.
-    pub fn discount(&mut self, blocked: Millis) {
-        self.last_arrival = self.last_arrival.saturating_add(blocked.max(0));
-    }
-
     /// Advances the watermark of a quiet partition; returns the watermark.
     pub fn on_idle(&mut self, now: Millis) -> Millis {
         if let Some(max_seen) = self.max_seen {
@@ -115,15 +106,6 @@ mod tests {
         assert_eq!(w.on_idle(51_000), 10_001, "idle: allowance dropped");
         assert_eq!(w.on_idle(53_000), 12_001, "then follows the wall clock");
         assert_eq!(w.observe(10_500, 53_001), 12_001, "a new record does not pull it back");
-    }
-
-    #[test]
-    fn time_spent_blocked_is_not_quiet_time() {
-        let mut w = WatermarkTracker::new(Duration::from_millis(0), Duration::from_millis(1_000));
-        w.observe(10_000, 0);
-        w.discount(5_000);
-        assert_eq!(w.on_idle(5_500), 10_000, "blocked for 5 s, quiet for 0.5 s: not idle");
-        assert_eq!(w.on_idle(6_000), 10_001, "quiet for the idle timeout after the block");
     }
 
     #[test]

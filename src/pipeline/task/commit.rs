@@ -12,7 +12,6 @@ use crate::checkpoint::{state, Checkpoint, CheckpointError, CommitOutcome, Repli
 use crate::kafka::dead_letter::Origin;
 use crate::metrics::CheckpointOutcome;
 use crate::region::{EntryWrite, WriteMode};
-use crate::time::Millis;
 use crate::window::ResultKind;
 
 impl PartitionTask {
@@ -41,7 +40,6 @@ impl PartitionTask {
             self.record_fired();
         }
         self.pipeline.metrics.flushed(started.elapsed());
-        self.watermark.discount(started.elapsed().as_millis() as Millis);
         Ok(ownership)
     }
 
@@ -71,10 +69,8 @@ impl PartitionTask {
             written_at: self.pipeline.clock.wall(),
         };
         let replication = Replication { replicas: self.pipeline.policy.redundancy };
-        let committed = self.pipeline.checkpoints.commit(&self.id, &checkpoint, replication).await;
-        self.watermark.discount(started.elapsed().as_millis() as Millis);
         let m = &self.pipeline.metrics;
-        match committed {
+        match self.pipeline.checkpoints.commit(&self.id, &checkpoint, replication).await {
             Ok(CommitOutcome::Stored) => {
                 m.checkpoint_stored(started.elapsed(), checkpoint.state.len());
                 self.metrics.checkpoint_age.set(0.0);
