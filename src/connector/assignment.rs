@@ -169,7 +169,12 @@ impl Assignments {
             }
         }
         tracing::warn!(?partition, error = %error, "restarting the partition's task from its last checkpoint");
-        consumer::pause_assignment(consumer, &partition)?;
+        if let Err(e) = consumer::pause_assignment(consumer, &partition) {
+            // A zombie's fenced partition has usually been taken from it by
+            // the group already: nothing of ours to restart there.
+            tracing::info!(?partition, error = %e, "the failed task's partition is no longer assigned here");
+            return Ok(());
+        }
         let offsets = starter.start(std::slice::from_ref(&partition)).await;
         consumer::resume_assignment(consumer, &offsets)?;
         Ok(())
