@@ -31,7 +31,15 @@ pub struct Failure {
     partition: Partition,
     task: Option<tokio::task::Id>,
     error: TaskError,
+    /// Set on a fenced failure handed back after [`FENCED_GRACE`].
+    deferred: bool,
 }
+
+/// How long a fenced partition waits before its restart: a zombie (paused
+/// past its session timeout) learns from the group, meanwhile, that the
+/// partition is no longer its own, instead of taking it back with a newer
+/// epoch and fencing its successor in turn.
+const FENCED_GRACE: Duration = Duration::from_secs(1);
 
 /// The consumer, once created, for the tasks' offset commits (weak: the
 /// consumer owns the callbacks that hold this).
@@ -137,7 +145,15 @@ impl Assignments {
     /// running. Any other failure stops the connector.
     pub async fn restart(&self, consumer: &SourceConsumer, failure: Failure) -> Result<(), ConnectorError> {
         let starter = &self.starter;
-        let Failure { partition, task, error } = failure;
+        if matches!(failure.error, TaskError::Fenced { .. }) && !failure.deferred {
+            let failures = self.starter.failures.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FENCED_GRACE).await;
+                let _ = failures.send(Failure { deferred: true, ..failure });
+            });
+            return Ok(());
+        }
+        let Failure { partition, task, error, .. } = failure;
         let Some(task) = task.filter(|_| error.restartable()) else {
             return Err(ConnectorError::Task(error));
         };
@@ -176,7 +192,10 @@ impl Assignments {
             return Ok(());
         }
         let offsets = starter.start(std::slice::from_ref(&partition)).await;
-        consumer::resume_assignment(consumer, &offsets)?;
+        if let Err(e) = consumer::resume_assignment(consumer, &offsets) {
+            // Revoked while the task restored: the group moved it on.
+            tracing::info!(?partition, error = %e, "the restarted partition is no longer assigned here");
+        }
         Ok(())
     }
 }
@@ -221,7 +240,7 @@ impl TaskStarter {
             let (Started { task, seek_to }, span) = match started {
                 Ok(started) => started,
                 Err(error) => {
-                    let _ = self.failures.send(Failure { partition: key, task: None, error });
+                    let _ = self.failures.send(Failure { partition: key, task: None, error, deferred: false });
                     continue;
                 }
             };
@@ -235,7 +254,7 @@ impl TaskStarter {
                 owned.dec();
                 if let Err(error) = result {
                     metrics.task_failed();
-                    let _ = failures.send(Failure { partition, task: Some(tokio::task::id()), error });
+                    let _ = failures.send(Failure { partition, task: Some(tokio::task::id()), error, deferred: false });
                 }
             });
             self.tasks.lock().expect("task table lock").insert(key.clone(), TaskHandle { records: sender, join });
