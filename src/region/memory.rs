@@ -6,7 +6,7 @@
 //! replace/merge/delete of partials; public fields as the merge of all
 //! partials in field-name order, starting from the first. So the quick-start
 //! runs the production pipeline code with only the sink swapped.
-//! `tests/region_conformance.rs` runs the same sequences of writes against
+//! `tests/integration/region_conformance.rs` runs the same sequences of writes against
 //! this region and the merge function and requires the same entries. It
 //! keeps no expiry: entries live as long as the process.
 

@@ -1,7 +1,7 @@
 //! What one chaos seed runs: a pipeline (window kind, emit mode, lateness),
 //! how many connectors start, and a schedule of faults, all drawn from the
 //! seed so that `REGIONFLOW_CHAOS_SEED=N` replays the same plan. The plan
-//! is data only; tests/chaos.rs carries it out.
+//! is data only; tests/integration/chaos.rs carries it out.
 
 use std::fmt;
 use std::time::Duration;
@@ -106,7 +106,7 @@ impl Plan {
     /// `CLIENT KILL` redis-rs reconnects silently and `WAIT` may vouch for
     /// writes never replicated: issue 11, hole 4, a known open bug), and
     /// never pauses a connector as long as the idle timeout (see
-    /// tests/chaos.rs, `known_failure_pause_past_idle_timeout_drops_records`).
+    /// tests/integration/chaos.rs, `known_failure_pause_past_idle_timeout_drops_records`).
     /// Both flags draw the same random numbers: only those faults differ.
     pub fn from_seed(seed: u64, known_failures: bool) -> Plan {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -137,7 +137,7 @@ impl Plan {
                     0 => Fault::Kill { replace: rng.random_bool(0.5) },
                     // Beyond the session timeout (6 s) the paused connector
                     // wakes as a zombie. Beyond the idle timeout it also
-                    // drops records (a known bug, see tests/chaos.rs).
+                    // drops records (a known bug, see tests/integration/chaos.rs).
                     1 => {
                         let longest = if known_failures { 15_000 } else { IDLE_TIMEOUT_MS - 1_000 };
                         Fault::Pause(Duration::from_millis(rng.random_range(1_000..=longest)))

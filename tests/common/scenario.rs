@@ -1,5 +1,5 @@
-//! The end-to-end scenario, shared by tests/end_to_end.rs (local Redis
-//! Cluster and librdkafka's mock broker) and tests/containers.rs (the
+//! The end-to-end scenario, shared by tests/integration/end_to_end.rs (local Redis
+//! Cluster and librdkafka's mock broker) and tests/integration/containers.rs (the
 //! official Apache Kafka and Redis images): three pipelines (tumbling,
 //! sliding, session windows) over one data set with out-of-order and late
 //! records and a group key (the customer) that differs from the Kafka key

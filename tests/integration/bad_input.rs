@@ -4,7 +4,7 @@
 //! first bad record; unreachable Kafka or Redis fail start-up with a clear
 //! error after a bounded retry.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! ready while joining, after Redis stopped answering for longer than
 //! `connector.unready_after_redis_down`, and from the start of shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

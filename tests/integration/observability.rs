@@ -25,7 +25,7 @@
 //! the counters the dashboards are about, and runs `promtool check metrics`
 //! on the scraped text.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Write;
@@ -75,7 +75,7 @@ const ACTIVITY: &[(&str, &str)] = &[
 fn connector_config(brokers: &str, redis_nodes: &[String]) -> String {
     let nodes: Vec<String> = redis_nodes.iter().map(|u| format!("\"{u}\"")).collect();
     format!(
-        r#"# Written by tests/observability.rs; metrics.listen is set per process
+        r#"# Written by tests/integration/observability.rs; metrics.listen is set per process
 # with REGIONFLOW__METRICS__LISTEN (tests/common/connector.rs).
 [kafka]
 brokers = "{brokers}"

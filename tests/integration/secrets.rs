@@ -3,7 +3,7 @@
 //! then `validate`, a failing `run` and a successful `run` are captured,
 //! and none of their output may contain a secret.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

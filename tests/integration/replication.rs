@@ -7,7 +7,7 @@
 //! which the primary's death would then lose. The checkpoint must instead
 //! wait until the replica holds the write.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

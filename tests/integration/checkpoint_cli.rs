@@ -2,7 +2,7 @@
 //! what a stopped connector stored, `reset` refuses without `--yes` and then
 //! deletes them.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::Arc;

@@ -19,7 +19,7 @@
 //! Needs `redis-server` (Redis 7) on PATH; on Debian run
 //! `scripts/setup-test-deps.sh`.
 
-mod common;
+use crate::common;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! is still answered at once, slow clients are dropped after the header
 //! timeout, and connections beyond the limit are closed instead of queued.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

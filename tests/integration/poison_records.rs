@@ -5,7 +5,7 @@
 //! `event_time` and do not move the watermark, so the records after them
 //! are aggregated as if they had never been there.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

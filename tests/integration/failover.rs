@@ -3,7 +3,7 @@
 //! every case the final region must equal, entry by entry, the reference
 //! computed from the produced data, so any lost or doubled record fails.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

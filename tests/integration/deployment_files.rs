@@ -23,7 +23,7 @@
 //! `yaml_documents`). `docker compose config` runs too when a Docker CLI with
 //! the compose plugin is installed, and is reported as skipped otherwise.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -436,7 +436,7 @@ fn alerts_are_actionable_and_testable() {
             assert!(!compact.contains(forbidden), "{name}: hard-coded `{forbidden}` in {expr}");
         }
         // The documented form: each signal, without its threshold, must be a
-        // plain expression tests/observability.rs can evaluate.
+        // plain expression tests/integration/observability.rs can evaluate.
         let parsed = parse_promql(expr).unwrap_or_else(|e| panic!("{name}: {e}"));
         for signal in alert_signals(&parsed) {
             let names = metric_names(&signal).unwrap_or_else(|e| panic!("{name}: signal `{signal}`: {e}"));

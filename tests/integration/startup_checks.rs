@@ -2,7 +2,7 @@
 //! drop checkpoints and epoch counters (keys without a TTL), and a region
 //! that another deployment's pipeline already writes.
 
-mod common;
+use crate::common;
 
 use common::redis_cluster::RedisCluster;
 use regionflow::config::Settings;

@@ -11,7 +11,7 @@
 //! Needs `redis-server`/`redis-cli` (Redis 7) on PATH; on Debian run
 //! `scripts/setup-test-deps.sh`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;

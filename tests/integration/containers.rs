@@ -1,5 +1,5 @@
 //! The optional container lane: the end-to-end scenario of
-//! tests/end_to_end.rs (tests/common/scenario.rs: produce a data set, run
+//! tests/integration/end_to_end.rs (tests/common/scenario.rs: produce a data set, run
 //! the connector, compare every region entry with the independent
 //! reference) against the official images instead of local processes:
 //! Apache Kafka (`apache/kafka`, one KRaft node) and a Redis Cluster of six
@@ -13,7 +13,7 @@
 //! with `--nocapture`) and passes, so the default suite never needs Docker:
 //!
 //! ```sh
-//! cargo test --test containers -- --nocapture
+//! cargo test --test integration -- containers:: --nocapture
 //! ```
 //!
 //! Why the ports look the way they do: Kafka brokers and Redis Cluster
@@ -30,7 +30,7 @@
 //! testcontainers is built without TLS, so `DOCKER_TLS_VERIFY` engines are
 //! not supported.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -223,8 +223,8 @@ async fn official_kafka_and_redis_images_regions_equal_reference_skipped_without
         Ok(engine) => engine,
         Err(why) => {
             eprintln!(
-                "SKIPPED: container lane (tests/containers.rs) not run: no Docker engine answered: {why}. \
-                 Start one (or set DOCKER_HOST) and run `cargo test --test containers -- --nocapture`."
+                "SKIPPED: container lane (tests/integration/containers.rs) not run: no Docker engine answered: {why}. \
+                 Start one (or set DOCKER_HOST) and run `cargo test --test integration -- containers:: --nocapture`."
             );
             return;
         }

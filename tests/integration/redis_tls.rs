@@ -6,7 +6,7 @@
 //! plain-text `redis://` client on the TLS ports, and a standalone
 //! (non-cluster) Redis.
 
-mod common;
+use crate::common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -13,7 +13,7 @@
 //! (librdkafka: "broker responded with unknown-user"), and its OAUTHBEARER
 //! has no token validator ("NoCallback OAuthBearerValidate").
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

@@ -6,7 +6,7 @@
 //! partition with a new epoch until it passes the entries', and the region
 //! ends up exact.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

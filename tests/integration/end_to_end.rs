@@ -6,10 +6,10 @@
 //! from the Kafka key (the order), so entries merge partials of several
 //! partitions; then the connector's metrics are checked against the data
 //! (records in, late records, bytes out, consumer lag back at 0). The
-//! scenario lives in tests/common/scenario.rs; tests/containers.rs runs it
+//! scenario lives in tests/common/scenario.rs; tests/integration/containers.rs runs it
 //! against the official Apache Kafka and Redis images.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! survives losing a primary, and that coexists with other clusters started
 //! at the same time.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::error::Error;

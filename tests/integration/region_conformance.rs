@@ -10,7 +10,7 @@
 //! newer epoch, which must still fence the older owner). The seed is
 //! printed; `REGIONFLOW_CONFORMANCE_SEED` reruns one.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
