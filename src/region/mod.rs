@@ -10,6 +10,7 @@
 //! The folder is named after the project's word for a result sink (a region,
 //! as in Apache Geode); everything Redis-specific lives in `redis/`.
 
+pub mod change;
 mod entry;
 mod memory;
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+pub use change::{Change, ChangeFormat, ChangeOp, JsonChanges};
 pub use entry::{partial_field, KeyTemplate};
 pub use memory::{Fields, MemoryRegion};
 
