@@ -73,6 +73,7 @@ pub fn region_layout(key_prefix: &str, config: &PipelineConfig) -> RegionLayout 
     let region = &config.region;
     let template = KeyTemplate::parse(&region.key).expect("validated at configuration load");
     RegionLayout::new(key_prefix, &region.name, template, region.ttl, region.ttl_from)
+        .with_changes(region.changes.as_ref().map(|changes| changes.mode))
 }
 
 pub fn task_policy(settings: &Settings, config: &PipelineConfig) -> TaskPolicy {

@@ -9,7 +9,9 @@
 //! chaos_plan.rs). Meanwhile a reader samples the region and checks that
 //! no value goes backwards (tests/common/region_watch.rs says exactly
 //! what and why). Once every fault is healed, the region must equal the
-//! reference computed from the records as the broker stored them.
+//! reference computed from the records as the broker stored them, and the
+//! region's change feed (mode `every` or `final`, drawn too) must end as
+//! the region (tests/common/change_feed.rs).
 //!
 //! - `cargo test --test integration -- chaos::`: the fixed CI seeds ([`CI_SEEDS`]).
 //! - `REGIONFLOW_CHAOS_SEED=N`: seed N only (printed by every run).
@@ -33,6 +35,7 @@ use rand::{Rng, SeedableRng};
 use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 
+use common::change_feed;
 use common::chaos_plan::{Fault, Late, Plan, WindowKind, BROKER_ERRORS};
 use common::connector::Connector;
 use common::kafka::Kafka;
@@ -287,7 +290,8 @@ async fn run(plan: &Plan) -> Outcome {
     let cluster = tokio::task::block_in_place(RedisCluster::start);
     let ports = redis_faults::ports(&cluster);
     let dlq = format!("{topic}-dlq");
-    let kafka = Kafka::start(&[(topic, PARTITIONS), (dlq.as_str(), 1)]);
+    let changes = format!("{topic}-changes");
+    let kafka = Kafka::start(&[(topic, PARTITIONS), (dlq.as_str(), 1), (changes.as_str(), PARTITIONS)]);
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_config(plan, dir.path(), &kafka.brokers, &cluster);
     let watch = RegionWatch::start(ports.clone(), format!("rf:{topic}_chaos:*"), plan.window == WindowKind::Session);
@@ -435,8 +439,43 @@ async fn run(plan: &Plan) -> Outcome {
         "chaos seed {seed}: the reader could not read the region once ({} samples)",
         report.samples
     );
+    check_change_feed(plan, &kafka, &ports);
     drop(restarted);
     Outcome { samples: report.samples, discarded: report.discarded, unexpected_exits: fleet.unexpected_exits }
+}
+
+/// The change feed, once the region is final: the latest version of every
+/// entry equals the region (so no entry's final value is missing from the
+/// feed), and duplicates (republished by a partition's next owner) carry
+/// the same change under the same version.
+fn check_change_feed(plan: &Plan, kafka: &Kafka, ports: &[u16]) {
+    let seed = plan.seed;
+    let region = format!("{}_chaos", plan.topic());
+    let topic = format!("{}-changes", plan.topic());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let messages = tokio::task::block_in_place(|| {
+            change_feed::read_to_end(&kafka.brokers, &topic, PARTITIONS, Duration::from_secs(60))
+        });
+        let feed = change_feed::parse(&messages, &region);
+        let duplicates = change_feed::conflicting_duplicates(&feed);
+        assert!(duplicates.is_empty(), "chaos seed {seed}: one version, two changes: {duplicates:?}\nplan: {plan}");
+        let snapshot = tokio::task::block_in_place(|| region_watch::snapshot(ports, &format!("rf:{region}:*")))
+            .unwrap_or_else(|e| panic!("chaos seed {seed}: region unreadable: {e}"));
+        let problems = change_feed::differences_from_region(&feed, &snapshot);
+        if problems.is_empty() {
+            eprintln!("chaos seed {seed}: the change feed's {} changes end as the region", feed.len());
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chaos seed {seed}: the change feed's latest versions differ from the region 30 s after it was final: \
+             {} entries, e.g. {:?}\nplan: {plan}\nrerun: REGIONFLOW_CHAOS_SEED={seed}",
+            problems.len(),
+            &problems[..problems.len().min(8)]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Runs each seed on a fresh runtime, catching failures so that a search

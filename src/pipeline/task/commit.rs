@@ -1,6 +1,7 @@
 //! Flushes and checkpoints: pending results become entry writes to the
-//! region, dead letters go to their topic, and a checkpoint is stored only
-//! after both are acknowledged (and replicated, when the region asks).
+//! region, dead letters go to their topic, the region's changes to the change
+//! feed, and a checkpoint is stored only after all three are acknowledged
+//! (and the writes replicated, when the region asks).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -9,9 +10,10 @@ use futures::future::try_join_all;
 
 use super::{Ownership, PartitionTask, TaskError};
 use crate::checkpoint::{state, Checkpoint, CheckpointError, CommitOutcome, Replication};
+use crate::kafka::changes;
 use crate::kafka::dead_letter::Origin;
 use crate::metrics::CheckpointOutcome;
-use crate::region::{EntryWrite, WriteMode};
+use crate::region::{Change, EntryWrite, WriteMode};
 use crate::window::ResultKind;
 
 impl PartitionTask {
@@ -29,6 +31,9 @@ impl PartitionTask {
                 source,
             })?;
             self.pipeline.metrics.region_writes(outcome.applied, outcome.fenced, outcome.stale, outcome.bytes);
+            // Even when fenced: what was applied is in Redis, and a change
+            // published twice carries the same version.
+            self.publish(&outcome.changes).await?;
             if outcome.fenced > 0 {
                 tracing::warn!(
                     epoch = self.epoch,
@@ -49,6 +54,8 @@ impl PartitionTask {
         if self.flush().await? == Ownership::Fenced {
             return Ok(Ownership::Fenced);
         }
+        // No checkpoint covers a change Kafka has not acknowledged.
+        self.settle_changes().await?;
         let Some(offset) = self.next_offset else { return Ok(Ownership::Owner) };
         self.last_checkpoint = Instant::now();
         if !self.changed_since_checkpoint {
@@ -96,6 +103,53 @@ impl PartitionTask {
                 Err(TaskError::Checkpoint { task: self.id.clone(), source })
             }
         }
+    }
+
+    /// Queues changes on the change feed; their deliveries are awaited
+    /// before the next checkpoint ([`Self::settle_changes`]).
+    async fn publish(&mut self, changes: &[Change]) -> Result<(), TaskError> {
+        let Some(feed) = self.pipeline.changes.clone() else { return Ok(()) };
+        for change in changes {
+            loop {
+                match feed.enqueue(change) {
+                    Ok(delivery) => {
+                        self.publishing.push(delivery);
+                        self.pipeline.metrics.changes_enqueued(1);
+                        break;
+                    }
+                    Err(e) if changes::is_queue_full(&e) => {
+                        // Wait for our own deliveries, or, when other tasks
+                        // filled the queue, a moment.
+                        self.pipeline.metrics.change_publish_retried();
+                        if self.publishing.is_empty() {
+                            tokio::time::sleep(changes::QUEUE_FULL_BACKOFF).await;
+                        }
+                        self.settle_changes().await?;
+                    }
+                    Err(e) => return Err(self.change_feed_error(feed.topic(), &e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Awaits every queued change's acknowledgement.
+    async fn settle_changes(&mut self) -> Result<(), TaskError> {
+        if self.publishing.is_empty() {
+            return Ok(());
+        }
+        let deliveries = std::mem::take(&mut self.publishing);
+        let settled = deliveries.len() as u64;
+        let (acknowledged, result) = changes::settle(deliveries).await;
+        self.pipeline.metrics.changes_settled(settled, acknowledged);
+        result.map_err(|e| {
+            let topic = self.pipeline.changes.as_ref().map_or("", |feed| feed.topic());
+            self.change_feed_error(topic, &e)
+        })
+    }
+
+    fn change_feed_error(&self, topic: &str, e: &rdkafka::error::KafkaError) -> TaskError {
+        TaskError::ChangeFeed { task: self.id.clone(), topic: topic.to_string(), message: e.to_string() }
     }
 
     /// The flush's writes, grouped by entry with each entry's writes in

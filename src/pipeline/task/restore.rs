@@ -80,6 +80,7 @@ impl PartitionTask {
             epoch,
             pending: Vec::new(),
             dead_letters: Vec::new(),
+            publishing: Vec::new(),
             next_offset: seek_to,
             source,
             metrics,
