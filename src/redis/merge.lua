@@ -85,13 +85,15 @@ Versions (ARGV[11] `v` or `c`): the hidden field `_v` counts the changes
 applied to the entry. Every write that returns 1 or 2 raises it by one,
 atomically with the change; a deletion's version is the one after the last
 (the key, and with it `_v`, is gone: a re-created entry starts again at 1).
+A retraction from an entry that does not exist returns 2 and is no change.
 
 Replies: -1, 0, 1 or 2 as above. With `c`, a write that returns 1 or 2, and
 a stale replay (0, so that a change whose publication was lost is published
 again by whoever replays it), reply with an array instead:
 {status, version, field, value, ...}: the public fields as the entry now
 holds them (window_start, window_end, then the aggregates present, in spec
-order), none after a deletion. A fenced write (-1) is always an integer.
+order), none after a deletion. A fenced write (-1), and a retraction from
+an entry that does not exist (2), are always integers.
 
 Malformed arguments or stored partials are refused with an error reply
 starting `ERR merge script:`, before anything is written. The script only
@@ -672,7 +674,10 @@ local function main(KEYS, ARGV)
   end
   if #names == 0 then
     redis.call('DEL', key)
-    if capture == 'c' then
+    -- Retracting from an entry that does not exist changes nothing: no
+    -- version, no change (a replayed retraction must not publish a second,
+    -- different change under an entry's first version).
+    if capture == 'c' and #hash > 0 then
       return { 2, version + 1 }
     end
     return 2

@@ -74,6 +74,7 @@ impl MemoryRegion {
                 self.aggregates.len()
             )));
         }
+        let existed = state.entries.contains_key(&write.key);
         let partials = state.entries.entry(write.key.clone()).or_default();
         if let Some(current) = partials.get_mut(&*write.field) {
             if current.epoch > write.epoch {
@@ -113,7 +114,9 @@ impl MemoryRegion {
             state.entries.remove(&write.key);
             state.public.remove(&write.key);
             state.versions.remove(&write.key);
-            return Ok((2, change(write, version, ChangeOp::Delete, Fields::new())));
+            // Retracting from an entry that does not exist changes nothing.
+            let deleted = existed.then(|| change(write, version, ChangeOp::Delete, Fields::new())).flatten();
+            return Ok((2, deleted));
         }
         // In field-name order from the first partial, as merge.lua does.
         let mut merged = partials.values();

@@ -16,6 +16,10 @@ pub struct WindowSpec {
     pub kind: WindowKind,
     pub allowed_lateness: Millis,
     pub functions: Vec<AggregateFunction>,
+    /// Fire a final result for every key of a closing window, also when
+    /// its last update already holds that value (emit mode `updates`): a
+    /// change feed in `final` mode publishes only what finals write.
+    pub fire_unchanged: bool,
 }
 
 /// Whether a record found a window still kept for it.
@@ -46,6 +50,11 @@ impl WindowOperator {
             WindowKind::Sliding { size, slide } => State::Fixed(FixedWindows::new(size, slide, &spec.functions)),
             WindowKind::Session { gap } => State::Session(SessionWindows::new(gap)),
         };
+        let mut state = state;
+        match &mut state {
+            State::Fixed(f) => f.fire_unchanged = spec.fire_unchanged,
+            State::Session(s) => s.fire_unchanged = spec.fire_unchanged,
+        }
         WindowOperator { spec, state, results: Vec::new() }
     }
 

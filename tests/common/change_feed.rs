@@ -120,6 +120,28 @@ pub fn conflicting_duplicates(changes: &[FeedChange]) -> Vec<String> {
     problems
 }
 
+/// Entries whose versions go backwards within their feed partition (in
+/// offset order): a repeat of the latest version is a duplicate, not a
+/// regression.
+pub fn out_of_order(changes: &[FeedChange]) -> Vec<String> {
+    let mut sorted: Vec<&FeedChange> = changes.iter().collect();
+    sorted.sort_by_key(|c| (c.partition, c.offset));
+    let mut last: BTreeMap<&str, &FeedChange> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for c in sorted {
+        if let Some(before) = last.insert(&c.entry, c) {
+            if c.version < before.version {
+                problems.push(format!(
+                    "{}: version {} at {}@{} after version {} at {}@{}",
+                    c.entry, c.version, c.partition, c.offset, before.version, before.partition, before.offset
+                ));
+                last.insert(&c.entry, before);
+            }
+        }
+    }
+    problems
+}
+
 /// The highest version of every entry.
 pub fn latest(changes: &[FeedChange]) -> BTreeMap<String, FeedChange> {
     let mut out: BTreeMap<String, FeedChange> = BTreeMap::new();

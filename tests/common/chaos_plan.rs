@@ -64,6 +64,12 @@ pub enum Fault {
     ClientKill,
     /// Request errors from the mock brokers (an index into [`BROKER_ERRORS`]).
     BrokerErrors(usize),
+    /// Produce requests fail (retriably) for a while, so changes reach
+    /// Redis but not the change feed; then SIGKILL a connector holding
+    /// unacknowledged changes and start a replacement. Not drawn by seeds
+    /// (that would change every seed's schedule): tests/integration/
+    /// change_feed.rs names it.
+    KillWhilePublishing,
 }
 
 impl Fault {
@@ -276,6 +282,7 @@ impl fmt::Display for Fault {
                 let (api, err, n) = BROKER_ERRORS[*i];
                 write!(f, "{n} x {err:?} on {api:?}")
             }
+            Fault::KillWhilePublishing => write!(f, "stall the change feed, SIGKILL a connector, start a replacement"),
         }
     }
 }

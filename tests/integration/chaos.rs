@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::FutureRecord;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::Message;
 
 use common::change_feed;
@@ -58,6 +59,8 @@ const PER_SECOND: usize = 1_000;
 const DISORDER_MS: i64 = 300;
 const BASE_TS: i64 = 1_700_000_000_000;
 const MAX_CONNECTORS: usize = 4;
+/// A retriable produce error: librdkafka retries until it clears.
+const NOT_LEADER: RDKafkaRespErr = RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION;
 
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
@@ -275,7 +278,7 @@ shutdown_timeout = "10s"
 }
 
 /// What a passing run saw, for the summary line.
-struct Outcome {
+pub(crate) struct Outcome {
     samples: usize,
     discarded: usize,
     unexpected_exits: Vec<String>,
@@ -283,7 +286,7 @@ struct Outcome {
 
 /// Carries out `plan` and checks the region; panics (naming the seed) on
 /// any difference.
-async fn run(plan: &Plan) -> Outcome {
+pub(crate) async fn run(plan: &Plan) -> Outcome {
     let seed = plan.seed;
     let topic = plan.topic();
     common::init_logging();
@@ -363,6 +366,27 @@ async fn run(plan: &Plan) -> Outcome {
             Fault::BrokerErrors(e) => {
                 let (api, err, n) = BROKER_ERRORS[*e];
                 kafka.cluster.request_errors(api, &vec![err; n]);
+            }
+            Fault::KillWhilePublishing => {
+                kafka.cluster.request_errors(RDKafkaApiKey::Produce, &[NOT_LEADER; 100_000]);
+                // Until a connector holds changes that are in Redis and not
+                // acknowledged by Kafka (the feed's pending gauge says so).
+                let waited = Instant::now();
+                let holding = loop {
+                    let holding =
+                        fleet.running.iter().position(|c| c.metric("regionflow_change_feed_pending", &[]) > 0.0);
+                    if holding.is_some() || waited.elapsed() > Duration::from_secs(20) {
+                        break holding;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                let i = holding.unwrap_or_else(|| panic!("chaos seed {seed}: no connector held unpublished changes"));
+                let mut c = fleet.running.remove(i);
+                eprintln!("chaos seed {seed}: {} holds unpublished changes; SIGKILL", c.name);
+                c.kill();
+                fleet.stopped.push(c);
+                kafka.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+                fleet.start_one();
             }
         }
     }
@@ -447,7 +471,9 @@ async fn run(plan: &Plan) -> Outcome {
 /// The change feed, once the region is final: the latest version of every
 /// entry equals the region (so no entry's final value is missing from the
 /// feed), and duplicates (republished by a partition's next owner) carry
-/// the same change under the same version.
+/// the same change under the same version. (A feed in `final` mode over
+/// `emit = updates` gets the last windows once the idle timeout closes
+/// them, after the region already holds their values as updates.)
 fn check_change_feed(plan: &Plan, kafka: &Kafka, ports: &[u16]) {
     let seed = plan.seed;
     let region = format!("{}_chaos", plan.topic());
@@ -462,7 +488,12 @@ fn check_change_feed(plan: &Plan, kafka: &Kafka, ports: &[u16]) {
         assert!(duplicates.is_empty(), "chaos seed {seed}: one version, two changes: {duplicates:?}\nplan: {plan}");
         let snapshot = tokio::task::block_in_place(|| region_watch::snapshot(ports, &format!("rf:{region}:*")))
             .unwrap_or_else(|e| panic!("chaos seed {seed}: region unreadable: {e}"));
-        let problems = change_feed::differences_from_region(&feed, &snapshot);
+        let mut problems = change_feed::differences_from_region(&feed, &snapshot);
+        if plan.window == WindowKind::Session {
+            // One source partition writes each session entry: its versions
+            // reach the feed in order.
+            problems.extend(change_feed::out_of_order(&feed));
+        }
         if problems.is_empty() {
             eprintln!("chaos seed {seed}: the change feed's {} changes end as the region", feed.len());
             return;

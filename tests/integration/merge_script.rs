@@ -1259,6 +1259,8 @@ fn captured_changes_carry_versions_and_the_public_fields() {
     assert_eq!(change(entry.capture(con, &Write::retract("_p:orders:1", 1, 9), "c")), (1, 5, public("1", "2.5")));
     assert_eq!(change(entry.capture(con, &Write::retract("_p:orders:0", 2, 9), "c")), (2, 6, BTreeMap::new()));
     assert!(!entry.exists(con));
+    // Retracting again, from no entry: no change to publish.
+    assert_eq!(entry.capture(con, &Write::retract("_p:orders:0", 2, 10), "c"), Value::Int(2));
     // No capture: no version kept.
     assert_eq!(entry.capture(con, &first, ""), Value::Int(1));
     assert!(!entry.hgetall(con).contains_key("_v"));
