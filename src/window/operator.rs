@@ -9,7 +9,7 @@ use crate::time::Millis;
 
 use super::fixed::FixedWindows;
 use super::session::SessionWindows;
-use super::{Accumulator, AggregateFunction, Event, OperatorSnapshot, ResultKind, WindowKind, WindowResult};
+use super::{Accumulator, AggregateFunction, Event, OperatorSnapshot, ResultKind, Window, WindowKind, WindowResult};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowSpec {
@@ -159,6 +159,17 @@ impl WindowOperator {
     /// under another.
     pub fn fingerprint(&self) -> String {
         format!("{:?}/{:?}", self.spec.kind, self.spec.functions)
+    }
+
+    /// Marks the session of `key` with exactly `window`, when held, as
+    /// written to the region (a predecessor wrote it), so that a merge
+    /// that changes its bounds retracts it. False when no such session is
+    /// held (or the windows are not sessions).
+    pub fn mark_session_written(&mut self, key: &str, window: Window) -> bool {
+        match &mut self.state {
+            State::Fixed(_) => false,
+            State::Session(s) => s.mark_written(key, window),
+        }
     }
 
     /// Open (key, window) pairs held in state. For fixed windows, (key,

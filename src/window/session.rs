@@ -174,6 +174,14 @@ impl SessionWindows {
         }
     }
 
+    pub(super) fn mark_written(&mut self, key: &str, window: Window) -> bool {
+        let Some(session) = self.sessions.get_mut(key).and_then(|s| s.iter_mut().find(|s| s.window == window)) else {
+            return false;
+        };
+        session.emitted = true;
+        true
+    }
+
     /// Final results left out since the last call because the region held
     /// them already (the count for the `windows fired` metric).
     pub(super) fn take_unchanged(&mut self) -> u64 {

@@ -55,14 +55,13 @@ fn session_every_change_survives_a_kill_while_publishing() {
     run(&plan(WindowKind::Session, false, false));
 }
 
-/// The same kill on sessions with emit mode `updates` leaves intermediate
-/// sessions in the region: the dead connector wrote running values of
-/// sessions after its last checkpoint, and its successor's replay, whose
-/// update ticks fall elsewhere, never writes (so never retracts) those
-/// keys. The region bug of issue 11 (seed 929730), which this fault
-/// reproduces every time; the feed itself ends as the region does.
+/// The same kill on sessions with emit mode `updates`: the dead connector
+/// wrote running values of sessions after its last checkpoint, and its
+/// successor's replay, whose update ticks fall elsewhere, never writes
+/// those keys. Before the session ledger (src/pipeline/task/ledger.rs)
+/// they stayed in the region for good (issue 11, seed 929730); this fault
+/// reproduced it every time.
 #[test]
-#[ignore = "known bug (issue 11): a replay does not retract session updates its predecessor wrote after its checkpoint"]
 fn session_updates_a_kill_while_publishing_leaves_no_orphaned_session() {
     run(&plan(WindowKind::Session, true, false));
 }

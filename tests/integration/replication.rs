@@ -256,7 +256,8 @@ region = {{ name = "events", redundancy = 1 }}
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let checkpoint = Checkpoint { epoch, offset: 2, watermark: 0, state: vec![1, 2, 3], written_at: T0 };
+    let checkpoint =
+        Checkpoint { epoch, offset: 2, watermark: 0, state: vec![1, 2, 3], written_at: T0, carried: Vec::new() };
     let refused = store.commit(&task, &checkpoint, Replication { replicas: 1 }).await;
     signal("-CONT");
     assert!(

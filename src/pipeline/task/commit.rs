@@ -21,10 +21,15 @@ impl PartitionTask {
     pub(super) async fn flush(&mut self) -> Result<Ownership, TaskError> {
         let started = Instant::now();
         self.send_dead_letters().await?;
+        self.resolve_inherited();
         let mut ownership = Ownership::Owner;
         if !self.pending.is_empty() {
             self.changed_since_checkpoint = true;
             let writes = self.entry_writes();
+            if self.record(&writes).await? == Ownership::Fenced {
+                tracing::warn!(epoch = self.epoch, "recording writes fenced: a newer owner holds this partition");
+                return Ok(Ownership::Fenced);
+            }
             let outcome = self.pipeline.region.write(&writes).await.map_err(|source| TaskError::Region {
                 topic: self.topic.to_string(),
                 partition: self.partition,
@@ -74,6 +79,7 @@ impl PartitionTask {
             watermark: self.watermark.current(),
             state,
             written_at: self.pipeline.clock.wall(),
+            carried: self.ledger.as_ref().map(|ledger| ledger.carried()).unwrap_or_default(),
         };
         let replication = Replication { replicas: self.pipeline.policy.redundancy };
         let m = &self.pipeline.metrics;
@@ -82,6 +88,9 @@ impl PartitionTask {
                 m.checkpoint_stored(started.elapsed(), checkpoint.state.len());
                 self.metrics.checkpoint_age.set(0.0);
                 self.changed_since_checkpoint = false;
+                if let Some(ledger) = &mut self.ledger {
+                    ledger.checkpointed();
+                }
                 (self.source.commit)(offset);
                 Ok(Ownership::Owner)
             }

@@ -28,6 +28,7 @@
 //! last checkpoint cannot be verified.
 
 mod commit;
+mod ledger;
 mod process;
 mod restore;
 
@@ -160,6 +161,9 @@ pub struct PartitionTask {
     dead_letters: Vec<DeadLetter>,
     /// Changes queued on the change feed, not yet acknowledged.
     publishing: Vec<Delivery>,
+    /// Session pipelines: entries written since the last checkpoint, and a
+    /// predecessor's to resolve ([`ledger`]).
+    ledger: Option<ledger::Ledger>,
     next_offset: Option<i64>,
     source: PartitionSource,
     metrics: PartitionMetrics,
