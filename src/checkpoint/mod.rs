@@ -134,6 +134,15 @@ pub trait CheckpointStore: Send + Sync {
     fn recorded_writes<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<Vec<RecordedWrite>, CheckpointError>>;
 
     /// Waits until `replication.replicas` replicas acknowledged the writes
+    /// made so far, with the errors of [`CheckpointStore::commit`], without
+    /// storing anything (the change feed publishes after it).
+    fn confirm_replication<'a>(
+        &'a self,
+        task: &'a TaskId,
+        replication: Replication,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>>;
+
+    /// Waits until `replication.replicas` replicas acknowledged the writes
     /// made so far, on the connection they were made on (else
     /// [`CheckpointError::ReplicationUnverifiable`]), then stores the
     /// checkpoint unless a newer epoch exists, replacing the recorded

@@ -169,7 +169,42 @@ fn parse(task: &TaskId, mut fields: HashMap<String, Vec<u8>>) -> Result<Checkpoi
     Ok(Checkpoint { epoch, offset, watermark, state, written_at, carried: Vec::new() })
 }
 
+impl RedisCheckpointStore {
+    /// The primaries' identities and offsets once `replication.replicas`
+    /// replicas hold the task's writes (`None` when none are asked for).
+    async fn confirm(&self, task: &TaskId, replication: Replication) -> Result<Option<Snapshot>, CheckpointError> {
+        let replicas = replication.replicas;
+        if replicas == 0 {
+            return Ok(None);
+        }
+        let before = self.snapshots.lock().expect("snapshots lock").get(task).cloned();
+        let Some(before) = before else {
+            return Err(CheckpointError::ReplicationUnverifiable);
+        };
+        let started = std::time::Instant::now();
+        match replication::confirm(&self.connection, &before, replicas, self.replica_timeout).await {
+            Ok(now) => Ok(Some(now)),
+            Err(Unconfirmed::Changed) => Err(CheckpointError::ReplicationUnverifiable),
+            Err(Unconfirmed::Behind { acked }) => {
+                Err(CheckpointError::NotReplicated { acked, wanted: replicas, timeout: self.replica_timeout })
+            }
+            Err(Unconfirmed::Unavailable(message)) => {
+                tracing::debug!(took = ?started.elapsed(), "replication state unreadable");
+                Err(CheckpointError::ReplicationUnknown { message })
+            }
+        }
+    }
+}
+
 impl CheckpointStore for RedisCheckpointStore {
+    fn confirm_replication<'a>(
+        &'a self,
+        task: &'a TaskId,
+        replication: Replication,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>> {
+        async move { self.confirm(task, replication).await.map(|_| ()) }.boxed()
+    }
+
     fn acquire<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<u64, CheckpointError>> {
         async move {
             let key = self.epoch_key(task);
@@ -223,30 +258,7 @@ impl CheckpointStore for RedisCheckpointStore {
         replication: Replication,
     ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>> {
         async move {
-            let replicas = replication.replicas;
-            let mut confirmed = None;
-            if replicas > 0 {
-                let before = self.snapshots.lock().expect("snapshots lock").get(task).cloned();
-                let Some(before) = before else {
-                    return Err(CheckpointError::ReplicationUnverifiable);
-                };
-                let started = std::time::Instant::now();
-                match replication::confirm(&self.connection, &before, replicas, self.replica_timeout).await {
-                    Ok(now) => confirmed = Some(now),
-                    Err(Unconfirmed::Changed) => return Err(CheckpointError::ReplicationUnverifiable),
-                    Err(Unconfirmed::Behind { acked }) => {
-                        return Err(CheckpointError::NotReplicated {
-                            acked,
-                            wanted: replicas,
-                            timeout: self.replica_timeout,
-                        })
-                    }
-                    Err(Unconfirmed::Unavailable(message)) => {
-                        tracing::debug!(took = ?started.elapsed(), "replication state unreadable");
-                        return Err(CheckpointError::ReplicationUnknown { message });
-                    }
-                }
-            }
+            let confirmed = self.confirm(task, replication).await?;
             let (epoch_key, checkpoint_key) = (self.epoch_key(task), self.checkpoint_key(task));
             let recorded_key = self.recorded_key(task);
             let (stored, _) = self

@@ -84,8 +84,10 @@ Rules, in this order:
 Versions (ARGV[11] `v` or `c`): the hidden field `_v` counts the changes
 applied to the entry. Every write that returns 1 or 2 raises it by one,
 atomically with the change; a deletion's version is the one after the last
-(the key, and with it `_v`, is gone: a re-created entry starts again at 1).
-A retraction from an entry that does not exist returns 2 and is no change.
+(the public fields and partials are gone; `_v` stays as a tombstone for a
+day, so a re-created entry continues the count and a retraction replayed on
+the tombstone republishes the deletion under the next version). A
+retraction from nothing (no entry, no tombstone) returns 2 and is no change.
 
 Replies: -1, 0, 1 or 2 as above. With `c`, a write that returns 1 or 2, and
 a stale replay (0, so that a change whose publication was lost is published
@@ -93,7 +95,7 @@ again by whoever replays it), reply with an array instead:
 {status, version, field, value, ...}: the public fields as the entry now
 holds them (window_start, window_end, then the aggregates present, in spec
 order), none after a deletion. A fenced write (-1), and a retraction from
-an entry that does not exist (2), are always integers.
+nothing (2), are always integers.
 
 Malformed arguments or stored partials are refused with an error reply
 starting `ERR merge script:`, before anything is written. The script only
@@ -579,6 +581,8 @@ local MODES = { r = true, m = true, d = true }
 local TTL_MODES = { n = true, r = true, a = true }
 local CAPTURES = { [''] = true, v = true, c = true }
 local VERSION_FIELD = '_v'
+-- How long a deleted entry's version outlives it (one day).
+local TOMBSTONE_MS = 86400000
 
 -- The reply for a change under capture `c`: status, version, then the
 -- public fields of `set` (HSET arguments after the key) or of the stored
@@ -674,11 +678,18 @@ local function main(KEYS, ARGV)
   end
   if #names == 0 then
     redis.call('DEL', key)
-    -- Retracting from an entry that does not exist changes nothing: no
-    -- version, no change (a replayed retraction must not publish a second,
-    -- different change under an entry's first version).
-    if capture == 'c' and #hash > 0 then
-      return { 2, version + 1 }
+    -- Under capture, a deleted entry leaves a tombstone: only its version,
+    -- for TOMBSTONE_MS, so that a re-created entry continues its versions
+    -- and a replayed retraction republishes the deletion (whose first
+    -- publication may have been lost) under a newer version. Retracting
+    -- from nothing (no entry, no tombstone) changes nothing.
+    if capture ~= '' and #hash > 0 then
+      version = version + 1
+      redis.call('HSET', key, VERSION_FIELD, string.format('%d', version))
+      redis.call('PEXPIRE', key, TOMBSTONE_MS)
+      if capture == 'c' then
+        return { 2, version }
+      end
     end
     return 2
   end
@@ -717,11 +728,13 @@ local function main(KEYS, ARGV)
     redis.call('HDEL', unpack(absent))
   end
 
-  -- 6: expiry
+  -- 6: expiry (an entry re-created over a tombstone loses its expiry)
   if ttl_mode == 'r' then
     redis.call('PEXPIRE', key, ttl)
   elseif ttl_mode == 'a' then
     redis.call('PEXPIREAT', key, ttl)
+  elseif #hash == 2 and hash[1] == VERSION_FIELD then
+    redis.call('PERSIST', key)
   end
   if capture == 'c' then
     return change_reply(1, version, set, 2)

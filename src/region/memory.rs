@@ -74,7 +74,8 @@ impl MemoryRegion {
                 self.aggregates.len()
             )));
         }
-        let existed = state.entries.contains_key(&write.key);
+        // An entry, or (under a change capture) a deleted entry's version.
+        let existed = state.entries.contains_key(&write.key) || state.versions.contains_key(&write.key);
         let partials = state.entries.entry(write.key.clone()).or_default();
         if let Some(current) = partials.get_mut(&*write.field) {
             if current.epoch > write.epoch {
@@ -113,10 +114,13 @@ impl MemoryRegion {
         if partials.is_empty() {
             state.entries.remove(&write.key);
             state.public.remove(&write.key);
-            state.versions.remove(&write.key);
-            // Retracting from an entry that does not exist changes nothing.
-            let deleted = existed.then(|| change(write, version, ChangeOp::Delete, Fields::new())).flatten();
-            return Ok((2, deleted));
+            // The version stays as a tombstone (expiry aside, as merge.lua
+            // keeps it); retracting from nothing changes nothing.
+            if !existed || write.capture == Capture::None {
+                return Ok((2, None));
+            }
+            state.versions.insert(write.key.clone(), version);
+            return Ok((2, change(write, version, ChangeOp::Delete, Fields::new())));
         }
         // In field-name order from the first partial, as merge.lua does.
         let mut merged = partials.values();

@@ -589,7 +589,7 @@ fn ci_seeds_cover_every_window_kind() {
 #[test]
 fn seed_19_a_pause_past_the_idle_timeout_loses_nothing() {
     // Seed 19's pause, on tumbling windows, without the session-specific
-    // bug the same pause exposes (see the ignored test below). This variant
+    // bug the same pause exposed (the session test below). This variant
     // passes with or without the statistics-freshness fix: it guards the
     // scenario, it does not reproduce the late drops seed 19 first showed.
     let mut plan = Plan::from_seed(19, true).only_steps(&[2]);
@@ -601,13 +601,13 @@ fn seed_19_a_pause_past_the_idle_timeout_loses_nothing() {
 }
 
 /// Seed 19 as found, on session windows: after the frozen connector wakes
-/// as a zombie (its session timed out, its partitions moved), it writes
+/// as a zombie (its session timed out, its partitions moved), it wrote
 /// session entries under keys its successor never writes (a session's
-/// bounds are in its key). Fencing is per entry, so a write to a new entry
-/// is not fenced, and no one retracts it. Needs fencing against the
-/// partition's epoch counter for new entries (open in issue 11).
+/// bounds are in its key), and fencing per entry cannot refuse a write to
+/// a new entry. Fixed by the session ledger: a session task records its
+/// entries under the partition's epoch before writing them, so the
+/// zombie's record is refused and it writes nothing.
 #[test]
-#[ignore = "known bug: a zombie's session entries under new keys are not fenced (seed 19 on sessions); open in issue 11"]
 fn seed_19_sessions_a_zombie_writes_no_entry_its_successor_does_not() {
     let mut plan = Plan::from_seed(19, true).only_steps(&[2]);
     plan.steps[0].fault = Fault::Pause(Duration::from_millis(common::chaos_plan::IDLE_TIMEOUT_MS + 2_000));
@@ -636,18 +636,19 @@ fn seed_323466_a_forced_failover_stops_no_connector() {
     );
 }
 
-/// A bug found by seed 929730 (session windows, emit updates, redundancy 1;
-/// its schedule: OffsetFetch errors, a connector SIGKILLed, a scale-out, a
+/// Found by seed 929730 (session windows, emit updates, redundancy 1; its
+/// schedule: OffsetFetch errors, a connector SIGKILLed, a scale-out, a
 /// Redis primary killed without waiting): once healed, the region still
-/// held 17 session entries the reference does not have, intermediate
-/// sessions that should have been retracted (several from the first
-/// second of event time, long before the primary died). Not yet shrunk
-/// (`REGIONFLOW_CHAOS_STEPS`) or explained; the schedule has no CLIENT
-/// KILL, so it is not issue 11's hole 4. Reported as ignored until fixed;
-/// `cargo test --test integration -- chaos:: --ignored` runs it.
+/// held 17 intermediate session entries the reference does not have. The
+/// SIGKILLed connector had written running values of sessions after its
+/// last checkpoint, and its successor's replay, with its update ticks
+/// elsewhere, never wrote those keys, so never retracted them. Fixed by
+/// the session ledger (src/pipeline/task/ledger.rs). With the change feed
+/// the seed then found that a change published before the primary died
+/// unreplicated repeated its version after the replay: with redundancy,
+/// changes are now published once replicas hold their writes.
 #[test]
-#[ignore = "known bug: session retractions lost after a primary kill (seed 929730); open in issue 11"]
-fn known_failure_session_retractions_lost_after_primary_kill() {
+fn seed_929730_sessions_written_before_a_crash_are_retracted_by_the_replay() {
     let plan = Plan::from_seed(929_730, false);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     eprintln!("chaos {plan}");

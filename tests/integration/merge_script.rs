@@ -1207,8 +1207,9 @@ fn malformed_input_is_refused_before_anything_is_written() {
 /// every change and replies with status, version and the public fields; a
 /// stale replay replies with the entry as it stands (so that a lost
 /// publication is made again), a fenced write with -1 only; a deletion
-/// replies with the next version and no fields. `v` keeps versions and
-/// replies with integers; no capture keeps no version.
+/// replies with the next version and no fields and leaves the version as a
+/// tombstone. `v` keeps versions and replies with integers; no capture
+/// keeps no version.
 #[test]
 fn captured_changes_carry_versions_and_the_public_fields() {
     use redis::Value;
@@ -1255,13 +1256,26 @@ fn captured_changes_carry_versions_and_the_public_fields() {
     let amend = Write::amend("_p:orders:1", 1, 4, &partial(1, 4, &records[..1]));
     assert_eq!(entry.capture(con, &amend, "v"), Value::Int(1));
     assert_eq!(entry.hgetall(con)["_v"], "4");
-    // Deletions: the last one removes the entry and replies the next version.
+    // Deletions: the last one removes the entry, leaving its version as a
+    // tombstone for a day, and replies the next version.
     assert_eq!(change(entry.capture(con, &Write::retract("_p:orders:1", 1, 9), "c")), (1, 5, public("1", "2.5")));
     assert_eq!(change(entry.capture(con, &Write::retract("_p:orders:0", 2, 9), "c")), (2, 6, BTreeMap::new()));
-    assert!(!entry.exists(con));
-    // Retracting again, from no entry: no change to publish.
-    assert_eq!(entry.capture(con, &Write::retract("_p:orders:0", 2, 10), "c"), Value::Int(2));
+    assert_eq!(entry.hgetall(con), BTreeMap::from([("_v".to_string(), "6".to_string())]));
+    let ttl = entry.pttl(con);
+    assert!(ttl > 86_000_000 && ttl <= 86_400_000, "tombstone expiry {ttl}");
+    // A replayed retraction finds the tombstone: the deletion again, newer.
+    assert_eq!(change(entry.capture(con, &Write::retract("_p:orders:0", 2, 10), "c")), (2, 7, BTreeMap::new()));
+    // Re-created over the tombstone: versions go on, the expiry goes.
+    let again = Write::replace("_p:orders:0", 2, 11, &partial(2, 11, &records[..1]));
+    assert_eq!(change(entry.capture(con, &again, "c")), (1, 8, public("1", "2.5")));
+    assert_eq!(entry.pttl(con), -1);
+
+    // Retracting from nothing: no change, no tombstone.
+    let nothing = Entry::new("capture-nothing", &[(F::Count, "n"), (F::Sum, "total")]);
+    assert_eq!(nothing.capture(con, &Write::retract("_p:orders:0", 1, 1), "c"), Value::Int(2));
+    assert!(!nothing.exists(con));
     // No capture: no version kept.
-    assert_eq!(entry.capture(con, &first, ""), Value::Int(1));
-    assert!(!entry.hgetall(con).contains_key("_v"));
+    let plain = Entry::new("capture-none", &[(F::Count, "n"), (F::Sum, "total")]);
+    assert_eq!(plain.capture(con, &first, ""), Value::Int(1));
+    assert!(!plain.hgetall(con).contains_key("_v"));
 }

@@ -37,8 +37,15 @@ impl PartitionTask {
             })?;
             self.pipeline.metrics.region_writes(outcome.applied, outcome.fenced, outcome.stale, outcome.bytes);
             // Even when fenced: what was applied is in Redis, and a change
-            // published twice carries the same version.
-            self.publish(&outcome.changes).await?;
+            // published twice carries the same version. With redundancy, a
+            // change waits until replicas hold its write: a primary lost
+            // before replicating takes the write, and its version, with it,
+            // and a replay would number a change again.
+            if self.pipeline.policy.redundancy > 0 {
+                self.held_changes.extend(outcome.changes);
+            } else {
+                self.publish(&outcome.changes).await?;
+            }
             if outcome.fenced > 0 {
                 tracing::warn!(
                     epoch = self.epoch,
@@ -58,6 +65,15 @@ impl PartitionTask {
     pub(super) async fn checkpoint(&mut self) -> Result<Ownership, TaskError> {
         if self.flush().await? == Ownership::Fenced {
             return Ok(Ownership::Fenced);
+        }
+        let replication = Replication { replicas: self.pipeline.policy.redundancy };
+        if !self.held_changes.is_empty() {
+            // Publish the changes whose writes replicas now hold.
+            if let Err(e) = self.pipeline.checkpoints.confirm_replication(&self.id, replication).await {
+                return self.checkpoint_failed(e);
+            }
+            let held = std::mem::take(&mut self.held_changes);
+            self.publish(&held).await?;
         }
         // No checkpoint covers a change Kafka has not acknowledged.
         self.settle_changes().await?;
@@ -81,7 +97,6 @@ impl PartitionTask {
             written_at: self.pipeline.clock.wall(),
             carried: self.ledger.as_ref().map(|ledger| ledger.carried()).unwrap_or_default(),
         };
-        let replication = Replication { replicas: self.pipeline.policy.redundancy };
         let m = &self.pipeline.metrics;
         match self.pipeline.checkpoints.commit(&self.id, &checkpoint, replication).await {
             Ok(CommitOutcome::Stored) => {
@@ -98,16 +113,26 @@ impl PartitionTask {
                 m.checkpoint(CheckpointOutcome::Fenced);
                 Ok(Ownership::Fenced)
             }
-            Err(CheckpointError::ReplicationUnverifiable) => {
+            Err(e) => self.checkpoint_failed(e),
+        }
+    }
+
+    /// A checkpoint that could not be stored: postponed when replicas are
+    /// behind or unreadable, a restart from the last checkpoint when the
+    /// writes' replication cannot be vouched for, else the task's failure.
+    fn checkpoint_failed(&self, error: CheckpointError) -> Result<Ownership, TaskError> {
+        let m = &self.pipeline.metrics;
+        match error {
+            CheckpointError::ReplicationUnverifiable => {
                 m.checkpoint(CheckpointOutcome::Failed);
                 Err(TaskError::ReplicationUnverifiable { task: self.id.clone() })
             }
-            Err(e @ (CheckpointError::NotReplicated { .. } | CheckpointError::ReplicationUnknown { .. })) => {
+            e @ (CheckpointError::NotReplicated { .. } | CheckpointError::ReplicationUnknown { .. }) => {
                 m.checkpoint(CheckpointOutcome::Failed);
                 tracing::warn!(error = %e, "checkpoint postponed");
                 Ok(Ownership::Owner)
             }
-            Err(source) => {
+            source => {
                 m.checkpoint(CheckpointOutcome::Failed);
                 Err(TaskError::Checkpoint { task: self.id.clone(), source })
             }

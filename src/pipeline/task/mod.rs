@@ -161,6 +161,9 @@ pub struct PartitionTask {
     dead_letters: Vec<DeadLetter>,
     /// Changes queued on the change feed, not yet acknowledged.
     publishing: Vec<Delivery>,
+    /// With redundancy: changes whose writes replicas may not hold yet,
+    /// published at the next checkpoint once they do.
+    held_changes: Vec<crate::region::Change>,
     /// Session pipelines: entries written since the last checkpoint, and a
     /// predecessor's to resolve ([`ledger`]).
     ledger: Option<ledger::Ledger>,

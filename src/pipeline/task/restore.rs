@@ -94,6 +94,7 @@ impl PartitionTask {
             pending: Vec::new(),
             dead_letters: Vec::new(),
             publishing: Vec::new(),
+            held_changes: Vec::new(),
             ledger,
             next_offset: seek_to,
             source,
