@@ -46,7 +46,7 @@ use super::error::{self, Permanent, Retry};
 use super::function::{self, MERGE_FUNCTION};
 use super::partial;
 use crate::metrics::RedisRegionMetrics;
-use crate::region::{Change, ChangeOp, EntryWrite, Expiry, Region, RegionError, WriteMode, WriteOutcome};
+use crate::region::{ChangeOp, EntryWrite, Expiry, Region, RegionError, WriteMode, WriteOutcome};
 use crate::window::AggregateFunction;
 
 /// Commands per pipeline: large enough that the per-command cost of the
@@ -280,15 +280,7 @@ fn count(outcome: &mut WriteOutcome, write: &EntryWrite, reply: Reply) -> Result
     }
     if let Some((version, fields)) = reply.change {
         let op = if reply.status == 2 { ChangeOp::Delete } else { ChangeOp::Upsert };
-        outcome.changes.push(Change {
-            entry: write.key.clone(),
-            key: write.group.clone(),
-            window_start: write.window.start,
-            window_end: write.window.end,
-            version,
-            op,
-            fields,
-        });
+        outcome.changes.push(write.change(version, op, fields));
     }
     Ok(())
 }

@@ -149,15 +149,7 @@ impl MemoryRegion {
 
 /// The change a write under [`Capture::Publish`] publishes.
 fn change(write: &EntryWrite, version: u64, op: ChangeOp, fields: Fields) -> Option<Change> {
-    (write.capture == Capture::Publish).then(|| Change {
-        entry: write.key.clone(),
-        key: write.group.clone(),
-        window_start: write.window.start,
-        window_end: write.window.end,
-        version,
-        op,
-        fields: fields.into_iter().collect(),
-    })
+    (write.capture == Capture::Publish).then(|| write.change(version, op, fields.into_iter().collect()))
 }
 
 impl Region for MemoryRegion {

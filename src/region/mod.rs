@@ -100,6 +100,22 @@ pub struct EntryWrite {
     pub capture: Capture,
 }
 
+impl EntryWrite {
+    /// The change this write made: the entry at `version`, with `fields`
+    /// (none for a deletion).
+    pub fn change(&self, version: u64, op: ChangeOp, fields: Vec<(String, String)>) -> Change {
+        Change {
+            entry: self.key.clone(),
+            key: self.group.clone(),
+            window_start: self.window.start,
+            window_end: self.window.end,
+            version,
+            op,
+            fields,
+        }
+    }
+}
+
 /// What the region did with a batch.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WriteOutcome {
