@@ -13,6 +13,7 @@ const ENUMS: &[(&str, &str)] = &[
     ("AggregateFunction", "\"count\", \"sum\", \"min\", \"max\", \"avg\", \"distinct_count\", \"first\", \"last\""),
     ("LateAction", "\"drop\", \"dead_letter\", \"amend\""),
     ("TtlFrom", "\"write\", \"window_end\""),
+    ("ChangeMode", "\"every\", \"final\""),
     ("Tolerance", "\"all\", \"none\""),
     ("Format", "\"json\""),
     ("TimeFormat", "\"epoch_millis\", \"epoch_seconds\", \"rfc3339\""),

@@ -205,3 +205,26 @@ fn redis_password_resolves_references_and_is_never_shown() {
     let shown = toml::to_string(&s.redacted()).expect("serializes");
     assert!(!shown.contains("s3cret-value") && shown.contains("password = \"<redacted>\""), "{shown}");
 }
+
+#[test]
+fn a_change_feed_needs_its_own_topic_and_a_known_mode() {
+    let with = |changes: &str| {
+        VALID.replace(
+            r#"region = { name = "page_views" }"#,
+            &format!(r#"region = {{ name = "page_views", changes = {changes} }}"#),
+        )
+    };
+    let s = Settings::from_toml_str(&with(r#"{ topic = "view-changes" }"#)).expect("valid");
+    let changes = s.pipelines["views"].region.changes.clone().expect("a feed");
+    assert_eq!((changes.topic.as_str(), changes.mode), ("view-changes", ChangeMode::Every));
+
+    let (key, message) = error_of(&with(r#"{ topic = "pageviews", mode = "final" }"#));
+    assert_eq!(key, "pipelines.views.region.changes.topic");
+    assert!(message.contains("source or dead-letter topic"), "{message}");
+    let (key, _) = error_of(&with(r#"{ topic = "" }"#));
+    assert_eq!(key, "pipelines.views.region.changes.topic");
+    match Settings::from_toml_str(&with(r#"{ topic = "c", mode = "sometimes" }"#)) {
+        Err(e) => assert!(e.to_string().contains("every") && e.to_string().contains("final"), "{e}"),
+        Ok(_) => panic!("an unknown mode was accepted"),
+    }
+}
