@@ -17,8 +17,9 @@
 //!    it held, unchanged, from 1 to 3; the others (moved, migrating at
 //!    either moment, on a node that failed over, changed its config epoch
 //!    or did not answer) are *unsettled* ([`topology::Topology::unsettled`]);
-//! 4. reads each unsettled slot again on its own ([`slot`]): atomically on
-//!    its owner, or, while it migrates, on the source and then the target.
+//! 4. reads each unsettled slot again on its own ([`slot`]): on its owner,
+//!    in one transaction with that node's view of the slot, and while the
+//!    slot migrates, on the source and then the target.
 //!
 //! Keys are returned sorted and once, however many nodes listed them.
 //! Unsettled slots are listed with `CLUSTER GETKEYSINSLOT`, which returns

@@ -80,7 +80,80 @@ impl std::fmt::Debug for SlotSet {
     }
 }
 
-/// One primary's own line of `CLUSTER NODES`.
+/// One line of `CLUSTER NODES`: `<id> <address> <flags> <primary>
+/// <ping> <pong> <config epoch> <link> <slot>...`, each slot a number, a
+/// range `first-last`, `[slot->-<id>]` (migrating to that node) or
+/// `[slot-<-<id>]` (importing from it; both only on the node's own line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLine {
+    pub id: String,
+    /// `None` for a node without a usable address (`:0`).
+    pub address: Option<Address>,
+    pub myself: bool,
+    pub config_epoch: u64,
+    pub slots: SlotSet,
+    pub migrating: Vec<(u16, String)>,
+    pub importing: Vec<(u16, String)>,
+}
+
+impl NodeLine {
+    pub fn parse(line: &str) -> Option<NodeLine> {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let address = fields.get(1)?.split(['@', ',']).next().and_then(|a| {
+            let (host, port) = a.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?)).filter(|(h, p): &Address| !h.is_empty() && *p != 0)
+        });
+        let mut node = NodeLine {
+            id: fields.first()?.to_string(),
+            address,
+            myself: fields.get(2)?.split(',').any(|f| f == "myself"),
+            config_epoch: fields.get(6)?.parse().ok()?,
+            slots: SlotSet::default(),
+            migrating: Vec::new(),
+            importing: Vec::new(),
+        };
+        for token in fields.iter().skip(8) {
+            if let Some(inner) = token.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+                if let Some((slot, to)) = inner.split_once("->-") {
+                    node.migrating.push((slot.parse().ok()?, to.to_string()));
+                } else if let Some((slot, from)) = inner.split_once("-<-") {
+                    node.importing.push((slot.parse().ok()?, from.to_string()));
+                }
+            } else if let Some((first, last)) = token.split_once('-') {
+                node.slots.insert_range(first.parse().ok()?, last.parse().ok()?);
+            } else {
+                node.slots.insert(token.parse().ok()?);
+            }
+        }
+        Some(node)
+    }
+}
+
+/// A `CLUSTER NODES` reply: every node as the answering one sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNodes(pub Vec<NodeLine>);
+
+impl ClusterNodes {
+    pub fn parse(text: &str) -> ClusterNodes {
+        ClusterNodes(text.lines().filter_map(NodeLine::parse).collect())
+    }
+
+    /// The answering node's own line.
+    pub fn myself(&self) -> Option<&NodeLine> {
+        self.0.iter().find(|n| n.myself)
+    }
+
+    pub fn address_of(&self, id: &str) -> Option<&Address> {
+        self.0.iter().find(|n| n.id == id)?.address.as_ref()
+    }
+
+    /// The node serving `slot`, as the answering node sees it.
+    pub fn owner_of(&self, slot: u16) -> Option<&NodeLine> {
+        self.0.iter().find(|n| n.slots.contains(slot))
+    }
+}
+
+/// One primary's own account of itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeReport {
     pub id: String,
@@ -92,32 +165,13 @@ pub struct NodeReport {
 }
 
 impl NodeReport {
-    /// Reads the `myself` line of a `CLUSTER NODES` reply: `<id> <address>
-    /// <flags> <primary> <ping> <pong> <config epoch> <link> <slot>...`,
-    /// each slot a number, a range `first-last`, or `[slot->-<id>]`
-    /// (migrating) / `[slot-<-<id>]` (importing).
+    /// The `myself` line of a `CLUSTER NODES` reply.
     pub fn parse(cluster_nodes: &str) -> Option<NodeReport> {
-        let line = cluster_nodes
-            .lines()
-            .find(|line| line.split_whitespace().nth(2).is_some_and(|flags| flags.split(',').any(|f| f == "myself")))?;
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let mut report = NodeReport {
-            id: fields.first()?.to_string(),
-            config_epoch: fields.get(6)?.parse().ok()?,
-            slots: SlotSet::default(),
-            moving: SlotSet::default(),
-        };
-        for token in fields.iter().skip(8) {
-            if let Some(inner) = token.strip_prefix('[') {
-                let slot = inner.split(['-', ']']).next().and_then(|s| s.parse().ok());
-                report.moving.insert(slot?);
-            } else if let Some((first, last)) = token.split_once('-') {
-                report.slots.insert_range(first.parse().ok()?, last.parse().ok()?);
-            } else {
-                report.slots.insert(token.parse().ok()?);
-            }
-        }
-        Some(report)
+        let nodes = ClusterNodes::parse(cluster_nodes);
+        let me = nodes.myself()?;
+        let mut moving = SlotSet::default();
+        me.migrating.iter().chain(&me.importing).for_each(|(slot, _)| moving.insert(*slot));
+        Some(NodeReport { id: me.id.clone(), config_epoch: me.config_epoch, slots: me.slots.clone(), moving })
     }
 }
 
@@ -235,6 +289,24 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@31001,,shard-id=z mysel
         assert!(!report.slots.contains(5461));
         assert_eq!(report.moving, slots(&[77, 93]));
         assert_eq!(NodeReport::parse("garbage"), None);
+    }
+
+    #[test]
+    fn reads_every_line() {
+        let nodes = ClusterNodes::parse(NODES);
+        assert_eq!(nodes.0.len(), 3);
+        let me = nodes.myself().expect("myself");
+        assert_eq!(me.address, Some(("127.0.0.1".to_string(), 30001)));
+        assert_eq!(me.migrating, vec![(93, "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1".to_string())]);
+        assert_eq!(me.importing, vec![(77, "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1".to_string())]);
+        assert_eq!(
+            nodes.address_of("67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1"),
+            Some(&("127.0.0.1".to_string(), 30002))
+        );
+        assert_eq!(nodes.owner_of(6000).map(|n| n.id.as_str()), Some("67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1"));
+        assert_eq!(nodes.owner_of(93).map(|n| n.myself), Some(true), "a migrating slot is still the source's");
+        let noaddr = NodeLine::parse("abc :0@0 master,noaddr - 0 0 1 disconnected").expect("parses");
+        assert_eq!(noaddr.address, None);
     }
 
     fn node(id: &str, epoch: u64, owned: &[u16], moving: &[u16]) -> NodeView {
