@@ -30,6 +30,8 @@ use regionflow::window::WindowKind;
 
 /// Entries fetched (`HGETALL`) per round.
 const CHUNK: usize = 256;
+/// How long one read retries transient failures.
+const READ_DEADLINE: Duration = Duration::from_secs(30);
 /// Kafka deliveries awaited once this many are in flight.
 const IN_FLIGHT: usize = 10_000;
 
@@ -132,9 +134,12 @@ impl Region {
         let path = &args.config;
         let mut settings = Settings::load(path).with_context(|| format!("invalid configuration {}", path.display()))?;
         let pipeline = find(&settings, &args.region).with_context(|| format!("in {}", path.display()))?.clone();
-        // Interactive, as `checkpoints`: a person waits.
+        // Interactive, as `checkpoints`: a person waits, so a cluster that
+        // is not there now is an answer. Once connected, a read rides
+        // through slot moves and short failovers (redis-rs follows each
+        // MOVED, and a slot moving back and forth can take it a while).
         settings.redis.startup_timeout = settings.redis.startup_timeout.min(crate::INTERACTIVE_TIMEOUT);
-        let deadline = settings.redis.write_deadline.min(crate::INTERACTIVE_TIMEOUT);
+        let deadline = settings.redis.write_deadline.min(READ_DEADLINE);
         let handle = ClusterHandle::connect(&settings.redis).await?;
         let template = KeyTemplate::parse(&pipeline.region.key).expect("validated at configuration load");
         Ok(Region {
