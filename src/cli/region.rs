@@ -48,10 +48,10 @@ pub enum RegionAction {
         #[arg(long)]
         key: String,
         /// The window's start, epoch milliseconds.
-        #[arg(long, allow_hyphen_values = true)]
+        #[arg(long, value_name = "MS", allow_hyphen_values = true)]
         window_start: Option<Millis>,
         /// A time (RFC 3339) the windows must contain.
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
         at: Option<Millis>,
         #[command(flatten)]
         show: ShowArgs,
@@ -61,16 +61,16 @@ pub enum RegionAction {
         #[command(flatten)]
         region: RegionArgs,
         /// Only group keys starting with this.
-        #[arg(long)]
+        #[arg(long, value_name = "KEYPREFIX")]
         prefix: Option<String>,
         /// Only windows starting at or after this time (RFC 3339).
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
         from: Option<Millis>,
         /// Only windows starting before this time (RFC 3339).
-        #[arg(long, value_parser = parse_time)]
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
         to: Option<Millis>,
         /// Show at most this many entries (0: all).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, value_name = "N", default_value_t = 100)]
         limit: usize,
         #[command(flatten)]
         show: ShowArgs,
@@ -89,6 +89,7 @@ pub enum RegionAction {
 
 #[derive(Args)]
 pub struct RegionArgs {
+    /// The configuration file the region's connectors run with.
     #[arg(long, short)]
     config: PathBuf,
     /// The region's name (`region.name` of one of the pipelines).
@@ -133,7 +134,7 @@ impl Region {
     async fn open(args: &RegionArgs) -> anyhow::Result<Region> {
         let path = &args.config;
         let mut settings = Settings::load(path).with_context(|| format!("invalid configuration {}", path.display()))?;
-        let pipeline = find(&settings, &args.region).with_context(|| format!("in {}", path.display()))?.clone();
+        let pipeline = find(&settings, &args.region, path)?.clone();
         // Interactive, as `checkpoints`: a person waits, so a cluster that
         // is not there now is an answer. Once connected, a read rides
         // through slot moves and short failovers (redis-rs follows each
@@ -181,10 +182,14 @@ impl Region {
 }
 
 /// The pipeline writing `region`, or an error naming the regions there are.
-fn find<'a>(settings: &'a Settings, region: &str) -> anyhow::Result<&'a PipelineConfig> {
+fn find<'a>(settings: &'a Settings, region: &str, path: &std::path::Path) -> anyhow::Result<&'a PipelineConfig> {
     settings.pipelines.values().find(|p| p.region.name == region).ok_or_else(|| {
         let known: Vec<String> = settings.pipelines.values().map(|p| format!("`{}`", p.region.name)).collect();
-        anyhow::anyhow!("no pipeline writes region `{region}`; the configured regions are {}", known.join(", "))
+        anyhow::anyhow!(
+            "no pipeline in {} writes region `{region}`; the configured regions are {}",
+            path.display(),
+            known.join(", ")
+        )
     })
 }
 

@@ -20,7 +20,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::kafka::{header, Kafka, Produce};
 use common::redis_cluster::RedisCluster;
+use common::reference::{self, Order, Table};
+use regionflow::config::Settings;
 use regionflow::metrics::Metrics;
 use regionflow::redis::read::RegionReader;
 use regionflow::redis::{ClusterHandle, RedisRegion};
@@ -66,11 +69,523 @@ fn text(value: redis::Value) -> String {
     }
 }
 
-fn int(value: &redis::Value) -> i64 {
-    match value {
-        redis::Value::Int(i) => *i,
-        other => panic!("expected an integer, got {other:?}"),
+// ---------------------------------------------------------------------------
+// get, scan and export on regions real pipelines wrote
+// ---------------------------------------------------------------------------
+
+const BASE_TS: i64 = 1_700_000_000_000;
+const PARTITIONS: i32 = 4;
+
+/// The customers (group keys): colons, digits and non-ASCII included, and
+/// prefixes of one another (`c1`, `c10`).
+fn customers() -> Vec<String> {
+    let mut names: Vec<String> = (0..12).map(|i| format!("c{i}")).collect();
+    names.extend(["c:1".to_string(), "ü:1".to_string()]);
+    names
+}
+
+/// ~12 s of orders, each up to 200 ms behind the stream's clock (less than
+/// the pipelines' 300 ms out-of-orderness: none is late). The partition is
+/// the customer's, so that sessions (keyed by the Kafka key) see a key's
+/// records in one partition; the other pipelines group by the customer
+/// field anyway.
+fn orders() -> Vec<Order> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let customers = customers();
+    (0..1500)
+        .map(|i| {
+            let c = rng.random_range(0..customers.len());
+            Order {
+                partition: c as i32 % PARTITIONS,
+                customer: customers[c].clone(),
+                product: format!("p{}", rng.random_range(0..20)),
+                amount: rng.random_range(1..100_000) as f64 / 100.0,
+                ts: BASE_TS + 8 * i as i64 - rng.random_range(0..=200),
+            }
+        })
+        .collect()
+}
+
+fn records(orders: &[Order]) -> Vec<Produce> {
+    orders
+        .iter()
+        .map(|o| Produce {
+            partition: o.partition,
+            key: Some(o.customer.clone()),
+            value: serde_json::json!({"customer": o.customer, "product": o.product, "amount": o.amount, "ts": o.ts})
+                .to_string()
+                .into_bytes(),
+        })
+        .collect()
+}
+
+/// One region the test filled: its reference and its entries' keys.
+struct Expected {
+    region: &'static str,
+    table: Table,
+    /// The Redis key of (customer, window start, window end).
+    key: fn(&str, i64, i64) -> String,
+}
+
+impl Expected {
+    /// (customer, start) of every entry key.
+    fn by_entry(&self) -> BTreeMap<String, (String, i64)> {
+        self.table.iter().map(|((c, s), e)| ((self.key)(c, *s, e.window_end), (c.clone(), *s))).collect()
     }
+}
+
+fn pipelines_toml(brokers: &str, nodes: &str) -> String {
+    let pipeline = |name: &str, key: &str, window: &str, region: &str| {
+        format!(
+            r#"
+[pipelines.{name}]
+topics = ["{name}"]
+key = {key}
+event_time = {{ from = "field", pointer = "/ts", format = "epoch_millis" }}
+window = {window}
+watermark = {{ max_out_of_orderness = "300ms", idle_timeout = "2s" }}
+region = {region}
+[pipelines.{name}.aggregates]
+{aggregates}"#,
+            aggregates = reference::AGGREGATES
+        )
+    };
+    let by_field = r#"{ from = "field", pointer = "/customer" }"#;
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "region-cli"
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+[redis]
+nodes = {nodes}
+[connector]
+flush_interval = "100ms"
+{}{}{}"#,
+        pipeline("tumbling", by_field, r#"{ kind = "tumbling", size = "2s" }"#, r#"{ name = "tumbling_orders" }"#),
+        pipeline(
+            "sliding",
+            by_field,
+            r#"{ kind = "sliding", size = "4s", slide = "1s" }"#,
+            r#"{ name = "sliding_orders", key = "s/{window_start}/{key}" }"#
+        ),
+        pipeline(
+            "session",
+            r#"{ from = "kafka_key" }"#,
+            r#"{ kind = "session", gap = "150ms" }"#,
+            r#"{ name = "session_orders", key = "{key}:{window_start}:{window_end}" }"#
+        ),
+    )
+}
+
+/// HGETALL of every key of `region`, by key.
+async fn stored(
+    con: &mut redis::cluster_async::ClusterConnection,
+    cluster: &RedisCluster,
+    region: &str,
+) -> BTreeMap<String, BTreeMap<String, String>> {
+    use redis::AsyncCommands;
+    let keys = tokio::task::block_in_place(|| cluster.keys(&format!("rf:{region}:*")));
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let fields: BTreeMap<String, String> = con.hgetall(&key).await.expect("HGETALL");
+        out.insert(key, fields);
+    }
+    out
+}
+
+/// Whether `region` holds exactly the reference's entries.
+async fn matches_reference(
+    con: &mut redis::cluster_async::ClusterConnection,
+    cluster: &RedisCluster,
+    expected: &Expected,
+) -> Result<(), String> {
+    let stored = stored(con, cluster, expected.region).await;
+    let by_entry = expected.by_entry();
+    if stored.keys().ne(by_entry.keys()) {
+        return Err(format!("{}: {} entries, expected {}", expected.region, stored.len(), by_entry.len()));
+    }
+    for (key, (customer, start)) in &by_entry {
+        reference::check_entry(&stored[key], *start, &expected.table[&(customer.clone(), *start)])
+            .map_err(|e| format!("{key}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn public(fields: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    fields.iter().filter(|(f, _)| !f.starts_with('_')).map(|(f, v)| (f.clone(), v.clone())).collect()
+}
+
+fn version(fields: &BTreeMap<String, String>) -> u64 {
+    fields.get("_v").map_or(0, |v| v.parse().expect("a version"))
+}
+
+fn json_fields(line: &serde_json::Value) -> BTreeMap<String, String> {
+    let object = line["fields"].as_object().unwrap_or_else(|| panic!("fields in {line}"));
+    object.iter().map(|(f, v)| (f.clone(), v.as_str().expect("string values").to_string())).collect()
+}
+
+/// A `get`/`scan` JSON line against the reference and the stored hash.
+fn check_line(
+    line: &serde_json::Value,
+    expected: &Expected,
+    stored: &BTreeMap<String, BTreeMap<String, String>>,
+) -> (String, i64) {
+    let entry = line["entry"].as_str().expect("entry");
+    let (customer, start) = expected.by_entry().remove(entry).unwrap_or_else(|| panic!("{entry} is no expected entry"));
+    let reference = &expected.table[&(customer.clone(), start)];
+    assert_eq!(line["region"], expected.region);
+    assert_eq!(line["key"], customer.as_str());
+    assert_eq!(line["op"], "upsert");
+    assert_eq!(line["window_start"], start);
+    assert_eq!(line["window_end"], reference.window_end);
+    assert_eq!(line["window_start_rfc3339"], rfc3339(start), "{line}");
+    assert_eq!(line["window_end_rfc3339"], rfc3339(reference.window_end), "{line}");
+    assert_eq!(line["version"], version(&stored[entry]));
+    let fields = json_fields(line);
+    reference::check_entry(&fields, start, reference).unwrap_or_else(|e| panic!("{entry}: {e}"));
+    assert_eq!(fields, public(&stored[entry]), "{entry}: fields as HGETALL shows them");
+    (customer, start)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_scan_and_export_show_what_the_pipelines_wrote() {
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let kafka = Kafka::start(&[("tumbling", PARTITIONS), ("sliding", PARTITIONS), ("session", PARTITIONS)]);
+    let orders = orders();
+    for topic in ["tumbling", "sliding", "session"] {
+        kafka.produce(topic, &records(&orders)).await;
+    }
+    let (tumbling, late) = reference::fixed_windows(&orders, 2_000, 2_000, 0, 300, false);
+    assert_eq!(late, 0);
+    let (sliding, late) = reference::fixed_windows(&orders, 4_000, 1_000, 0, 300, false);
+    assert_eq!(late, 0);
+    let regions = [
+        Expected { region: "tumbling_orders", table: tumbling, key: |c, s, _| format!("rf:tumbling_orders:{c}:{s}") },
+        Expected { region: "sliding_orders", table: sliding, key: |c, s, _| format!("rf:sliding_orders:s/{s}/{c}") },
+        Expected {
+            region: "session_orders",
+            table: reference::sessions(&orders, 150),
+            key: |c, s, e| format!("rf:session_orders:{c}:{s}:{e}"),
+        },
+    ];
+    assert!(regions[2].table.len() > regions[2].table.keys().map(|(c, _)| c).collect::<BTreeSet<_>>().len());
+
+    let toml = pipelines_toml(&kafka.brokers, &common::toml_nodes(&cluster.urls()));
+    let connector = common::InProcess::start(Settings::from_toml_str(&toml).expect("valid")).await;
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).expect("client");
+    let mut con = client.get_async_connection().await.expect("connection");
+    let started = Instant::now();
+    for expected in &regions {
+        loop {
+            match matches_reference(&mut con, &cluster, expected).await {
+                Ok(()) => break,
+                Err(e) => assert!(started.elapsed() < Duration::from_secs(90), "regions never matched: {e}"),
+            }
+            assert!(!connector.handle.is_finished(), "the connector stopped");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    connector.stop().await.expect("clean stop");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), &toml);
+    let config = config.to_str().expect("UTF-8 path");
+
+    // scan, every entry: the reference, in key order, times in RFC 3339.
+    for expected in &regions {
+        let stored = stored(&mut con, &cluster, expected.region).await;
+        let (ok, stdout, stderr) = run(&[
+            "region",
+            "scan",
+            "--config",
+            config,
+            "--region",
+            expected.region,
+            "--limit",
+            "0",
+            "--output",
+            "json",
+        ]);
+        assert!(ok, "{stderr}");
+        let lines = json_lines(&stdout);
+        let shown: Vec<(String, i64)> = lines.iter().map(|l| check_line(l, expected, &stored)).collect();
+        assert_eq!(shown.len(), expected.table.len(), "{}", expected.region);
+        let entries: Vec<&str> = lines.iter().map(|l| l["entry"].as_str().expect("entry")).collect();
+        assert!(entries.windows(2).all(|w| w[0] < w[1]), "in key order");
+        assert!(stderr.contains(&format!("{} entries of region `{}`", lines.len(), expected.region)), "{stderr}");
+    }
+
+    // scan with a key prefix and a time range, on a template that starts
+    // with the key and on one that starts with the window.
+    let (from, to) = (BASE_TS + 2_000, BASE_TS + 7_000);
+    for expected in &regions[..2] {
+        let stored = stored(&mut con, &cluster, expected.region).await;
+        let (ok, stdout, stderr) = run(&[
+            "region",
+            "scan",
+            "--config",
+            config,
+            "--region",
+            expected.region,
+            "--prefix",
+            "c1",
+            "--from",
+            &rfc3339(from),
+            "--to",
+            &rfc3339(to),
+            "--output",
+            "json",
+        ]);
+        assert!(ok, "{stderr}");
+        let shown: BTreeSet<(String, i64)> =
+            json_lines(&stdout).iter().map(|l| check_line(l, expected, &stored)).collect();
+        let want: BTreeSet<(String, i64)> =
+            expected.table.keys().filter(|(c, s)| c.starts_with("c1") && (from..to).contains(s)).cloned().collect();
+        assert!(want.iter().any(|(c, _)| c == "c10") && want.iter().any(|(c, _)| c == "c1"), "{want:?}");
+        assert_eq!(shown, want, "{}", expected.region);
+    }
+
+    // The default limit, as a table: the first 100 entries in key order.
+    let sliding = &regions[1];
+    assert!(sliding.table.len() > 100);
+    let (ok, stdout, stderr) = run(&["region", "scan", "--config", config, "--region", "sliding_orders"]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("100 entries of region `sliding_orders` (stopped at --limit 100"), "{stderr}");
+    let mut rows = stdout.lines();
+    let columns: Vec<&str> = rows.next().expect("a header").split_whitespace().collect();
+    assert_eq!(columns[..4], ["key", "window_start", "window_end", "version"]);
+    assert_eq!(
+        columns[4..],
+        ["avg_amount", "first_product", "largest", "last_product", "orders", "products", "revenue", "smallest"]
+    );
+    let by_entry = sliding.by_entry();
+    let first_100: Vec<&(String, i64)> = by_entry.values().take(100).collect();
+    let rows: Vec<Vec<&str>> = rows.map(|r| r.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 100);
+    for (row, (customer, start)) in rows.iter().zip(first_100) {
+        let e = &sliding.table[&(customer.clone(), *start)];
+        assert_eq!(row[..3], [customer.as_str(), &rfc3339(*start), &rfc3339(e.window_end)]);
+        assert_eq!(row[8], e.count.to_string(), "orders column");
+    }
+
+    // get by window start, and by a time inside the window(s).
+    let tumbling = &regions[0];
+    let stored_tumbling = stored(&mut con, &cluster, "tumbling_orders").await;
+    let (customer, start) = tumbling.table.keys().find(|(c, _)| c == "ü:1").expect("ü:1 has entries").clone();
+    let (ok, stdout, stderr) = run(&[
+        "region",
+        "get",
+        "--config",
+        config,
+        "--region",
+        "tumbling_orders",
+        "--key",
+        &customer,
+        "--window-start",
+        &start.to_string(),
+        "--output",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(check_line(&lines[0], tumbling, &stored_tumbling), (customer.clone(), start));
+    let (ok, table, stderr) = run(&[
+        "region",
+        "get",
+        "--config",
+        config,
+        "--region",
+        "tumbling_orders",
+        "--key",
+        &customer,
+        "--at",
+        &rfc3339(start + 1_999),
+    ]);
+    assert!(ok, "{stderr}");
+    let table: Vec<&str> = table.lines().collect();
+    assert_eq!(table.len(), 2, "{table:?}");
+    assert!(table[1].starts_with(&format!("{customer}  {}  {}", rfc3339(start), rfc3339(start + 2_000))), "{table:?}");
+
+    // With partials: each source partition's, as stored.
+    let (ok, stdout, stderr) = run(&[
+        "region",
+        "get",
+        "--config",
+        config,
+        "--region",
+        "tumbling_orders",
+        "--key",
+        &customer,
+        "--window-start",
+        &start.to_string(),
+        "--output",
+        "json",
+        "--partials",
+    ]);
+    assert!(ok, "{stderr}");
+    let line = &json_lines(&stdout)[0];
+    let hash = &stored_tumbling[line["entry"].as_str().expect("entry")];
+    let partials: BTreeMap<String, serde_json::Value> = hash
+        .iter()
+        .filter(|(f, _)| f.starts_with("_p:"))
+        .map(|(f, v)| (f.clone(), serde_json::from_str(v).expect("JSON")))
+        .collect();
+    assert!(!partials.is_empty());
+    assert_eq!(line["partials"], serde_json::to_value(&partials).expect("JSON"));
+
+    // Sliding windows: every window of the key containing the time.
+    let stored_sliding = stored(&mut con, &cluster, "sliding_orders").await;
+    let at = BASE_TS + 6_543;
+    let (ok, stdout, stderr) = run(&[
+        "region",
+        "get",
+        "--config",
+        config,
+        "--region",
+        "sliding_orders",
+        "--key",
+        "c1",
+        "--at",
+        &rfc3339(at),
+        "--output",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let shown: BTreeSet<(String, i64)> =
+        json_lines(&stdout).iter().map(|l| check_line(l, sliding, &stored_sliding)).collect();
+    let want: BTreeSet<(String, i64)> = sliding
+        .table
+        .iter()
+        .filter(|((c, s), e)| c == "c1" && *s <= at && at < e.window_end)
+        .map(|(k, _)| k.clone())
+        .collect();
+    assert_eq!(want.len(), 4, "the data set has c1 in all four windows");
+    assert_eq!(shown, want);
+
+    // Sessions: by start (the key holds the end, so the key's entries are
+    // scanned), by a time inside, and a time between sessions.
+    let session = &regions[2];
+    let stored_session = stored(&mut con, &cluster, "session_orders").await;
+    let ((customer, start), e) =
+        session.table.iter().find(|((c, _), e)| c == "c:1" && e.window_end - e.first.0 > 1).expect("a session of c:1");
+    let (ok, stdout, stderr) = run(&[
+        "region",
+        "get",
+        "--config",
+        config,
+        "--region",
+        "session_orders",
+        "--key",
+        customer,
+        "--window-start",
+        &start.to_string(),
+        "--output",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert_eq!(check_line(&lines[0], session, &stored_session), (customer.clone(), *start));
+    let (ok, stdout, stderr) = run(&[
+        "region",
+        "get",
+        "--config",
+        config,
+        "--region",
+        "session_orders",
+        "--key",
+        customer,
+        "--at",
+        &rfc3339(e.window_end - 1),
+        "--output",
+        "json",
+    ]);
+    assert!(ok, "{stderr}");
+    let lines = json_lines(&stdout);
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert_eq!(check_line(&lines[0], session, &stored_session), (customer.clone(), *start));
+    let (ok, stdout, stderr) = run(&[
+        "region",
+        "get",
+        "--config",
+        config,
+        "--region",
+        "session_orders",
+        "--key",
+        customer,
+        "--at",
+        &rfc3339(BASE_TS - 60_000),
+    ]);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains(&format!("has no entry of key `{customer}` with a window containing")), "{stderr}");
+
+    // export to standard output: every entry, exactly as HGETALL shows it.
+    for expected in &regions {
+        let stored = stored(&mut con, &cluster, expected.region).await;
+        let (ok, stdout, stderr) = run(&["region", "export", "--config", config, "--region", expected.region]);
+        assert!(ok, "{stderr}");
+        let lines = json_lines(&stdout);
+        check_export(&lines, expected, &stored);
+        assert!(
+            stderr.contains(&format!("exported {} entries of region `{}`", stored.len(), expected.region)),
+            "{stderr}"
+        );
+    }
+
+    // export to a topic, read back: the same changes, keyed by entry, with
+    // the change feed's headers.
+    kafka.cluster.create_topic("changes", 3, 1).expect("topic created");
+    let (ok, _, stderr) =
+        run(&["region", "export", "--config", config, "--region", "session_orders", "--topic", "changes"]);
+    assert!(ok, "{stderr}");
+    let stored_session = stored(&mut con, &cluster, "session_orders").await;
+    assert!(
+        stderr.contains(&format!(
+            "exported {} entries of region `session_orders` to topic `changes`",
+            stored_session.len()
+        )),
+        "{stderr}"
+    );
+    let messages =
+        tokio::task::block_in_place(|| kafka.read_topic("changes", 3, stored_session.len(), Duration::from_secs(30)));
+    let mut lines = Vec::new();
+    for m in &messages {
+        use rdkafka::Message;
+        let value: serde_json::Value = serde_json::from_slice(m.payload().expect("a value")).expect("JSON");
+        assert_eq!(m.key(), value["entry"].as_str().map(str::as_bytes), "keyed by entry");
+        assert_eq!(header(m, "regionflow.region").as_deref(), Some("session_orders"));
+        assert_eq!(header(m, "regionflow.op").as_deref(), Some("upsert"));
+        assert_eq!(header(m, "regionflow.version"), Some(value["version"].to_string()));
+        lines.push(value);
+    }
+    check_export(&lines, session, &stored_session);
+}
+
+/// An export: each stored entry once, an upsert at its version with its
+/// public fields, and the reference's values.
+fn check_export(lines: &[serde_json::Value], expected: &Expected, stored: &BTreeMap<String, BTreeMap<String, String>>) {
+    let mut seen = BTreeSet::new();
+    for line in lines {
+        let entry = line["entry"].as_str().expect("entry").to_string();
+        assert_eq!(line["version"], version(&stored[&entry]));
+        assert_eq!(json_fields(line), public(&stored[&entry]));
+        assert!(line.get("window_start_rfc3339").is_none(), "exactly the change feed's format: {line}");
+        check_line(
+            &{
+                let mut with_times = line.clone();
+                with_times["window_start_rfc3339"] = rfc3339(line["window_start"].as_i64().expect("ms")).into();
+                with_times["window_end_rfc3339"] = rfc3339(line["window_end"].as_i64().expect("ms")).into();
+                with_times
+            },
+            expected,
+            stored,
+        );
+        assert!(seen.insert(entry.clone()), "{entry} exported twice");
+    }
+    assert_eq!(seen.len(), stored.len(), "{}: every entry", expected.region);
 }
 
 // ---------------------------------------------------------------------------
@@ -225,4 +740,74 @@ async fn a_scan_during_slot_moves_lists_every_entry_once() {
         "{scans} scans during {} slot moves; a naive SCAN of each primary missed keys in {naive_misses}",
         moves.load(Ordering::Relaxed)
     );
+}
+
+// ---------------------------------------------------------------------------
+// Bad arguments, no cluster
+// ---------------------------------------------------------------------------
+
+/// A configuration whose Redis seed is a closed port.
+fn unreachable_config(dir: &Path) -> PathBuf {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let toml = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\n[redis]\nnodes = [\"redis://127.0.0.1:{closed}\"]\n{}{}",
+        common::counting_pipeline("clicks", "clicks", "clicks"),
+        common::counting_pipeline("views", "views", "page_views"),
+    );
+    write_config(dir, &toml)
+}
+
+#[test]
+fn bad_arguments_are_refused_naming_what_to_write() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = unreachable_config(dir.path());
+    let config = config.to_str().expect("UTF-8 path");
+    let cases: [(&[&str], &[&str]); 6] = [
+        (
+            &["get", "--region", "nosuch", "--key", "a", "--window-start", "0"],
+            &["writes region `nosuch`; the configured regions are `clicks`, `page_views`"],
+        ),
+        (&["scan", "--region", "nosuch"], &["no pipeline in", "writes region `nosuch`"]),
+        (
+            &["get", "--region", "clicks", "--key", "a", "--at", "1700000000000"],
+            &["--at", "RFC 3339", "2024-05-01T12:00:00Z"],
+        ),
+        (&["scan", "--region", "clicks", "--from", "yesterday"], &["--from", "RFC 3339", "2024-05-01T12:00:00Z"]),
+        (&["get", "--region", "clicks", "--key", "a", "--window-start", "noon"], &["--window-start"]),
+        (&["get", "--region", "clicks", "--key", "a"], &["--window-start", "--at"]),
+    ];
+    for (args, expected) in cases {
+        let started = Instant::now();
+        let mut full = vec!["region", args[0], "--config", config];
+        full.extend(&args[1..]);
+        let (ok, stdout, stderr) = cli(&full);
+        assert!(!ok && stdout.is_empty(), "{args:?} fails: {stdout}");
+        for text in expected {
+            assert!(stderr.contains(text), "{args:?}: {text:?} in {stderr}");
+        }
+        // Refused before any connection is tried.
+        assert!(started.elapsed() < Duration::from_secs(3), "{args:?} took {:?}", started.elapsed());
+    }
+}
+
+/// Like `checkpoints`, the region commands fail within seconds when Redis
+/// is not there, where a connector (startup_timeout, default 30 s) waits.
+#[test]
+fn region_commands_fail_fast_when_redis_is_not_there() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = unreachable_config(dir.path());
+    let config = config.to_str().expect("UTF-8 path");
+    for args in [
+        vec!["scan", "--region", "clicks"],
+        vec!["get", "--region", "clicks", "--key", "a", "--at", "2024-05-01T12:00:00Z"],
+        vec!["export", "--region", "page_views"],
+    ] {
+        let started = Instant::now();
+        let mut full = vec!["region", args[0], "--config", config];
+        full.extend(&args[1..]);
+        let (ok, _, stderr) = cli(&full);
+        assert!(!ok, "{args:?} fails");
+        assert!(stderr.contains("cannot reach Redis Cluster"), "{args:?}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{args:?} within seconds: {:?}", started.elapsed());
+    }
 }
