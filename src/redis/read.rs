@@ -44,10 +44,16 @@ use super::cluster::{ClusterHandle, Failed};
 use super::slots::SlotMap;
 use topology::{Address, NodeReport, NodeView, SlotSet, Topology};
 
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Keys a `SCAN` step asks for.
 const SCAN_COUNT: usize = 1000;
 /// Entries or slots read at once.
 const CONCURRENCY: usize = 32;
+/// How long a node's `SCAN` is retried before its slots are left to be
+/// read one by one, wherever they are by then (a dead primary's are on its
+/// promoted replica).
+const SCAN_NODE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Why a region could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -140,13 +146,62 @@ impl RegionReader {
                 slots = unsettled.len(),
                 "slots moved or were unreadable during the scan; reading them again"
             );
-            let rereads = unsettled.iter().map(|slot| self.slot_keys(slot, after.owner_of(slot).cloned(), prefix));
-            let mut rereads = futures::stream::iter(rereads).buffer_unordered(CONCURRENCY);
-            while let Some(slot_keys) = rereads.next().await {
-                keys.extend(slot_keys?);
-            }
+            keys.extend(self.reread(unsettled, after, prefix).await?);
         }
         Ok(keys.into_iter().collect())
+    }
+
+    /// The keys under `prefix` of each slot in `slots`, read one slot at a
+    /// time, in rounds: a slot whose owner could not be reached is tried
+    /// again in the next round, on the owner a fresh topology names, until
+    /// the deadline.
+    async fn reread(&self, slots: SlotSet, mut topology: Topology, prefix: &str) -> Result<Vec<String>, ReadError> {
+        let started = Instant::now();
+        let mut backoff = MIN_BACKOFF;
+        let mut pending: Vec<u16> = slots.iter().collect();
+        let mut keys = Vec::new();
+        loop {
+            let (failed, last_error) = {
+                let attempts = pending.iter().copied().map(|slot| {
+                    let owner = topology.owner_of(slot).cloned();
+                    async move { (slot, self.slot_keys(slot, owner, prefix).await) }
+                });
+                let mut attempts = futures::stream::iter(attempts).buffer_unordered(CONCURRENCY);
+                let (mut failed, mut last_error) = (Vec::new(), String::new());
+                while let Some((slot, result)) = attempts.next().await {
+                    match result {
+                        Ok(slot_keys) => keys.extend(slot_keys),
+                        Err(slot::Unread::Permanent(message)) => {
+                            return Err(ReadError::Failed {
+                                what: format!("listing the keys of slot {slot}"),
+                                elapsed: started.elapsed(),
+                                message,
+                            })
+                        }
+                        Err(slot::Unread::Transient(message)) => {
+                            failed.push(slot);
+                            last_error = message;
+                        }
+                    }
+                }
+                (failed, last_error)
+            };
+            if failed.is_empty() {
+                return Ok(keys);
+            }
+            if started.elapsed() >= self.deadline {
+                return Err(ReadError::Failed {
+                    what: format!("listing the keys of {} slots (slot {} among them)", failed.len(), failed[0]),
+                    elapsed: started.elapsed(),
+                    message: last_error,
+                });
+            }
+            tracing::warn!(slots = failed.len(), error = %last_error, "slots unreadable; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            topology = self.topology().await?;
+            pending = failed;
+        }
     }
 
     /// Every hash key on one node matching `pattern`, into `keys`.
@@ -157,7 +212,7 @@ impl RegionReader {
         loop {
             let (reply, _) = self
                 .handle
-                .with_retry(self.deadline, "SCAN", |mut c| {
+                .with_retry(self.deadline.min(SCAN_NODE_DEADLINE), "SCAN", |mut c| {
                     let mut cmd = redis::cmd("SCAN");
                     cmd.arg(&cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(SCAN_COUNT).arg("TYPE").arg("hash");
                     let route = route.clone();

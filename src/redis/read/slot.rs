@@ -17,22 +17,18 @@
 //! follows those by itself, and following an `ASK` to the target with
 //! `ASKING` would list the target's half of the slot as if it were all.
 //! Anything else (a node down, `CLUSTERDOWN`, an owner nobody names) is
-//! retried with backoff, asking `CLUSTER SLOTS` for the owner again, until
-//! the deadline.
-
-use std::time::{Duration, Instant};
+//! for the caller to retry, in its next round (`read.rs`).
 
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ErrorKind, RedisError, Value};
 
 use super::topology::{Address, ClusterNodes};
-use super::{ReadError, RegionReader};
+use super::RegionReader;
+use crate::redis::error;
 
 /// `GETKEYSINSLOT`'s count: Redis 7 answers with at most the slot's keys.
 const ALL_KEYS: i64 = i32::MAX as i64;
-const MIN_BACKOFF: Duration = Duration::from_millis(20);
-const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// Owners followed from one node's reply to the next before backing off.
+/// Owners followed from one node's reply to the next in one attempt.
 const MAX_HOPS: usize = 4;
 
 fn by_address((host, port): &Address) -> SingleNodeRoutingInfo {
@@ -49,46 +45,37 @@ enum Answer {
     Unclear(String),
 }
 
+/// Why a slot was not read.
+pub(super) enum Unread {
+    /// Worth another round (a node down, an owner nobody names).
+    Transient(String),
+    /// It would fail the same way again (a denied command).
+    Permanent(String),
+}
+
 impl RegionReader {
-    /// Every key of `slot` that starts with `prefix`, asking `owner` first.
+    /// Every key of `slot` that starts with `prefix`: asks `owner`, then
+    /// whichever node the answers name, a few hops at most.
     pub(super) async fn slot_keys(
         &self,
         slot: u16,
         owner: Option<Address>,
         prefix: &str,
-    ) -> Result<Vec<String>, ReadError> {
-        let started = Instant::now();
-        let mut backoff = MIN_BACKOFF;
-        let mut owner = owner;
-        let mut last_error = String::from("no node serves the slot");
-        loop {
-            let mut hops = 0;
-            while let Some(address) = owner.take() {
-                match self.ask(slot, &address).await {
-                    Ok(Answer::Keys(keys)) => return Ok(matching(keys, prefix)),
-                    Ok(Answer::Elsewhere(next)) if hops < MAX_HOPS && next != address => {
-                        hops += 1;
-                        owner = Some(next);
-                    }
-                    Ok(Answer::Elsewhere(next)) => last_error = format!("asked {address:?}, sent to {next:?}"),
-                    Ok(Answer::Unclear(message)) => last_error = message,
-                    Err(e) if matches!(crate::redis::error::classify(&e), crate::redis::error::Retry::Permanent(_)) => {
-                        return Err(self.slot_failed(slot, started, crate::redis::error::describe(&e)));
-                    }
-                    Err(e) => last_error = format!("{}:{}: {e}", address.0, address.1),
+    ) -> Result<Vec<String>, Unread> {
+        let mut owner = owner.ok_or_else(|| Unread::Transient(format!("no node serves slot {slot}")))?;
+        for _ in 0..MAX_HOPS {
+            match self.ask(slot, &owner).await {
+                Ok(Answer::Keys(keys)) => return Ok(matching(keys, prefix)),
+                Ok(Answer::Elsewhere(next)) if next != owner => owner = next,
+                Ok(Answer::Elsewhere(_)) => break,
+                Ok(Answer::Unclear(message)) => return Err(Unread::Transient(message)),
+                Err(e) if matches!(error::classify(&e), error::Retry::Permanent(_)) => {
+                    return Err(Unread::Permanent(error::describe(&e)))
                 }
+                Err(e) => return Err(Unread::Transient(format!("{}:{}: {e}", owner.0, owner.1))),
             }
-            if started.elapsed() >= self.deadline {
-                return Err(self.slot_failed(slot, started, last_error));
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            owner = self.owner_by_cluster_slots(slot).await;
         }
-    }
-
-    fn slot_failed(&self, slot: u16, started: Instant, message: String) -> ReadError {
-        ReadError::Failed { what: format!("listing the keys of slot {slot}"), elapsed: started.elapsed(), message }
+        Err(Unread::Transient(format!("the owner of slot {slot} kept moving (last asked {}:{})", owner.0, owner.1)))
     }
 
     /// The node's state and the slot's keys there, in one transaction; the
@@ -134,14 +121,6 @@ impl RegionReader {
             Value::Array(keys) => Ok(keys),
             other => Err(unexpected(format!("{other:?}"))),
         }
-    }
-
-    /// The slot's primary by a fresh `CLUSTER SLOTS`.
-    async fn owner_by_cluster_slots(&self, slot: u16) -> Option<Address> {
-        let map = self.cluster_slots().await.ok()?;
-        let index = map.primary_of_slot(slot)?;
-        let (host, port) = map.address(index);
-        Some((host.to_string(), port))
     }
 }
 
