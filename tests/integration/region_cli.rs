@@ -649,10 +649,9 @@ fn moving_entries() -> Vec<String> {
     keys.into_iter().map(|k| format!("rf:moving:{k}:1000")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scan_during_slot_moves_lists_every_entry_once() {
-    common::init_logging();
-    let cluster = Arc::new(tokio::task::block_in_place(RedisCluster::start));
+/// Writes [`moving_entries`] with the merge function; returns the handle
+/// and the entries' keys.
+async fn write_moving_entries(cluster: &RedisCluster) -> (Arc<ClusterHandle>, BTreeSet<String>) {
     let handle = Arc::new(ClusterHandle::connect(&common::redis_config(cluster.urls(), 64)).await.expect("cluster"));
     let region = RedisRegion::new(
         handle.clone(),
@@ -662,8 +661,8 @@ async fn a_scan_during_slot_moves_lists_every_entry_once() {
         Duration::from_secs(30),
         Metrics::new().redis_region("moving"),
     );
-    let expected = moving_entries();
-    let writes: Vec<EntryWrite> = expected
+    let keys = moving_entries();
+    let writes: Vec<EntryWrite> = keys
         .iter()
         .map(|key| EntryWrite {
             key: key.clone(),
@@ -677,7 +676,14 @@ async fn a_scan_during_slot_moves_lists_every_entry_once() {
         })
         .collect();
     region.write(&writes).await.expect("written");
-    let expected: BTreeSet<String> = expected.into_iter().collect();
+    (handle, keys.into_iter().collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_during_slot_moves_lists_every_entry_once() {
+    common::init_logging();
+    let cluster = Arc::new(tokio::task::block_in_place(RedisCluster::start));
+    let (handle, expected) = write_moving_entries(&cluster).await;
 
     let slots: Vec<u16> = ["hot", "warm"].iter().map(|t| regionflow::redis::key_slot(t.as_bytes())).collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -810,4 +816,49 @@ fn region_commands_fail_fast_when_redis_is_not_there() {
         assert!(stderr.contains("cannot reach Redis Cluster"), "{args:?}: {stderr}");
         assert!(started.elapsed() < Duration::from_secs(10), "{args:?} within seconds: {:?}", started.elapsed());
     }
+}
+
+/// Scans running while a primary is killed and its replica takes over:
+/// each either lists every entry (the dead node's slots read again on the
+/// promoted replica) or fails saying so; none returns a partial list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_across_a_failover_is_complete_or_an_error() {
+    common::init_logging();
+    let mut cluster = tokio::task::block_in_place(RedisCluster::start);
+    let (handle, expected) = write_moving_entries(&cluster).await;
+    let reader = Arc::new(RegionReader::new(handle, Duration::from_secs(30)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let scans = {
+        let (reader, stop) = (reader.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut results = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                results.push((started, reader.keys("rf:moving:").await.map(|keys| keys.len())));
+            }
+            results
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = Instant::now();
+    tokio::task::block_in_place(|| cluster.kill_primary_for_key("rf:moving:{hot}u1:1000"));
+    let healed_at = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let results = scans.await.expect("scans");
+    let during = results.iter().filter(|(started, _)| (killed_at..healed_at).contains(started)).count();
+    assert!(during > 0, "a scan started during the failover: {results:?}");
+    for (_, result) in &results {
+        match result {
+            Ok(n) => assert_eq!(*n, expected.len(), "a complete list"),
+            Err(e) => eprintln!("a scan failed: {e}"),
+        }
+    }
+    let last = reader.keys("rf:moving:").await.expect("after the failover");
+    assert_eq!(last.into_iter().collect::<BTreeSet<_>>(), expected);
+    eprintln!(
+        "{} scans, {during} started during the failover, {} failed",
+        results.len(),
+        results.iter().filter(|(_, r)| r.is_err()).count()
+    );
 }
