@@ -9,15 +9,15 @@
 //! primary, and slots may move between primaries (resharding) or to a
 //! replica (failover) while the listing runs. [`RegionReader::keys`]:
 //!
-//! 1. asks every primary for its own state ([`topology`]: id, config
+//! 1. asks every primary for its own state (`topology.rs`: id, config
 //!    epoch, slots served, slots migrating or importing);
 //! 2. `SCAN`s every primary for hashes matching the prefix (the server
 //!    filters, so only matching keys travel);
 //! 3. asks every primary again. A node's scan is complete for every slot
 //!    it held, unchanged, from 1 to 3; the others (moved, migrating at
 //!    either moment, on a node that failed over, changed its config epoch
-//!    or did not answer) are *unsettled* ([`topology::Topology::unsettled`]);
-//! 4. reads each unsettled slot again on its own ([`slot`]): on its owner,
+//!    or did not answer) are *unsettled* (`Topology::unsettled`);
+//! 4. reads each unsettled slot again on its own (`slot.rs`): on its owner,
 //!    in one transaction with that node's view of the slot, and while the
 //!    slot migrates, on the source and then the target.
 //!
@@ -30,7 +30,7 @@
 //! changes neither a node's slots nor its epoch.
 
 mod slot;
-pub mod topology;
+mod topology;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
