@@ -6,11 +6,12 @@ use std::sync::Mutex;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, TaskId};
+use super::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, RecordedWrite, TaskId};
 
 #[derive(Default)]
 pub struct MemoryCheckpointStore {
     state: Mutex<HashMap<TaskId, (u64, Option<Checkpoint>)>>,
+    recorded: Mutex<HashMap<TaskId, Vec<RecordedWrite>>>,
 }
 
 impl CheckpointStore for MemoryCheckpointStore {
@@ -41,8 +42,38 @@ impl CheckpointStore for MemoryCheckpointStore {
                 return Ok(CommitOutcome::Fenced);
             }
             entry.1 = Some(checkpoint.clone());
+            self.recorded.lock().expect("records lock").insert(task.clone(), checkpoint.carried.clone());
             Ok(CommitOutcome::Stored)
         }
         .boxed()
+    }
+
+    fn confirm_replication<'a>(
+        &'a self,
+        _task: &'a TaskId,
+        _replication: super::Replication,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>> {
+        async move { Ok(()) }.boxed()
+    }
+
+    fn record_writes<'a>(
+        &'a self,
+        task: &'a TaskId,
+        epoch: u64,
+        writes: &'a [RecordedWrite],
+    ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>> {
+        async move {
+            let owner = self.state.lock().expect("checkpoint lock").get(task).map_or(0, |(epoch, _)| *epoch);
+            if epoch < owner {
+                return Ok(CommitOutcome::Fenced);
+            }
+            self.recorded.lock().expect("records lock").entry(task.clone()).or_default().extend_from_slice(writes);
+            Ok(CommitOutcome::Stored)
+        }
+        .boxed()
+    }
+
+    fn recorded_writes<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<Vec<RecordedWrite>, CheckpointError>> {
+        async move { Ok(self.recorded.lock().expect("records lock").get(task).cloned().unwrap_or_default()) }.boxed()
     }
 }

@@ -45,6 +45,39 @@ pub struct Checkpoint {
     pub state: Vec<u8>,
     /// Wall-clock time of the commit, epoch millis.
     pub written_at: Millis,
+    /// Recorded writes that stay recorded past this checkpoint: those a
+    /// predecessor made that the task has not resolved yet (see
+    /// [`CheckpointStore::record_writes`]). Every other record is covered by
+    /// the checkpoint's state and dropped.
+    pub carried: Vec<RecordedWrite>,
+}
+
+/// An entry a task was about to write, recorded before the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedWrite {
+    /// The entry's Redis key.
+    pub entry: String,
+    /// The source position the write was produced at.
+    pub offset: i64,
+    pub window_start: Millis,
+    pub window_end: Millis,
+    /// The group key.
+    pub key: String,
+}
+
+impl RecordedWrite {
+    /// `offset start end key`: the key last, as it may hold spaces.
+    pub fn encode(&self) -> String {
+        format!("{} {} {} {}", self.offset, self.window_start, self.window_end, self.key)
+    }
+
+    pub fn decode(entry: String, text: &str) -> Option<RecordedWrite> {
+        let mut parts = text.splitn(4, ' ');
+        let mut number = || parts.next()?.parse::<i64>().ok();
+        let (offset, window_start, window_end) = (number()?, number()?, number()?);
+        let key = parts.next()?.to_string();
+        Some(RecordedWrite { entry, offset, window_start, window_end, key })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,10 +116,37 @@ pub trait CheckpointStore: Send + Sync {
 
     fn load<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<Option<Checkpoint>, CheckpointError>>;
 
+    /// Records entries a task is about to write, unless a newer epoch owns
+    /// the partition (then nothing is recorded: the task must not write).
+    /// Session entries are named by their bounds, and a replay need not
+    /// write the same sessions (its update ticks fall elsewhere): the
+    /// records tell the partition's next owner which entries were written
+    /// after the last checkpoint, so that it can retract those its replay
+    /// does not produce.
+    fn record_writes<'a>(
+        &'a self,
+        task: &'a TaskId,
+        epoch: u64,
+        writes: &'a [RecordedWrite],
+    ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>>;
+
+    /// The writes recorded since the last checkpoint, and those it carried.
+    fn recorded_writes<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<Vec<RecordedWrite>, CheckpointError>>;
+
+    /// Waits until `replication.replicas` replicas acknowledged the writes
+    /// made so far, with the errors of [`CheckpointStore::commit`], without
+    /// storing anything (the change feed publishes after it).
+    fn confirm_replication<'a>(
+        &'a self,
+        task: &'a TaskId,
+        replication: Replication,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>>;
+
     /// Waits until `replication.replicas` replicas acknowledged the writes
     /// made so far, on the connection they were made on (else
     /// [`CheckpointError::ReplicationUnverifiable`]), then stores the
-    /// checkpoint unless a newer epoch exists.
+    /// checkpoint unless a newer epoch exists, replacing the recorded
+    /// writes with the checkpoint's `carried` ones.
     fn commit<'a>(
         &'a self,
         task: &'a TaskId,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ConfigError;
 pub use crate::format::{EventTimeSource, Format, KeySource, TimeFormat};
-pub use crate::region::TtlFrom;
+pub use crate::region::{ChangeMode, TtlFrom};
 pub use crate::window::{AggregateFunction, LateAction};
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -160,6 +160,21 @@ pub struct RegionConfig {
     /// its checkpoint is stored; 0 trusts asynchronous replication.
     #[serde(default)]
     pub redundancy: usize,
+    /// The change feed: every change of an entry, published to a Kafka
+    /// topic. Absent means none.
+    #[serde(default)]
+    pub changes: Option<ChangesConfig>,
+}
+
+/// `region.changes = { topic = "...", mode = "every" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesConfig {
+    /// The topic the changes go to, keyed by entry (compaction keeps each
+    /// entry's latest state; deletions are tombstones).
+    pub topic: String,
+    #[serde(default)]
+    pub mode: ChangeMode,
 }
 
 fn default_key_template() -> String {
@@ -295,6 +310,21 @@ impl PipelineConfig {
         crate::region::KeyTemplate::parse(&self.region.key).map_err(|m| invalid("region.key", m))?;
         if self.region.ttl == Some(Duration::ZERO) {
             return Err(invalid("region.ttl", "a positive duration, or leave it out for no expiry".into()));
+        }
+        if let Some(changes) = &self.region.changes {
+            if changes.topic.is_empty() {
+                return Err(invalid("region.changes.topic", "the topic that receives the region's changes".into()));
+            }
+            let dead_letters = self.errors.deadletterqueue_topic_name.as_deref();
+            if self.topics.contains(&changes.topic) || dead_letters == Some(changes.topic.as_str()) {
+                return Err(invalid(
+                    "region.changes.topic",
+                    format!(
+                        "`{}` is a source or dead-letter topic of this pipeline; the change feed needs its own topic",
+                        changes.topic
+                    ),
+                ));
+            }
         }
         if self.max_record_bytes == 0 {
             return Err(invalid("max_record_bytes", "a positive number of bytes".into()));

@@ -37,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Sinks;
 use crate::config::Settings;
 use crate::format::SourceRecord;
-use crate::kafka::{self, DeadLetters, Partition};
+use crate::kafka::{self, ChangeFeed, DeadLetters, Partition};
 use crate::metrics::{Health, Metrics};
-use crate::pipeline::{Pipeline, TaskError, TaskHandle};
+use crate::pipeline::{KafkaOutputs, Pipeline, TaskError, TaskHandle};
 use crate::redis::ClusterHandle;
+use crate::region::JsonChanges;
 
 use assignment::Assignments;
 
@@ -80,20 +81,23 @@ pub async fn run(
     let shutdown_timeout = settings.connector.shutdown_timeout;
     let abort = CancellationToken::new();
 
-    let dead_letter_producer = if settings.pipelines.values().any(|p| p.dead_letter_topic().is_some()) {
-        Some(kafka::producer(&settings.kafka)?)
-    } else {
-        None
-    };
+    let producing = settings.pipelines.values().any(|p| p.dead_letter_topic().is_some() || p.region.changes.is_some());
+    let producer = if producing { Some(kafka::producer(&settings.kafka)?) } else { None };
     let mut by_topic: HashMap<String, Arc<Pipeline>> = HashMap::new();
     for (name, config) in &settings.pipelines {
-        let dead_letters = config.dead_letter_topic().map(|topic| {
-            let producer = dead_letter_producer.clone().expect("created when any pipeline has a dead-letter topic");
-            DeadLetters::new(producer, topic.to_string(), name.clone())
-        });
+        let producer = || producer.clone().expect("created when any pipeline produces");
+        let outputs =
+            KafkaOutputs {
+                dead_letters: config
+                    .dead_letter_topic()
+                    .map(|topic| DeadLetters::new(producer(), topic.to_string(), name.clone())),
+                changes: config.region.changes.as_ref().map(|changes| {
+                    ChangeFeed::new(producer(), &changes.topic, &config.region.name, Arc::new(JsonChanges))
+                }),
+            };
         let region = sinks.regions.get(name).cloned().expect("one region per pipeline");
         let pipeline =
-            Arc::new(Pipeline::compile(name, &settings, region, sinks.checkpoints.clone(), dead_letters, &metrics));
+            Arc::new(Pipeline::compile(name, &settings, region, sinks.checkpoints.clone(), outputs, &metrics));
         for topic in &config.topics {
             by_topic.insert(topic.clone(), pipeline.clone());
         }

@@ -1,6 +1,8 @@
 //! Everything about Kafka: the group consumer ([`consumer`]), the producer
-//! and the dead-letter topic it writes ([`dead_letter`]).
+//! and the topics it writes: dead letters ([`dead_letter`]) and region
+//! changes ([`changes`]).
 
+pub mod changes;
 pub mod consumer;
 pub mod dead_letter;
 
@@ -9,6 +11,7 @@ use rdkafka::producer::FutureProducer;
 
 use crate::config::KafkaConfig;
 
+pub use changes::ChangeFeed;
 pub use consumer::{Partition, SourceConsumer};
 pub use dead_letter::DeadLetters;
 
@@ -42,7 +45,8 @@ pub fn check_properties(kafka: &KafkaConfig) -> Result<(), String> {
     }
 }
 
-/// A producer for dead letters (idempotent, so retries do not duplicate).
+/// A producer for dead letters and changes (idempotent, so retries neither
+/// duplicate nor reorder).
 pub fn producer(kafka: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
     let mut config = ClientConfig::new();
     config.set("enable.idempotence", "true").set("linger.ms", "5");

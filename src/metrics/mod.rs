@@ -52,6 +52,10 @@ pub struct Metrics {
     pub up: IntGauge,
     pub task_failures: IntCounter,
     pub offset_gap_records: IntCounterVec,
+    pub changes_published: IntCounterVec,
+    pub change_publish_failures: IntCounterVec,
+    pub change_publish_retries: IntCounterVec,
+    pub changes_pending: IntGaugeVec,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -212,6 +216,10 @@ impl Metrics {
                     .expect("valid metric definition"),
             ),
             offset_gap_records: counter(&r, "regionflow_offset_gap_records_total", "Records deleted from a partition (retention) before they were processed.", &["pipeline"]),
+            changes_published: counter(&r, "regionflow_changes_published_total", "Region entry changes acknowledged by the change feed's topic.", &["pipeline", "region"]),
+            change_publish_failures: counter(&r, "regionflow_change_publish_failures_total", "Change feed publications that failed (the task restarts from its checkpoint and publishes again).", &["pipeline", "region"]),
+            change_publish_retries: counter(&r, "regionflow_change_publish_retries_total", "Change feed publications retried because the producer's queue was full.", &["pipeline", "region"]),
+            changes_pending: gauge(&r, "regionflow_change_feed_pending", "Changes applied in Redis whose publication Kafka has not acknowledged yet (the feed's lag).", &["pipeline", "region"]),
             registry: r,
         };
         // The standard process_* series: CPU seconds, resident and virtual

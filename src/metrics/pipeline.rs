@@ -63,6 +63,10 @@ pub struct PipelineMetrics {
     flush_duration: Histogram,
     task_failures: IntCounter,
     offset_gap_records: IntCounter,
+    changes_published: IntCounter,
+    change_publish_failures: IntCounter,
+    change_publish_retries: IntCounter,
+    changes_pending: IntGauge,
 }
 
 impl Metrics {
@@ -112,6 +116,10 @@ impl Metrics {
             flush_duration: self.flush_duration.clone(),
             task_failures: self.task_failures.clone(),
             offset_gap_records: self.offset_gap_records.with_label_values(&[name]),
+            changes_published: self.changes_published.with_label_values(&[name, region]),
+            change_publish_failures: self.change_publish_failures.with_label_values(&[name, region]),
+            change_publish_retries: self.change_publish_retries.with_label_values(&[name, region]),
+            changes_pending: self.changes_pending.with_label_values(&[name, region]),
             metrics: self.clone(),
         }
     }
@@ -133,6 +141,27 @@ impl PipelineMetrics {
             labels: [self.name.clone(), topic.to_string(), partition_label],
             metrics: m.clone(),
         }
+    }
+
+    /// Changes handed to the feed's producer.
+    pub fn changes_enqueued(&self, n: u64) {
+        self.changes_pending.add(n as i64);
+    }
+
+    /// Changes that settled: `acknowledged` of `settled` were, the rest failed.
+    pub fn changes_settled(&self, settled: u64, acknowledged: u64) {
+        self.changes_pending.sub(settled as i64);
+        self.changes_published.inc_by(acknowledged);
+        self.change_publish_failures.inc_by(settled - acknowledged);
+    }
+
+    /// Changes a stopping task no longer waits for.
+    pub fn changes_abandoned(&self, n: u64) {
+        self.changes_pending.sub(n as i64);
+    }
+
+    pub fn change_publish_retried(&self) {
+        self.change_publish_retries.inc();
     }
 
     pub fn decode_failure(&self, stage: &str) {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::config::{EmitConfig, EventTimeSource, PipelineConfig, Settings, Tolerance, WindowConfig};
+use crate::config::{ChangeMode, EmitConfig, EventTimeSource, PipelineConfig, Settings, Tolerance, WindowConfig};
 use crate::format::RecordSpec;
 use crate::region::{KeyTemplate, RegionLayout};
 use crate::time::{EventTimeBounds, Millis};
@@ -55,7 +55,10 @@ pub fn window_spec(config: &PipelineConfig) -> WindowSpec {
         WindowConfig::Sliding { size, slide } => WindowKind::Sliding { size: ms(size), slide: ms(slide) },
         WindowConfig::Session { gap } => WindowKind::Session { gap: ms(gap) },
     };
-    WindowSpec { kind, allowed_lateness: ms(config.allowed_lateness), functions: functions(config) }
+    // A final-mode change feed publishes what finals write, so a window's
+    // final must be written even when its last update holds the value.
+    let fire_unchanged = config.region.changes.as_ref().is_some_and(|changes| changes.mode == ChangeMode::Final);
+    WindowSpec { kind, allowed_lateness: ms(config.allowed_lateness), functions: functions(config), fire_unchanged }
 }
 
 /// The aggregate functions, in the order of every accumulator list.
@@ -73,6 +76,7 @@ pub fn region_layout(key_prefix: &str, config: &PipelineConfig) -> RegionLayout 
     let region = &config.region;
     let template = KeyTemplate::parse(&region.key).expect("validated at configuration load");
     RegionLayout::new(key_prefix, &region.name, template, region.ttl, region.ttl_from)
+        .with_changes(region.changes.as_ref().map(|changes| changes.mode))
 }
 
 pub fn task_policy(settings: &Settings, config: &PipelineConfig) -> TaskPolicy {

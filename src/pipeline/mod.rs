@@ -2,7 +2,7 @@
 //!
 //! [`Pipeline`] holds what every task of one pipeline shares: the decoder,
 //! window specification, region layout and region, task policy,
-//! dead-letter producer, checkpoint store and metrics, all built once at
+//! dead-letter and change feed producers, checkpoint store and metrics, all built once at
 //! start ([`compile`]). The connector starts one [`task::PartitionTask`]
 //! per assigned partition and feeds it batches of records.
 
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use crate::checkpoint::CheckpointStore;
 use crate::config::Settings;
 use crate::format::{decoder_for, Decoder};
-use crate::kafka::DeadLetters;
+use crate::kafka::{ChangeFeed, DeadLetters};
 use crate::metrics::{Metrics, PipelineMetrics};
 use crate::region::{Region, RegionLayout};
 use crate::time::Clock;
@@ -31,21 +31,29 @@ pub struct Pipeline {
     pub policy: TaskPolicy,
     pub region: Arc<dyn Region>,
     pub dead_letters: Option<DeadLetters>,
+    pub changes: Option<ChangeFeed>,
     pub metrics: PipelineMetrics,
     pub checkpoints: Arc<dyn CheckpointStore>,
     pub clock: Clock,
 }
 
+/// What a pipeline produces to Kafka: dead letters and region changes,
+/// each when configured.
+#[derive(Clone, Default)]
+pub struct KafkaOutputs {
+    pub dead_letters: Option<DeadLetters>,
+    pub changes: Option<ChangeFeed>,
+}
+
 impl Pipeline {
     /// Compiles pipeline `name` of `settings` onto its region, the
-    /// checkpoint store and (when it has a dead-letter topic) its dead
-    /// letters.
+    /// checkpoint store and its Kafka outputs.
     pub fn compile(
         name: &str,
         settings: &Settings,
         region: Arc<dyn Region>,
         checkpoints: Arc<dyn CheckpointStore>,
-        dead_letters: Option<DeadLetters>,
+        outputs: KafkaOutputs,
         metrics: &Arc<Metrics>,
     ) -> Pipeline {
         let config = &settings.pipelines[name];
@@ -56,7 +64,8 @@ impl Pipeline {
             layout: compile::region_layout(&settings.redis.key_prefix, config),
             policy: compile::task_policy(settings, config),
             region,
-            dead_letters,
+            dead_letters: outputs.dead_letters,
+            changes: outputs.changes,
             metrics: metrics.pipeline(name, &config.region.name, &config.topics),
             checkpoints,
             clock: Clock::default(),

@@ -1,12 +1,15 @@
 //! Checkpoints and epochs in the Redis Cluster.
 //!
-//! Per task, two keys share a hash tag, so they live on one shard and one
-//! script can check both atomically:
+//! Per task, three keys share a hash tag, so they live on one shard and one
+//! script can check them atomically:
 //! `<prefix>:_epoch:{<pipeline>:<topic>:<partition>}` (the epoch counter,
-//! `INCR`ed on every takeover) and `<prefix>:_ckpt:{...}` (a hash with
-//! `epoch`, `offset`, `watermark`, `state`, `written_at`). The commit script
-//! writes the whole hash in one step, or nothing when the counter has moved
-//! past the writer's epoch. A set per pipeline, `<prefix>:_ckpt_index:<pipeline>`,
+//! `INCR`ed on every takeover), `<prefix>:_ckpt:{...}` (a hash with
+//! `epoch`, `offset`, `watermark`, `state`, `written_at`) and
+//! `<prefix>:_written:{...}` (session entries written since the checkpoint,
+//! recorded before they are written; see `CheckpointStore::record_writes`).
+//! The commit script writes the whole checkpoint and resets the records in
+//! one step, or nothing when the counter has moved past the writer's epoch;
+//! the record script records nothing then either. A set per pipeline, `<prefix>:_ckpt_index:<pipeline>`,
 //! lists the tasks that have checkpoints, for the operations CLI.
 
 use std::collections::HashMap;
@@ -19,8 +22,12 @@ use redis::Script;
 
 use super::cluster::{ClusterHandle, Failed};
 use super::replication::{self, Snapshot, Unconfirmed};
-use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, Replication, TaskId};
+use crate::checkpoint::{
+    Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, RecordedWrite, Replication, TaskId,
+};
 
+/// KEYS: epoch counter, checkpoint, recorded writes. ARGV: epoch, offset,
+/// watermark, state, written_at, then the carried records (entry, value)...
 const COMMIT_SCRIPT: &str = r#"
 local owner = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) < owner then
@@ -28,6 +35,20 @@ if tonumber(ARGV[1]) < owner then
 end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'epoch', ARGV[1], 'offset', ARGV[2], 'watermark', ARGV[3], 'state', ARGV[4], 'written_at', ARGV[5])
+redis.call('DEL', KEYS[3])
+if #ARGV > 5 then
+  redis.call('HSET', KEYS[3], unpack(ARGV, 6))
+end
+return 1
+"#;
+
+/// KEYS: epoch counter, recorded writes. ARGV: epoch, then (entry, value)...
+const RECORD_SCRIPT: &str = r#"
+local owner = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) < owner then
+  return 0
+end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
 return 1
 "#;
 
@@ -38,6 +59,7 @@ pub struct RedisCheckpointStore {
     deadline: Duration,
     replica_timeout: Duration,
     script: Arc<Script>,
+    record_script: Arc<Script>,
     /// Per task, every primary's identity before its writes since its last
     /// checkpoint (see `replication`).
     snapshots: Arc<std::sync::Mutex<HashMap<TaskId, Snapshot>>>,
@@ -53,6 +75,7 @@ impl RedisCheckpointStore {
             deadline,
             replica_timeout,
             script: Arc::new(Script::new(COMMIT_SCRIPT)),
+            record_script: Arc::new(Script::new(RECORD_SCRIPT)),
             snapshots: Arc::default(),
         }
     }
@@ -67,6 +90,12 @@ impl RedisCheckpointStore {
 
     pub fn checkpoint_key(&self, task: &TaskId) -> String {
         format!("{}:_ckpt:{}", self.prefix, Self::tag(task))
+    }
+
+    /// The writes recorded since the task's last checkpoint: a hash of
+    /// entry key → [`RecordedWrite::encode`].
+    pub fn recorded_key(&self, task: &TaskId) -> String {
+        format!("{}:_written:{}", self.prefix, Self::tag(task))
     }
 
     fn index_key(&self, pipeline: &str) -> String {
@@ -137,10 +166,45 @@ fn parse(task: &TaskId, mut fields: HashMap<String, Vec<u8>>) -> Result<Checkpoi
     let watermark = number("watermark")?;
     let written_at = number("written_at")?;
     let state = fields.remove("state").ok_or_else(|| corrupt("field state missing".into()))?;
-    Ok(Checkpoint { epoch, offset, watermark, state, written_at })
+    Ok(Checkpoint { epoch, offset, watermark, state, written_at, carried: Vec::new() })
+}
+
+impl RedisCheckpointStore {
+    /// The primaries' identities and offsets once `replication.replicas`
+    /// replicas hold the task's writes (`None` when none are asked for).
+    async fn confirm(&self, task: &TaskId, replication: Replication) -> Result<Option<Snapshot>, CheckpointError> {
+        let replicas = replication.replicas;
+        if replicas == 0 {
+            return Ok(None);
+        }
+        let before = self.snapshots.lock().expect("snapshots lock").get(task).cloned();
+        let Some(before) = before else {
+            return Err(CheckpointError::ReplicationUnverifiable);
+        };
+        let started = std::time::Instant::now();
+        match replication::confirm(&self.connection, &before, replicas, self.replica_timeout).await {
+            Ok(now) => Ok(Some(now)),
+            Err(Unconfirmed::Changed) => Err(CheckpointError::ReplicationUnverifiable),
+            Err(Unconfirmed::Behind { acked }) => {
+                Err(CheckpointError::NotReplicated { acked, wanted: replicas, timeout: self.replica_timeout })
+            }
+            Err(Unconfirmed::Unavailable(message)) => {
+                tracing::debug!(took = ?started.elapsed(), "replication state unreadable");
+                Err(CheckpointError::ReplicationUnknown { message })
+            }
+        }
+    }
 }
 
 impl CheckpointStore for RedisCheckpointStore {
+    fn confirm_replication<'a>(
+        &'a self,
+        task: &'a TaskId,
+        replication: Replication,
+    ) -> BoxFuture<'a, Result<(), CheckpointError>> {
+        async move { self.confirm(task, replication).await.map(|_| ()) }.boxed()
+    }
+
     fn acquire<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<u64, CheckpointError>> {
         async move {
             let key = self.epoch_key(task);
@@ -194,42 +258,24 @@ impl CheckpointStore for RedisCheckpointStore {
         replication: Replication,
     ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>> {
         async move {
-            let replicas = replication.replicas;
-            let mut confirmed = None;
-            if replicas > 0 {
-                let before = self.snapshots.lock().expect("snapshots lock").get(task).cloned();
-                let Some(before) = before else {
-                    return Err(CheckpointError::ReplicationUnverifiable);
-                };
-                let started = std::time::Instant::now();
-                match replication::confirm(&self.connection, &before, replicas, self.replica_timeout).await {
-                    Ok(now) => confirmed = Some(now),
-                    Err(Unconfirmed::Changed) => return Err(CheckpointError::ReplicationUnverifiable),
-                    Err(Unconfirmed::Behind { acked }) => {
-                        return Err(CheckpointError::NotReplicated {
-                            acked,
-                            wanted: replicas,
-                            timeout: self.replica_timeout,
-                        })
-                    }
-                    Err(Unconfirmed::Unavailable(message)) => {
-                        tracing::debug!(took = ?started.elapsed(), "replication state unreadable");
-                        return Err(CheckpointError::ReplicationUnknown { message });
-                    }
-                }
-            }
+            let confirmed = self.confirm(task, replication).await?;
             let (epoch_key, checkpoint_key) = (self.epoch_key(task), self.checkpoint_key(task));
+            let recorded_key = self.recorded_key(task);
             let (stored, _) = self
                 .connection
                 .with_retry(self.deadline, "store checkpoint", |mut c| {
                     let mut invocation = self.script.key(&epoch_key);
                     invocation
                         .key(&checkpoint_key)
+                        .key(&recorded_key)
                         .arg(checkpoint.epoch)
                         .arg(checkpoint.offset)
                         .arg(checkpoint.watermark)
                         .arg(&checkpoint.state[..])
                         .arg(checkpoint.written_at);
+                    for carried in &checkpoint.carried {
+                        invocation.arg(&carried.entry).arg(carried.encode());
+                    }
                     async move { invocation.invoke_async::<i64>(&mut c).await }
                 })
                 .await
@@ -250,6 +296,59 @@ impl CheckpointStore for RedisCheckpointStore {
                 .await
                 .map_err(Self::unavailable)?;
             Ok(CommitOutcome::Stored)
+        }
+        .boxed()
+    }
+
+    fn record_writes<'a>(
+        &'a self,
+        task: &'a TaskId,
+        epoch: u64,
+        writes: &'a [RecordedWrite],
+    ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>> {
+        async move {
+            if writes.is_empty() {
+                return Ok(CommitOutcome::Stored);
+            }
+            let (epoch_key, recorded_key) = (self.epoch_key(task), self.recorded_key(task));
+            let (recorded, _) = self
+                .connection
+                .with_retry(self.deadline, "record writes", |mut c| {
+                    let mut invocation = self.record_script.key(&epoch_key);
+                    invocation.key(&recorded_key).arg(epoch);
+                    for write in writes {
+                        invocation.arg(&write.entry).arg(write.encode());
+                    }
+                    async move { invocation.invoke_async::<i64>(&mut c).await }
+                })
+                .await
+                .map_err(Self::unavailable)?;
+            Ok(if recorded == 0 { CommitOutcome::Fenced } else { CommitOutcome::Stored })
+        }
+        .boxed()
+    }
+
+    fn recorded_writes<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<Vec<RecordedWrite>, CheckpointError>> {
+        async move {
+            let key = self.recorded_key(task);
+            let (fields, _) = self
+                .connection
+                .with_retry(self.deadline, "load recorded writes", |mut c| {
+                    let key = key.clone();
+                    async move { redis::cmd("HGETALL").arg(key).query_async::<HashMap<String, String>>(&mut c).await }
+                })
+                .await
+                .map_err(Self::unavailable)?;
+            let mut writes = Vec::with_capacity(fields.len());
+            for (entry, value) in fields {
+                let write = RecordedWrite::decode(entry, &value).ok_or_else(|| CheckpointError::Corrupt {
+                    task: task.to_string(),
+                    message: format!("recorded write {value:?} is malformed"),
+                })?;
+                writes.push(write);
+            }
+            writes.sort_by(|a, b| (a.offset, &a.entry).cmp(&(b.offset, &b.entry)));
+            Ok(writes)
         }
         .boxed()
     }

@@ -50,6 +50,8 @@ ARGV[9]   ttl milliseconds (integer)
 ARGV[10]  aggregate spec: comma-separated `function:name` in the order of the
           "a" array; function is one of count, sum, min, max, avg,
           distinct_count, first, last
+ARGV[11]  change capture (optional): absent or `` none; `v` keep the entry's
+          version; `c` keep it and return the change (see Replies)
 
 Rules, in this order:
 1. The field holds a partial with "e" > ARGV[2]: change nothing, return -1
@@ -78,6 +80,22 @@ Rules, in this order:
    "1000000000000000000000"; see shortest_digits); distinct_count as
    `HyperLogLog::estimate` (src/window/hll.rs); first/last as the value.
 6. Apply the TTL, return 1.
+
+Versions (ARGV[11] `v` or `c`): the hidden field `_v` counts the changes
+applied to the entry. Every write that returns 1 or 2 raises it by one,
+atomically with the change; a deletion's version is the one after the last
+(the public fields and partials are gone; `_v` stays as a tombstone for a
+day, so a re-created entry continues the count and a retraction replayed on
+the tombstone republishes the deletion under the next version). A
+retraction from nothing (no entry, no tombstone) returns 2 and is no change.
+
+Replies: -1, 0, 1 or 2 as above. With `c`, a write that returns 1 or 2, and
+a stale replay (0, so that a change whose publication was lost is published
+again by whoever replays it), reply with an array instead:
+{status, version, field, value, ...}: the public fields as the entry now
+holds them (window_start, window_end, then the aggregates present, in spec
+order), none after a deletion. A fenced write (-1), and a retraction from
+nothing (2), are always integers.
 
 Malformed arguments or stored partials are refused with an error reply
 starting `ERR merge script:`, before anything is written. The script only
@@ -486,7 +504,7 @@ local function parse_spec_text(text)
     if not fn then
       fail('bad aggregate "' .. item .. '" in spec (ARGV[10]); expected function:name')
     end
-    if name == 'window_start' or name == 'window_end'
+    if name == 'window_start' or name == 'window_end' or name == '_v'
         or string.sub(name, 1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
       fail('aggregate name "' .. name .. '" clashes with the entry layout')
     end
@@ -561,6 +579,24 @@ end
 
 local MODES = { r = true, m = true, d = true }
 local TTL_MODES = { n = true, r = true, a = true }
+local CAPTURES = { [''] = true, v = true, c = true }
+local VERSION_FIELD = '_v'
+-- How long a deleted entry's version outlives it (one day).
+local TOMBSTONE_MS = 86400000
+
+-- The reply for a change under capture `c`: status, version, then the
+-- public fields of `set` (HSET arguments after the key) or of the stored
+-- hash, leaving out partials and the version.
+local function change_reply(status, version, fields, from)
+  local reply = { status, version }
+  for i = from, #fields, 2 do
+    local name = fields[i]
+    if name ~= VERSION_FIELD and string.sub(name, 1, #PARTIAL_PREFIX) ~= PARTIAL_PREFIX then
+      reply[#reply + 1], reply[#reply + 2] = name, fields[i + 1]
+    end
+  end
+  return reply
+end
 
 local function main(KEYS, ARGV)
   local key = KEYS[1]
@@ -577,13 +613,20 @@ local function main(KEYS, ARGV)
   local ttl_mode = choice_arg(ARGV, 8, 'ttl mode', TTL_MODES)
   local ttl = integer_arg(ARGV, 9, 'ttl')
   local spec = parse_spec(ARGV[10])
+  local capture = ARGV[11] or ''
+  if not CAPTURES[capture] then
+    fail('unknown change capture (ARGV[11]) ' .. tostring(capture))
+  end
 
   -- Every partial of the entry, as text and (lazily) decoded.
   local texts, decoded = {}, {}
+  local version = 0
   local hash = redis.call('HGETALL', key)
   for i = 1, #hash, 2 do
     if string.sub(hash[i], 1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
       texts[hash[i]] = hash[i + 1]
+    elseif hash[i] == VERSION_FIELD then
+      version = tonumber(hash[i + 1]) or 0
     end
   end
   local function partial(name)
@@ -604,6 +647,9 @@ local function main(KEYS, ARGV)
         -- nothing, so the previous owner is fenced from here on.
         redis.call('HSET', KEYS[1], field,
           encode_partial(spec, ARGV[2], string.format('%d', current.o), current.values))
+      end
+      if capture == 'c' then
+        return change_reply(0, version, hash, 1)
       end
       return 0
     end
@@ -632,6 +678,19 @@ local function main(KEYS, ARGV)
   end
   if #names == 0 then
     redis.call('DEL', key)
+    -- Under capture, a deleted entry leaves a tombstone: only its version,
+    -- for TOMBSTONE_MS, so that a re-created entry continues its versions
+    -- and a replayed retraction republishes the deletion (whose first
+    -- publication may have been lost) under a newer version. Retracting
+    -- from nothing (no entry, no tombstone) changes nothing.
+    if capture ~= '' and #hash > 0 then
+      version = version + 1
+      redis.call('HSET', key, VERSION_FIELD, string.format('%d', version))
+      redis.call('PEXPIRE', key, TOMBSTONE_MS)
+      if capture == 'c' then
+        return { 2, version }
+      end
+    end
     return 2
   end
   table.sort(names, bytes_less)
@@ -646,6 +705,10 @@ local function main(KEYS, ARGV)
   local absent = { key }
   if mode ~= 'd' then
     set[#set + 1], set[#set + 2] = field, texts[field]
+  end
+  if capture ~= '' then
+    version = version + 1
+    set[#set + 1], set[#set + 2] = VERSION_FIELD, string.format('%d', version)
   end
   for i, aggregate in ipairs(spec) do
     -- 5: rendering
@@ -665,11 +728,16 @@ local function main(KEYS, ARGV)
     redis.call('HDEL', unpack(absent))
   end
 
-  -- 6: expiry
+  -- 6: expiry (an entry re-created over a tombstone loses its expiry)
   if ttl_mode == 'r' then
     redis.call('PEXPIRE', key, ttl)
   elseif ttl_mode == 'a' then
     redis.call('PEXPIREAT', key, ttl)
+  elseif #hash == 2 and hash[1] == VERSION_FIELD then
+    redis.call('PERSIST', key)
+  end
+  if capture == 'c' then
+    return change_reply(1, version, set, 2)
   end
   return 1
 end

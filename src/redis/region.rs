@@ -46,7 +46,7 @@ use super::error::{self, Permanent, Retry};
 use super::function::{self, MERGE_FUNCTION};
 use super::partial;
 use crate::metrics::RedisRegionMetrics;
-use crate::region::{EntryWrite, Expiry, Region, RegionError, WriteMode, WriteOutcome};
+use crate::region::{Change, ChangeOp, EntryWrite, Expiry, Region, RegionError, WriteMode, WriteOutcome};
 use crate::window::AggregateFunction;
 
 /// Commands per pipeline: large enough that the per-command cost of the
@@ -58,7 +58,40 @@ const PIPELINES_IN_FLIGHT: usize = 8;
 
 /// The merge function's replies for one entry's writes, and the retries
 /// they took.
-type EntryReplies = Result<(Vec<i64>, u64), RegionError>;
+type EntryReplies = Result<(Vec<Reply>, u64), RegionError>;
+
+/// One merge function reply: its status (-1 fenced, 0 stale, 1 written, 2
+/// deleted) and, under [`Capture::Publish`], the entry's version and public
+/// fields.
+#[derive(Debug)]
+struct Reply {
+    status: i64,
+    change: Option<(u64, Vec<(String, String)>)>,
+}
+
+impl Reply {
+    fn parse(value: Value) -> Result<Reply, RegionError> {
+        let unexpected = |value: &Value| RegionError::Refused(format!("merge function returned {value:?}"));
+        match value {
+            Value::Int(status) => Ok(Reply { status, change: None }),
+            Value::Array(items) => {
+                let mut items = items.into_iter();
+                let (Some(Value::Int(status)), Some(Value::Int(version))) = (items.next(), items.next()) else {
+                    return Err(RegionError::Refused("merge function returned a malformed change".into()));
+                };
+                let mut fields = Vec::with_capacity(items.len() / 2);
+                while let (Some(name), Some(value)) = (items.next(), items.next()) {
+                    match (redis::from_redis_value(name), redis::from_redis_value(value)) {
+                        (Ok(name), Ok(value)) => fields.push((name, value)),
+                        _ => return Err(RegionError::Refused("merge function returned a malformed field".into())),
+                    }
+                }
+                Ok(Reply { status, change: Some((version.max(0) as u64, fields)) })
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
 
 /// A write with its partial encoded for the merge function.
 struct Encoded<'a> {
@@ -68,7 +101,7 @@ struct Encoded<'a> {
 
 /// What became of a pipelined write: the function's reply, or `None` when it
 /// must go the per-entry way.
-type PipelinedReplies = Result<Vec<(usize, Option<i64>)>, RegionError>;
+type PipelinedReplies = Result<Vec<(usize, Option<Reply>)>, RegionError>;
 
 #[derive(Clone)]
 pub struct RedisRegion {
@@ -114,6 +147,7 @@ impl RedisRegion {
             ttl_mode,
             ttl,
             &*self.spec,
+            write.capture.as_arg(),
         )
     }
 
@@ -131,16 +165,16 @@ impl RedisRegion {
 
     /// One write, retried until the deadline; returns the function's reply
     /// and how many retries it took.
-    async fn write_one(&self, write: &Encoded<'_>) -> Result<(i64, u64), RegionError> {
+    async fn write_one(&self, write: &Encoded<'_>) -> Result<(Reply, u64), RegionError> {
         let call = MERGE_FUNCTION.call(&write.write.key, self.merge_args(write));
         self.connection
             .with_retry(self.write_deadline, "entry write", |mut connection| {
                 let call = &call;
                 async move {
-                    match call.query_async::<i64>(&mut connection).await {
+                    match call.query_async::<Value>(&mut connection).await {
                         Err(e) if function::is_not_loaded(&e) => {
                             MERGE_FUNCTION.load().query_async::<Value>(&mut connection).await?;
-                            call.query_async::<i64>(&mut connection).await
+                            call.query_async::<Value>(&mut connection).await
                         }
                         reply => reply,
                     }
@@ -154,6 +188,7 @@ impl RedisRegion {
                     RegionError::WriteFailed { elapsed: failed.elapsed, message: failed.message() }
                 }
             })
+            .and_then(|(reply, retries)| Ok((Reply::parse(reply)?, retries)))
     }
 
     /// The first writes of `entries[i]` for each `i` in `ids`, pipelined to
@@ -197,7 +232,7 @@ impl RedisRegion {
             let mut unloaded = Vec::new();
             for (&i, reply) in pending.iter().zip(replies) {
                 match reply {
-                    Value::Int(reply) => done.push((i, Some(reply))),
+                    reply @ (Value::Int(_) | Value::Array(_)) => done.push((i, Some(Reply::parse(reply)?))),
                     Value::ServerError(e) => {
                         let e = RedisError::from(e);
                         if function::is_not_loaded(&e) && attempt == 0 {
@@ -234,13 +269,26 @@ fn is_script_refusal(e: &RedisError) -> bool {
     error::classify(e) == Retry::Permanent(Permanent::ScriptRefusal)
 }
 
-/// Counts one merge function reply into `outcome`.
-fn count(outcome: &mut WriteOutcome, reply: i64) -> Result<(), RegionError> {
-    match reply {
+/// Counts one merge function reply to `write` into `outcome`, with the
+/// change it returned.
+fn count(outcome: &mut WriteOutcome, write: &EntryWrite, reply: Reply) -> Result<(), RegionError> {
+    match reply.status {
         -1 => outcome.fenced += 1,
         0 => outcome.stale += 1,
         1 | 2 => outcome.applied += 1,
         other => return Err(RegionError::Refused(format!("merge function returned {other}"))),
+    }
+    if let Some((version, fields)) = reply.change {
+        let op = if reply.status == 2 { ChangeOp::Delete } else { ChangeOp::Upsert };
+        outcome.changes.push(Change {
+            entry: write.key.clone(),
+            key: write.group.clone(),
+            window_start: write.window.start,
+            window_end: write.window.end,
+            version,
+            op,
+            fields,
+        });
     }
     Ok(())
 }
@@ -304,7 +352,7 @@ impl RedisRegion {
                     for (i, reply) in replies? {
                         match reply {
                             Some(reply) => {
-                                count(&mut outcome, reply)?;
+                                count(&mut outcome, entries[i][0].write, reply)?;
                                 written[i] = 1;
                             }
                             None => outcome.retried += 1,
@@ -315,18 +363,21 @@ impl RedisRegion {
 
             // Boxed up front: a lazily mapped iterator trips the compiler's
             // higher-ranked `Send` inference for the returned future.
-            let commands: Vec<BoxFuture<'_, EntryReplies>> = entries
+            let commands: Vec<BoxFuture<'_, (&[Encoded<'_>], EntryReplies)>> = entries
                 .iter()
                 .zip(&written)
                 .filter(|(entry, &written)| written < entry.len())
-                .map(|(entry, &written)| self.write_entry(&entry[written..]).boxed())
+                .map(|(entry, &written)| {
+                    let rest = &entry[written..];
+                    self.write_entry(rest).map(move |replies| (rest, replies)).boxed()
+                })
                 .collect();
             let mut replies = futures::stream::iter(commands).buffer_unordered(self.concurrency);
-            while let Some(replies) = replies.next().await {
+            while let Some((writes, replies)) = replies.next().await {
                 let (replies, retried) = replies?;
                 outcome.retried += retried;
-                for reply in replies {
-                    count(&mut outcome, reply)?;
+                for (write, reply) in writes.iter().zip(replies) {
+                    count(&mut outcome, write.write, reply)?;
                 }
             }
             Ok(outcome)

@@ -22,6 +22,18 @@ use crate::time::Millis;
 /// The hidden field holding an entry's version.
 pub const VERSION_FIELD: &str = "_v";
 
+/// Which changes are published.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeMode {
+    /// Every change: running updates (emit = "updates") included.
+    #[default]
+    Every,
+    /// Changes made by final results, amendments and deletions; the
+    /// running updates of open windows are left out.
+    Final,
+}
+
 /// What a change did to its entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

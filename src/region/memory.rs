@@ -4,7 +4,8 @@
 //! Rust accumulators: epoch fencing; stale replays skipped (an amendment at
 //! an offset already applied too) while a newer epoch is still recorded;
 //! replace/merge/delete of partials; public fields as the merge of all
-//! partials in field-name order, starting from the first. So the quick-start
+//! partials in field-name order, starting from the first; entry versions
+//! and the changes to publish under a change capture. So the quick-start
 //! runs the production pipeline code with only the sink swapped.
 //! `tests/integration/region_conformance.rs` runs the same sequences of writes against
 //! this region and the merge function and requires the same entries. It
@@ -16,7 +17,7 @@ use std::sync::Mutex;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::{EntryWrite, Region, RegionError, WriteMode, WriteOutcome};
+use super::{Capture, Change, ChangeOp, EntryWrite, Region, RegionError, WriteMode, WriteOutcome};
 use crate::window::{Accumulator, AggregateFunction};
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub type Fields = BTreeMap<String, String>;
 struct State {
     entries: BTreeMap<String, BTreeMap<String, Partial>>,
     public: BTreeMap<String, Fields>,
+    /// Entry versions, kept under a change capture as `_v` is.
+    versions: BTreeMap<String, u64>,
 }
 
 pub struct MemoryRegion {
@@ -62,8 +65,8 @@ impl MemoryRegion {
     }
 
     /// One write, as `merge.lua` applies it: -1 fenced, 0 stale, 1
-    /// written, 2 entry deleted.
-    fn apply(&self, state: &mut State, write: &EntryWrite) -> Result<i64, RegionError> {
+    /// written, 2 entry deleted; with the change to publish, if any.
+    fn apply(&self, state: &mut State, write: &EntryWrite) -> Result<(i64, Option<Change>), RegionError> {
         if write.accumulators.len() != self.aggregates.len() && write.mode != WriteMode::Delete {
             return Err(RegionError::Refused(format!(
                 "{} accumulators for {} aggregates",
@@ -71,15 +74,19 @@ impl MemoryRegion {
                 self.aggregates.len()
             )));
         }
+        // An entry, or (under a change capture) a deleted entry's version.
+        let existed = state.entries.contains_key(&write.key) || state.versions.contains_key(&write.key);
         let partials = state.entries.entry(write.key.clone()).or_default();
         if let Some(current) = partials.get_mut(&*write.field) {
             if current.epoch > write.epoch {
-                return Ok(-1);
+                return Ok((-1, None));
             }
             if current.offset > write.offset || (write.mode == WriteMode::Merge && current.offset == write.offset) {
                 // The new owner's epoch fences the previous one from here on.
                 current.epoch = write.epoch;
-                return Ok(0);
+                let version = state.versions.get(&write.key).copied().unwrap_or(0);
+                let fields = state.public.get(&write.key).cloned().unwrap_or_default();
+                return Ok((0, change(write, version, ChangeOp::Upsert, fields)));
             }
         }
         match write.mode {
@@ -100,10 +107,20 @@ impl MemoryRegion {
                 partials.insert(write.field.to_string(), partial);
             }
         }
+        let version = match write.capture {
+            Capture::None => 0,
+            Capture::Version | Capture::Publish => state.versions.get(&write.key).copied().unwrap_or(0) + 1,
+        };
         if partials.is_empty() {
             state.entries.remove(&write.key);
             state.public.remove(&write.key);
-            return Ok(2);
+            // The version stays as a tombstone (expiry aside, as merge.lua
+            // keeps it); retracting from nothing changes nothing.
+            if !existed || write.capture == Capture::None {
+                return Ok((2, None));
+            }
+            state.versions.insert(write.key.clone(), version);
+            return Ok((2, change(write, version, ChangeOp::Delete, Fields::new())));
         }
         // In field-name order from the first partial, as merge.lua does.
         let mut merged = partials.values();
@@ -121,9 +138,26 @@ impl MemoryRegion {
                 fields.insert(name.clone(), value);
             }
         }
+        if write.capture != Capture::None {
+            state.versions.insert(write.key.clone(), version);
+        }
+        let changed = change(write, version, ChangeOp::Upsert, fields.clone());
         state.public.insert(write.key.clone(), fields);
-        Ok(1)
+        Ok((1, changed))
     }
+}
+
+/// The change a write under [`Capture::Publish`] publishes.
+fn change(write: &EntryWrite, version: u64, op: ChangeOp, fields: Fields) -> Option<Change> {
+    (write.capture == Capture::Publish).then(|| Change {
+        entry: write.key.clone(),
+        key: write.group.clone(),
+        window_start: write.window.start,
+        window_end: write.window.end,
+        version,
+        op,
+        fields: fields.into_iter().collect(),
+    })
 }
 
 impl Region for MemoryRegion {
@@ -133,11 +167,13 @@ impl Region for MemoryRegion {
             let mut outcome = WriteOutcome::default();
             for write in writes {
                 outcome.bytes += (write.key.len() + write.field.len()) as u64;
-                match self.apply(&mut state, write)? {
+                let (status, change) = self.apply(&mut state, write)?;
+                match status {
                     -1 => outcome.fenced += 1,
                     0 => outcome.stale += 1,
                     _ => outcome.applied += 1,
                 }
+                outcome.changes.extend(change);
             }
             Ok(outcome)
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-pub use change::{Change, ChangeFormat, ChangeOp, JsonChanges};
+pub use change::{Change, ChangeFormat, ChangeMode, ChangeOp, JsonChanges};
 pub use entry::{partial_field, KeyTemplate};
 pub use memory::{Fields, MemoryRegion};
 
@@ -57,11 +57,36 @@ pub enum Expiry {
     At(Millis),
 }
 
+/// What a write records of the change it makes (the change feed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Capture {
+    /// Nothing: the region has no change feed.
+    #[default]
+    None,
+    /// Raise the entry's version, publish nothing (an update under the
+    /// feed's `final` mode).
+    Version,
+    /// Raise the version and return the change to publish.
+    Publish,
+}
+
+impl Capture {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Capture::None => "",
+            Capture::Version => "v",
+            Capture::Publish => "c",
+        }
+    }
+}
+
 /// One write of one source partition's partial into one entry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntryWrite {
     /// The full Redis key, `<prefix>:<region>:<entry key>`.
     pub key: String,
+    /// The group key the entry aggregates.
+    pub group: Arc<str>,
     /// `_p:<topic>:<partition>`.
     pub field: Arc<str>,
     pub epoch: u64,
@@ -73,10 +98,11 @@ pub struct EntryWrite {
     pub accumulators: Vec<Accumulator>,
     pub window: Window,
     pub expiry: Expiry,
+    pub capture: Capture,
 }
 
 /// What the region did with a batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WriteOutcome {
     pub applied: u64,
     /// Refused: a newer epoch owns the source partition.
@@ -88,6 +114,11 @@ pub struct WriteOutcome {
     /// The variable-size payload sent: keys, partial fields and encoded
     /// partials. What `regionflow_bytes_out_total` counts.
     pub bytes: u64,
+    /// The changes to publish (writes under [`Capture::Publish`] that
+    /// changed their entry, and stale replays of such writes, which publish
+    /// the entry as it stands so that a publication lost with a previous
+    /// owner is made again), in write order.
+    pub changes: Vec<Change>,
 }
 
 /// Why a region could not apply a batch; the task stops with it.
@@ -113,6 +144,7 @@ pub struct RegionLayout {
     template: KeyTemplate,
     ttl: Option<Duration>,
     ttl_from: TtlFrom,
+    changes: Option<ChangeMode>,
 }
 
 impl RegionLayout {
@@ -124,7 +156,22 @@ impl RegionLayout {
         ttl: Option<Duration>,
         ttl_from: TtlFrom,
     ) -> Self {
-        RegionLayout { prefix: format!("{key_prefix}:{region}:"), template, ttl, ttl_from }
+        RegionLayout { prefix: format!("{key_prefix}:{region}:"), template, ttl, ttl_from, changes: None }
+    }
+
+    /// With a change feed publishing these changes.
+    pub fn with_changes(mut self, mode: Option<ChangeMode>) -> Self {
+        self.changes = mode;
+        self
+    }
+
+    /// What a write of this kind of result captures.
+    fn capture(&self, kind: ResultKind) -> Capture {
+        match (self.changes, kind) {
+            (None, _) => Capture::None,
+            (Some(ChangeMode::Final), ResultKind::Update) => Capture::Version,
+            (Some(_), _) => Capture::Publish,
+        }
     }
 
     pub fn entry_key(&self, key: &str, window: Window) -> String {
@@ -147,6 +194,7 @@ impl RegionLayout {
         };
         EntryWrite {
             key: self.entry_key(&result.key, result.window),
+            group: result.key.clone(),
             field: field.clone(),
             epoch,
             offset,
@@ -154,6 +202,7 @@ impl RegionLayout {
             accumulators: result.accumulators.clone(),
             window: result.window,
             expiry,
+            capture: self.capture(result.kind),
         }
     }
 }

@@ -52,6 +52,8 @@ pub(super) struct FixedWindows {
     /// Final results not emitted because the region already held them (see
     /// the module docs), since the last [`FixedWindows::take_unchanged`].
     unchanged_finals: u64,
+    /// Fire every key, dirty or not (`WindowSpec::fire_unchanged`).
+    pub(super) fire_unchanged: bool,
 }
 
 impl FixedWindows {
@@ -65,6 +67,7 @@ impl FixedWindows {
             open_rows: 0,
             merging: AHashMap::new(),
             unchanged_finals: 0,
+            fire_unchanged: false,
         }
     }
 
@@ -189,7 +192,7 @@ impl FixedWindows {
                 out.reserve(keys);
                 out.extend(
                     pane.keys()
-                        .filter(|&(_, row)| pane.is_dirty(row))
+                        .filter(|&(_, row)| self.fire_unchanged || pane.is_dirty(row))
                         .map(|(key, row)| result(key.clone(), pane.values(row))),
                 );
             }
@@ -212,7 +215,7 @@ impl FixedWindows {
             out.extend(
                 self.merging
                     .drain()
-                    .filter(|(_, (_, dirty))| *dirty)
+                    .filter(|(_, (_, dirty))| self.fire_unchanged || *dirty)
                     .map(|(key, (accumulators, _))| result(key, accumulators)),
             );
         }

@@ -9,13 +9,17 @@ use crate::time::Millis;
 
 use super::fixed::FixedWindows;
 use super::session::SessionWindows;
-use super::{Accumulator, AggregateFunction, Event, OperatorSnapshot, ResultKind, WindowKind, WindowResult};
+use super::{Accumulator, AggregateFunction, Event, OperatorSnapshot, ResultKind, Window, WindowKind, WindowResult};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowSpec {
     pub kind: WindowKind,
     pub allowed_lateness: Millis,
     pub functions: Vec<AggregateFunction>,
+    /// Fire a final result for every key of a closing window, also when
+    /// its last update already holds that value (emit mode `updates`): a
+    /// change feed in `final` mode publishes only what finals write.
+    pub fire_unchanged: bool,
 }
 
 /// Whether a record found a window still kept for it.
@@ -46,6 +50,11 @@ impl WindowOperator {
             WindowKind::Sliding { size, slide } => State::Fixed(FixedWindows::new(size, slide, &spec.functions)),
             WindowKind::Session { gap } => State::Session(SessionWindows::new(gap)),
         };
+        let mut state = state;
+        match &mut state {
+            State::Fixed(f) => f.fire_unchanged = spec.fire_unchanged,
+            State::Session(s) => s.fire_unchanged = spec.fire_unchanged,
+        }
         WindowOperator { spec, state, results: Vec::new() }
     }
 
@@ -150,6 +159,17 @@ impl WindowOperator {
     /// under another.
     pub fn fingerprint(&self) -> String {
         format!("{:?}/{:?}", self.spec.kind, self.spec.functions)
+    }
+
+    /// Marks the session of `key` with exactly `window`, when held, as
+    /// written to the region (a predecessor wrote it), so that a merge
+    /// that changes its bounds retracts it. False when no such session is
+    /// held (or the windows are not sessions).
+    pub fn mark_session_written(&mut self, key: &str, window: Window) -> bool {
+        match &mut self.state {
+            State::Fixed(_) => false,
+            State::Session(s) => s.mark_written(key, window),
+        }
     }
 
     /// Open (key, window) pairs held in state. For fixed windows, (key,

@@ -42,11 +42,20 @@ pub(super) struct SessionWindows {
     /// Final results not emitted because the region already held them,
     /// since the last [`SessionWindows::take_unchanged`].
     unchanged_finals: u64,
+    /// Fire every session, changed or not (`WindowSpec::fire_unchanged`).
+    pub(super) fire_unchanged: bool,
 }
 
 impl SessionWindows {
     pub(super) fn new(gap: Millis) -> Self {
-        SessionWindows { gap, sessions: AHashMap::new(), timers: BTreeSet::new(), open_slots: 0, unchanged_finals: 0 }
+        SessionWindows {
+            gap,
+            sessions: AHashMap::new(),
+            timers: BTreeSet::new(),
+            open_slots: 0,
+            unchanged_finals: 0,
+            fire_unchanged: false,
+        }
     }
 
     pub(super) fn process(
@@ -139,7 +148,7 @@ impl SessionWindows {
             for s in sessions.iter_mut() {
                 if !s.fired && s.window.end <= watermark {
                     s.fired = true;
-                    if s.dirty || !s.emitted {
+                    if s.dirty || !s.emitted || self.fire_unchanged {
                         out.push(WindowResult {
                             key: key.clone(),
                             window: s.window,
@@ -163,6 +172,14 @@ impl SessionWindows {
                 self.sessions.remove(&key);
             }
         }
+    }
+
+    pub(super) fn mark_written(&mut self, key: &str, window: Window) -> bool {
+        let Some(session) = self.sessions.get_mut(key).and_then(|s| s.iter_mut().find(|s| s.window == window)) else {
+            return false;
+        };
+        session.emitted = true;
+        true
     }
 
     /// Final results left out since the last call because the region held

@@ -64,6 +64,12 @@ pub enum Fault {
     ClientKill,
     /// Request errors from the mock brokers (an index into [`BROKER_ERRORS`]).
     BrokerErrors(usize),
+    /// Produce requests fail (retriably) for a while, so changes reach
+    /// Redis but not the change feed; then SIGKILL a connector holding
+    /// unacknowledged changes and start a replacement. Not drawn by seeds
+    /// (that would change every seed's schedule): tests/integration/
+    /// change_feed.rs names it.
+    KillWhilePublishing,
 }
 
 impl Fault {
@@ -97,6 +103,8 @@ pub struct Plan {
     pub checkpoint_interval: Duration,
     pub connectors: usize,
     pub redundancy: usize,
+    /// The change feed's mode: `final` when set, else `every`.
+    pub changes_final: bool,
     pub steps: Vec<Step>,
 }
 
@@ -163,6 +171,9 @@ impl Plan {
         // acknowledged writes that a checkpoint may already cover (a
         // documented limit), so lossy schedules always ask for a replica.
         let redundancy = if lossy || rng.random_bool(0.5) { 1 } else { 0 };
+        // Drawn last, so that the draws above (and the plans of the seeds
+        // the suite names) are what they were before the feed existed.
+        let changes_final = rng.random_bool(0.5);
         Plan {
             seed,
             window,
@@ -173,6 +184,7 @@ impl Plan {
             checkpoint_interval,
             connectors,
             redundancy,
+            changes_final,
             steps,
         }
     }
@@ -241,13 +253,14 @@ allowed_lateness = "{lateness}ms"
 late_records = "{late}"
 emit = {emit}
 errors = {{ tolerance = "all", deadletterqueue_topic_name = "{topic}-dlq" }}
-region = {{ name = "{topic}_chaos", key = "{entry_key}", redundancy = {redundancy} }}
+region = {{ name = "{topic}_chaos", key = "{entry_key}", redundancy = {redundancy}, changes = {{ topic = "{topic}-changes", mode = "{changes}" }} }}
 [pipelines.{topic}.aggregates]
 {aggregates}
 "#,
             disorder = self.max_out_of_orderness.as_millis(),
             lateness = self.allowed_lateness.as_millis(),
             redundancy = self.redundancy,
+            changes = if self.changes_final { "final" } else { "every" },
             aggregates = super::reference::AGGREGATES
         )
     }
@@ -269,6 +282,7 @@ impl fmt::Display for Fault {
                 let (api, err, n) = BROKER_ERRORS[*i];
                 write!(f, "{n} x {err:?} on {api:?}")
             }
+            Fault::KillWhilePublishing => write!(f, "stall the change feed, SIGKILL a connector, start a replacement"),
         }
     }
 }
@@ -278,7 +292,7 @@ impl fmt::Display for Plan {
         write!(
             f,
             "seed {}: {:?} emit={} late={:?} allowed_lateness={:?} out_of_orderness={:?} checkpoint={:?} \
-             connectors={} redundancy={}; schedule:",
+             connectors={} redundancy={} changes={}; schedule:",
             self.seed,
             self.window,
             if self.emit_updates { "updates" } else { "final" },
@@ -287,7 +301,8 @@ impl fmt::Display for Plan {
             self.max_out_of_orderness,
             self.checkpoint_interval,
             self.connectors,
-            self.redundancy
+            self.redundancy,
+            if self.changes_final { "final" } else { "every" }
         )?;
         for (i, s) in self.steps.iter().enumerate() {
             write!(f, " [{i}] at {:.0}%: {} (target {})", s.at * 100.0, s.fault, s.target)?;

@@ -2,6 +2,7 @@
 //! torn down even when the test fails.
 #![allow(dead_code)]
 
+pub mod change_feed;
 pub mod chaos_plan;
 pub mod connector;
 pub mod kafka;

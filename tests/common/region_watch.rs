@@ -70,8 +70,10 @@ pub fn snapshot(ports: &[u16], pattern: &str) -> Result<Snapshot, String> {
                 }
                 let values: Vec<BTreeMap<String, String>> = pipe.query(&mut con)?;
                 for (key, fields) in chunk.iter().zip(values) {
-                    // Deleted between SCAN and HGETALL: absent, as a reader sees it.
-                    if !fields.is_empty() {
+                    // Deleted between SCAN and HGETALL: absent, as a reader
+                    // sees it; so is a deleted entry's tombstone (its
+                    // version only, under a change feed).
+                    if fields.contains_key("window_start") {
                         entries.insert(key.clone(), fields);
                     }
                 }

@@ -9,7 +9,9 @@
 //! chaos_plan.rs). Meanwhile a reader samples the region and checks that
 //! no value goes backwards (tests/common/region_watch.rs says exactly
 //! what and why). Once every fault is healed, the region must equal the
-//! reference computed from the records as the broker stored them.
+//! reference computed from the records as the broker stored them, and the
+//! region's change feed (mode `every` or `final`, drawn too) must end as
+//! the region (tests/common/change_feed.rs).
 //!
 //! - `cargo test --test integration -- chaos::`: the fixed CI seeds ([`CI_SEEDS`]).
 //! - `REGIONFLOW_CHAOS_SEED=N`: seed N only (printed by every run).
@@ -31,8 +33,10 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::FutureRecord;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::Message;
 
+use common::change_feed;
 use common::chaos_plan::{Fault, Late, Plan, WindowKind, BROKER_ERRORS};
 use common::connector::Connector;
 use common::kafka::Kafka;
@@ -55,6 +59,8 @@ const PER_SECOND: usize = 1_000;
 const DISORDER_MS: i64 = 300;
 const BASE_TS: i64 = 1_700_000_000_000;
 const MAX_CONNECTORS: usize = 4;
+/// A retriable produce error: librdkafka retries until it clears.
+const NOT_LEADER: RDKafkaRespErr = RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION;
 
 fn env_flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
@@ -272,7 +278,7 @@ shutdown_timeout = "10s"
 }
 
 /// What a passing run saw, for the summary line.
-struct Outcome {
+pub(crate) struct Outcome {
     samples: usize,
     discarded: usize,
     unexpected_exits: Vec<String>,
@@ -280,14 +286,15 @@ struct Outcome {
 
 /// Carries out `plan` and checks the region; panics (naming the seed) on
 /// any difference.
-async fn run(plan: &Plan) -> Outcome {
+pub(crate) async fn run(plan: &Plan) -> Outcome {
     let seed = plan.seed;
     let topic = plan.topic();
     common::init_logging();
     let cluster = tokio::task::block_in_place(RedisCluster::start);
     let ports = redis_faults::ports(&cluster);
     let dlq = format!("{topic}-dlq");
-    let kafka = Kafka::start(&[(topic, PARTITIONS), (dlq.as_str(), 1)]);
+    let changes = format!("{topic}-changes");
+    let kafka = Kafka::start(&[(topic, PARTITIONS), (dlq.as_str(), 1), (changes.as_str(), PARTITIONS)]);
     let dir = tempfile::tempdir().expect("temp dir");
     let config = write_config(plan, dir.path(), &kafka.brokers, &cluster);
     let watch = RegionWatch::start(ports.clone(), format!("rf:{topic}_chaos:*"), plan.window == WindowKind::Session);
@@ -359,6 +366,27 @@ async fn run(plan: &Plan) -> Outcome {
             Fault::BrokerErrors(e) => {
                 let (api, err, n) = BROKER_ERRORS[*e];
                 kafka.cluster.request_errors(api, &vec![err; n]);
+            }
+            Fault::KillWhilePublishing => {
+                kafka.cluster.request_errors(RDKafkaApiKey::Produce, &[NOT_LEADER; 100_000]);
+                // Until a connector holds changes that are in Redis and not
+                // acknowledged by Kafka (the feed's pending gauge says so).
+                let waited = Instant::now();
+                let holding = loop {
+                    let holding =
+                        fleet.running.iter().position(|c| c.metric("regionflow_change_feed_pending", &[]) > 0.0);
+                    if holding.is_some() || waited.elapsed() > Duration::from_secs(20) {
+                        break holding;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                let i = holding.unwrap_or_else(|| panic!("chaos seed {seed}: no connector held unpublished changes"));
+                let mut c = fleet.running.remove(i);
+                eprintln!("chaos seed {seed}: {} holds unpublished changes; SIGKILL", c.name);
+                c.kill();
+                fleet.stopped.push(c);
+                kafka.cluster.clear_request_errors(RDKafkaApiKey::Produce);
+                fleet.start_one();
             }
         }
     }
@@ -435,8 +463,50 @@ async fn run(plan: &Plan) -> Outcome {
         "chaos seed {seed}: the reader could not read the region once ({} samples)",
         report.samples
     );
+    check_change_feed(plan, &kafka, &ports);
     drop(restarted);
     Outcome { samples: report.samples, discarded: report.discarded, unexpected_exits: fleet.unexpected_exits }
+}
+
+/// The change feed, once the region is final: the latest version of every
+/// entry equals the region (so no entry's final value is missing from the
+/// feed), and duplicates (republished by a partition's next owner) carry
+/// the same change under the same version. (A feed in `final` mode over
+/// `emit = updates` gets the last windows once the idle timeout closes
+/// them, after the region already holds their values as updates.)
+fn check_change_feed(plan: &Plan, kafka: &Kafka, ports: &[u16]) {
+    let seed = plan.seed;
+    let region = format!("{}_chaos", plan.topic());
+    let topic = format!("{}-changes", plan.topic());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let messages = tokio::task::block_in_place(|| {
+            change_feed::read_to_end(&kafka.brokers, &topic, PARTITIONS, Duration::from_secs(60))
+        });
+        let feed = change_feed::parse(&messages, &region);
+        let duplicates = change_feed::conflicting_duplicates(&feed);
+        assert!(duplicates.is_empty(), "chaos seed {seed}: one version, two changes: {duplicates:?}\nplan: {plan}");
+        let snapshot = tokio::task::block_in_place(|| region_watch::snapshot(ports, &format!("rf:{region}:*")))
+            .unwrap_or_else(|e| panic!("chaos seed {seed}: region unreadable: {e}"));
+        let mut problems = change_feed::differences_from_region(&feed, &snapshot);
+        if plan.window == WindowKind::Session {
+            // One source partition writes each session entry: its versions
+            // reach the feed in order.
+            problems.extend(change_feed::out_of_order(&feed));
+        }
+        if problems.is_empty() {
+            eprintln!("chaos seed {seed}: the change feed's {} changes end as the region", feed.len());
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chaos seed {seed}: the change feed's latest versions differ from the region 30 s after it was final: \
+             {} entries, e.g. {:?}\nplan: {plan}\nrerun: REGIONFLOW_CHAOS_SEED={seed}",
+            problems.len(),
+            &problems[..problems.len().min(8)]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Runs each seed on a fresh runtime, catching failures so that a search
@@ -519,7 +589,7 @@ fn ci_seeds_cover_every_window_kind() {
 #[test]
 fn seed_19_a_pause_past_the_idle_timeout_loses_nothing() {
     // Seed 19's pause, on tumbling windows, without the session-specific
-    // bug the same pause exposes (see the ignored test below). This variant
+    // bug the same pause exposed (the session test below). This variant
     // passes with or without the statistics-freshness fix: it guards the
     // scenario, it does not reproduce the late drops seed 19 first showed.
     let mut plan = Plan::from_seed(19, true).only_steps(&[2]);
@@ -531,13 +601,13 @@ fn seed_19_a_pause_past_the_idle_timeout_loses_nothing() {
 }
 
 /// Seed 19 as found, on session windows: after the frozen connector wakes
-/// as a zombie (its session timed out, its partitions moved), it writes
+/// as a zombie (its session timed out, its partitions moved), it wrote
 /// session entries under keys its successor never writes (a session's
-/// bounds are in its key). Fencing is per entry, so a write to a new entry
-/// is not fenced, and no one retracts it. Needs fencing against the
-/// partition's epoch counter for new entries (open in issue 11).
+/// bounds are in its key), and fencing per entry cannot refuse a write to
+/// a new entry. Fixed by the session ledger: a session task records its
+/// entries under the partition's epoch before writing them, so the
+/// zombie's record is refused and it writes nothing.
 #[test]
-#[ignore = "known bug: a zombie's session entries under new keys are not fenced (seed 19 on sessions); open in issue 11"]
 fn seed_19_sessions_a_zombie_writes_no_entry_its_successor_does_not() {
     let mut plan = Plan::from_seed(19, true).only_steps(&[2]);
     plan.steps[0].fault = Fault::Pause(Duration::from_millis(common::chaos_plan::IDLE_TIMEOUT_MS + 2_000));
@@ -566,18 +636,19 @@ fn seed_323466_a_forced_failover_stops_no_connector() {
     );
 }
 
-/// A bug found by seed 929730 (session windows, emit updates, redundancy 1;
-/// its schedule: OffsetFetch errors, a connector SIGKILLed, a scale-out, a
+/// Found by seed 929730 (session windows, emit updates, redundancy 1; its
+/// schedule: OffsetFetch errors, a connector SIGKILLed, a scale-out, a
 /// Redis primary killed without waiting): once healed, the region still
-/// held 17 session entries the reference does not have, intermediate
-/// sessions that should have been retracted (several from the first
-/// second of event time, long before the primary died). Not yet shrunk
-/// (`REGIONFLOW_CHAOS_STEPS`) or explained; the schedule has no CLIENT
-/// KILL, so it is not issue 11's hole 4. Reported as ignored until fixed;
-/// `cargo test --test integration -- chaos:: --ignored` runs it.
+/// held 17 intermediate session entries the reference does not have. The
+/// SIGKILLed connector had written running values of sessions after its
+/// last checkpoint, and its successor's replay, with its update ticks
+/// elsewhere, never wrote those keys, so never retracted them. Fixed by
+/// the session ledger (src/pipeline/task/ledger.rs). With the change feed
+/// the seed then found that a change published before the primary died
+/// unreplicated repeated its version after the replay: with redundancy,
+/// changes are now published once replicas hold their writes.
 #[test]
-#[ignore = "known bug: session retractions lost after a primary kill (seed 929730); open in issue 11"]
-fn known_failure_session_retractions_lost_after_primary_kill() {
+fn seed_929730_sessions_written_before_a_crash_are_retracted_by_the_replay() {
     let plan = Plan::from_seed(929_730, false);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     eprintln!("chaos {plan}");

@@ -157,7 +157,7 @@ fn resolved(settings: &toml::Table) -> Resolved {
 /// it shows every wanted series, or after 30 s of generated page views.
 fn connector_metrics(wanted: &BTreeSet<String>) -> String {
     let cluster = common::redis_cluster::RedisCluster::start();
-    let kafka = common::kafka::Kafka::start(&[("pageviews", 4), ("pageviews-dlq", 1)]);
+    let kafka = common::kafka::Kafka::start(&[("pageviews", 4), ("pageviews-dlq", 1), ("page-views-changes", 4)]);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
         let mut settings =

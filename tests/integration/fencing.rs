@@ -105,3 +105,67 @@ region = {{ name = "events" }}
     assert!(takeovers >= 2, "the partition was restarted in place: {takeovers} starts");
     connector.stop().await.expect("clean shutdown");
 }
+
+/// The session ledger's store (src/pipeline/task/ledger.rs): writes are
+/// recorded under the partition's epoch and refused once a newer epoch
+/// exists (a zombie records, and so writes, nothing); a successor reads
+/// what was recorded; a checkpoint replaces the records with the ones it
+/// carries; and an older owner's checkpoint changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_writes_are_fenced_by_the_epoch_and_reset_by_a_checkpoint() {
+    use regionflow::checkpoint::{Checkpoint, CheckpointStore, CommitOutcome, RecordedWrite, Replication, TaskId};
+    use regionflow::redis::{ClusterHandle, RedisCheckpointStore};
+
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let handle =
+        std::sync::Arc::new(ClusterHandle::connect(&common::redis_config(cluster.urls(), 4)).await.expect("cluster"));
+    let store = RedisCheckpointStore::new(handle, "rf", Duration::from_secs(10), Duration::from_secs(2));
+    let task = TaskId { pipeline: "p".into(), topic: "t".into(), partition: 3 };
+    let record = |entry: &str, offset: i64, key: &str| RecordedWrite {
+        entry: entry.into(),
+        offset,
+        window_start: T0,
+        window_end: T0 + 100,
+        key: key.into(),
+    };
+    let checkpoint = |epoch: u64, carried: Vec<RecordedWrite>| Checkpoint {
+        epoch,
+        offset: 10,
+        watermark: T0,
+        state: vec![1],
+        written_at: T0,
+        carried,
+    };
+    let none = Replication { replicas: 0 };
+
+    let first = store.acquire(&task).await.expect("epoch");
+    let written = [record("rf:s:a b:1", 4, "a b"), record("rf:s:c:1", 7, "c")];
+    assert_eq!(store.record_writes(&task, first, &written).await.expect("recorded"), CommitOutcome::Stored);
+
+    let second = store.acquire(&task).await.expect("epoch");
+    assert!(second > first);
+    let zombie = [record("rf:s:z:1", 9, "z")];
+    assert_eq!(store.record_writes(&task, first, &zombie).await.expect("answered"), CommitOutcome::Fenced);
+    // The successor sees exactly the first owner's records, keys with spaces intact.
+    assert_eq!(store.recorded_writes(&task).await.expect("read"), written.to_vec());
+
+    // The zombie's checkpoint is refused and leaves the records alone.
+    assert_eq!(
+        store.commit(&task, &checkpoint(first, Vec::new()), none).await.expect("answered"),
+        CommitOutcome::Fenced
+    );
+    assert_eq!(store.recorded_writes(&task).await.expect("read").len(), 2);
+    // The successor's checkpoint carries what it has not resolved, and only that.
+    let carried = vec![written[1].clone()];
+    assert_eq!(
+        store.commit(&task, &checkpoint(second, carried.clone()), none).await.expect("stored"),
+        CommitOutcome::Stored
+    );
+    assert_eq!(store.recorded_writes(&task).await.expect("read"), carried);
+    assert_eq!(
+        store.commit(&task, &checkpoint(second, Vec::new()), none).await.expect("stored"),
+        CommitOutcome::Stored
+    );
+    assert!(store.recorded_writes(&task).await.expect("read").is_empty());
+}

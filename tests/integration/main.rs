@@ -7,6 +7,7 @@
 mod common;
 
 mod bad_input;
+mod change_feed;
 mod chaos;
 mod checkpoint_cli;
 mod containers;

@@ -212,7 +212,7 @@ fn server() -> Arc<RedisServer> {
 
 /// `FCALL` of the merge function, loading its library first where the
 /// server does not have it yet (as the region does).
-fn merge(con: &mut Connection, key: &str, args: impl ToRedisArgs) -> RedisResult<i64> {
+fn merge<T: redis::FromRedisValue>(con: &mut Connection, key: &str, args: impl ToRedisArgs) -> RedisResult<T> {
     let call = MERGE_FUNCTION.call(key, args);
     match call.query(con) {
         Err(e) if is_not_loaded(&e) => {
@@ -297,6 +297,13 @@ impl Entry {
         };
         let args = (&write.field, write.epoch, write.offset, write.mode, &write.partial, WINDOW.0, WINDOW.1);
         merge(con, &self.key, (args, ttl_mode, ttl, self.spec_arg()))
+    }
+
+    /// A write under change capture `capture` (ARGV[11]), its raw reply.
+    fn capture(&self, con: &mut Connection, write: &Write, capture: &str) -> redis::Value {
+        let args = (&write.field, write.epoch, write.offset, write.mode, &write.partial, WINDOW.0, WINDOW.1);
+        merge(con, &self.key, (args, "n", 0, self.spec_arg(), capture))
+            .unwrap_or_else(|e| panic!("merge script failed on {write:?}: {e}"))
     }
 
     fn write(&self, con: &mut Connection, write: &Write) -> i64 {
@@ -1182,7 +1189,7 @@ fn malformed_input_is_refused_before_anything_is_written() {
     }
 
     let args = ("_p:t:0", 1, 1, "r", r#"{"e":1,"o":1,"a":[1]}"#, WINDOW.0, WINDOW.1, "n", 0, "median:m");
-    let error = merge(con, &entry.key, args).expect_err("an unknown function was accepted");
+    let error = merge::<i64>(con, &entry.key, args).expect_err("an unknown function was accepted");
     assert!(error.to_string().contains("merge script"), "{error}");
     assert!(!entry.exists(con));
 
@@ -1194,4 +1201,81 @@ fn malformed_input_is_refused_before_anything_is_written() {
     let error = entry.try_write(con, &Write::replace("_p:t:0", 1, 2, &good)).expect_err("corrupt entry accepted");
     assert!(error.to_string().contains("_p:t:1"), "{error}");
     assert_eq!(entry.hgetall(con), before);
+}
+
+/// Change capture (ARGV[11]): `c` raises the entry's version (`_v`) with
+/// every change and replies with status, version and the public fields; a
+/// stale replay replies with the entry as it stands (so that a lost
+/// publication is made again), a fenced write with -1 only; a deletion
+/// replies with the next version and no fields and leaves the version as a
+/// tombstone. `v` keeps versions and replies with integers; no capture
+/// keeps no version.
+#[test]
+fn captured_changes_carry_versions_and_the_public_fields() {
+    use redis::Value;
+    let server = server();
+    let con = &mut server.connection();
+    let entry = Entry::new("capture", &[(F::Count, "n"), (F::Sum, "total")]);
+    let records = [rec(1, 2.5, "a", 1), rec(2, 4.0, "b", 2)];
+    let partial = |epoch, offset, records: &[Record]| entry.partial(epoch, offset, &accumulate(&entry.spec, records));
+    // The reply as (status, version, fields), from the reply's own shape.
+    let change = |reply: Value| -> (i64, i64, BTreeMap<String, String>) {
+        let Value::Array(items) = reply else { panic!("an array reply, got {reply:?}") };
+        let (Value::Int(status), Value::Int(version)) = (&items[0], &items[1]) else { panic!("{items:?}") };
+        let fields = items[2..]
+            .chunks(2)
+            .map(|kv| {
+                (redis::from_redis_value(kv[0].clone()).unwrap(), redis::from_redis_value(kv[1].clone()).unwrap())
+            })
+            .collect();
+        (*status, *version, fields)
+    };
+    let public = |n: &str, total: &str| {
+        BTreeMap::from([
+            ("window_start".to_string(), WINDOW.0.to_string()),
+            ("window_end".to_string(), WINDOW.1.to_string()),
+            ("n".to_string(), n.to_string()),
+            ("total".to_string(), total.to_string()),
+        ])
+    };
+
+    let first = Write::replace("_p:orders:0", 1, 5, &partial(1, 5, &records[..1]));
+    assert_eq!(change(entry.capture(con, &first, "c")), (1, 1, public("1", "2.5")));
+    let other = Write::replace("_p:orders:1", 1, 3, &partial(1, 3, &records[1..]));
+    assert_eq!(change(entry.capture(con, &other, "c")), (1, 2, public("2", "6.5")));
+    assert_eq!(entry.hgetall(con)["_v"], "2");
+    // A replay from before the first write: stale, and the entry as it stands.
+    let older = Write::replace("_p:orders:0", 1, 4, &partial(1, 4, &[]));
+    assert_eq!(change(entry.capture(con, &older, "c")), (0, 2, public("2", "6.5")));
+    assert_eq!(entry.hgetall(con)["_v"], "2");
+    // A zombie's write: fenced, nothing returned.
+    let newer = Write::replace("_p:orders:0", 2, 6, &partial(2, 6, &records[..1]));
+    assert_eq!(change(entry.capture(con, &newer, "c")), (1, 3, public("2", "6.5")));
+    assert_eq!(entry.capture(con, &first, "c"), Value::Int(-1));
+    // Versions only: integer replies, the version still counts.
+    let amend = Write::amend("_p:orders:1", 1, 4, &partial(1, 4, &records[..1]));
+    assert_eq!(entry.capture(con, &amend, "v"), Value::Int(1));
+    assert_eq!(entry.hgetall(con)["_v"], "4");
+    // Deletions: the last one removes the entry, leaving its version as a
+    // tombstone for a day, and replies the next version.
+    assert_eq!(change(entry.capture(con, &Write::retract("_p:orders:1", 1, 9), "c")), (1, 5, public("1", "2.5")));
+    assert_eq!(change(entry.capture(con, &Write::retract("_p:orders:0", 2, 9), "c")), (2, 6, BTreeMap::new()));
+    assert_eq!(entry.hgetall(con), BTreeMap::from([("_v".to_string(), "6".to_string())]));
+    let ttl = entry.pttl(con);
+    assert!(ttl > 86_000_000 && ttl <= 86_400_000, "tombstone expiry {ttl}");
+    // A replayed retraction finds the tombstone: the deletion again, newer.
+    assert_eq!(change(entry.capture(con, &Write::retract("_p:orders:0", 2, 10), "c")), (2, 7, BTreeMap::new()));
+    // Re-created over the tombstone: versions go on, the expiry goes.
+    let again = Write::replace("_p:orders:0", 2, 11, &partial(2, 11, &records[..1]));
+    assert_eq!(change(entry.capture(con, &again, "c")), (1, 8, public("1", "2.5")));
+    assert_eq!(entry.pttl(con), -1);
+
+    // Retracting from nothing: no change, no tombstone.
+    let nothing = Entry::new("capture-nothing", &[(F::Count, "n"), (F::Sum, "total")]);
+    assert_eq!(nothing.capture(con, &Write::retract("_p:orders:0", 1, 1), "c"), Value::Int(2));
+    assert!(!nothing.exists(con));
+    // No capture: no version kept.
+    let plain = Entry::new("capture-none", &[(F::Count, "n"), (F::Sum, "total")]);
+    assert_eq!(plain.capture(con, &first, ""), Value::Int(1));
+    assert!(!plain.hgetall(con).contains_key("_v"));
 }

@@ -70,6 +70,7 @@ const ACTIVITY: &[(&str, &str)] = &[
     ("checkpoint durations observed", "sum(increase(regionflow_checkpoint_duration_seconds_count[10m]))"),
     ("partition takeovers", "sum(increase(regionflow_partition_takeovers_total[10m]))"),
     ("recovery times observed", "sum(increase(regionflow_recovery_duration_seconds_count[10m]))"),
+    ("region changes published", "sum(increase(regionflow_changes_published_total[10m]))"),
 ];
 
 fn connector_config(brokers: &str, redis_nodes: &[String]) -> String {
@@ -114,6 +115,7 @@ name = "page_views"
 key = "{{key}}:{{window_start}}"
 ttl = "10m"
 redundancy = 1
+changes = {{ topic = "page-views-changes", mode = "final" }}
 "#,
         nodes = nodes.join(", ")
     )
@@ -311,7 +313,7 @@ async fn every_dashboard_panel_and_rule_returns_data_from_running_connectors() {
     common::init_logging();
     let started = Instant::now();
     let redis = tokio::task::block_in_place(RedisCluster::start);
-    let kafka = Kafka::start(&[("pageviews", PARTITIONS), ("pageviews-dlq", 1)]);
+    let kafka = Kafka::start(&[("pageviews", PARTITIONS), ("pageviews-dlq", 1), ("page-views-changes", PARTITIONS)]);
     let dir = tempfile::Builder::new().prefix("regionflow-observability-").tempdir().expect("temp dir");
     let config = dir.path().join("regionflow.toml");
     fs::write(&config, connector_config(&kafka.brokers, &redis.urls())).expect("write config");

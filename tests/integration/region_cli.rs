@@ -27,7 +27,7 @@ use regionflow::config::Settings;
 use regionflow::metrics::Metrics;
 use regionflow::redis::read::RegionReader;
 use regionflow::redis::{ClusterHandle, RedisRegion};
-use regionflow::region::{EntryWrite, Expiry, Region, WriteMode};
+use regionflow::region::{Capture, EntryWrite, Expiry, Region, WriteMode};
 use regionflow::window::{Accumulator, AggregateFunction, Window};
 
 fn cli(args: &[&str]) -> (bool, String, String) {
@@ -666,6 +666,7 @@ async fn write_moving_entries(cluster: &RedisCluster) -> (Arc<ClusterHandle>, BT
         .iter()
         .map(|key| EntryWrite {
             key: key.clone(),
+            group: key.trim_start_matches("rf:moving:").trim_end_matches(":1000").into(),
             field: "_p:moving:0".into(),
             epoch: 1,
             offset: 1,
@@ -673,6 +674,7 @@ async fn write_moving_entries(cluster: &RedisCluster) -> (Arc<ClusterHandle>, BT
             accumulators: vec![Accumulator::Count(1)],
             window: Window { start: 1000, end: 2000 },
             expiry: Expiry::Never,
+            capture: Capture::Version,
         })
         .collect();
     region.write(&writes).await.expect("written");

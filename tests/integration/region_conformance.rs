@@ -1,7 +1,8 @@
 //! One merge semantics: the in-memory region (the quick-start's sink)
 //! applies every sequence of writes exactly as the merge function does on a
 //! real Redis Cluster: the same outcome per write (applied, stale, fenced)
-//! and the same public fields per entry afterwards.
+//! and the same public fields per entry afterwards; under a change capture,
+//! the same versions and changes.
 //!
 //! Sequences are random over a few entries and source partitions, with
 //! replaces, amendments (merges), retractions (deletes), older and newer
@@ -23,14 +24,14 @@ use redis::AsyncCommands;
 use common::redis_cluster::RedisCluster;
 use regionflow::metrics::Metrics;
 use regionflow::redis::{ClusterHandle, RedisRegion};
-use regionflow::region::{EntryWrite, Expiry, MemoryRegion, Region, WriteMode, WriteOutcome};
+use regionflow::region::{Capture, EntryWrite, Expiry, MemoryRegion, Region, WriteMode, WriteOutcome};
 use regionflow::window::{Accumulator, AggregateFunction, Window};
 
 const AGGREGATES: [(AggregateFunction, &str); 3] =
     [(AggregateFunction::Count, "n"), (AggregateFunction::Sum, "total"), (AggregateFunction::Max, "high")];
 const WINDOW: Window = Window { start: 1_700_000_000_000, end: 1_700_000_010_000 };
 
-fn random_write(rng: &mut StdRng, round: usize) -> EntryWrite {
+fn random_write(rng: &mut StdRng, round: usize, capture: Capture) -> EntryWrite {
     let mode = match rng.random_range(0..10) {
         0..=5 => WriteMode::Replace,
         6..=8 => WriteMode::Merge,
@@ -38,8 +39,10 @@ fn random_write(rng: &mut StdRng, round: usize) -> EntryWrite {
     };
     let count = rng.random_range(0..5u64);
     let max = rng.random_bool(0.7).then(|| rng.random_range(-100..100) as f64 / 4.0);
+    let group = rng.random_range(0..3);
     EntryWrite {
-        key: format!("rf:conf{round}:k{}", rng.random_range(0..3)),
+        key: format!("rf:conf{round}:k{group}"),
+        group: format!("k{group}").into(),
         field: format!("_p:orders:{}", rng.random_range(0..3)).into(),
         epoch: rng.random_range(1..4),
         offset: rng.random_range(0..6),
@@ -51,6 +54,7 @@ fn random_write(rng: &mut StdRng, round: usize) -> EntryWrite {
         ],
         window: WINDOW,
         expiry: Expiry::Never,
+        capture,
     }
 }
 
@@ -63,7 +67,7 @@ async fn redis_entries(
     let mut out = BTreeMap::new();
     for key in keys {
         let mut fields: BTreeMap<String, String> = con.hgetall(key).await.expect("HGETALL");
-        fields.retain(|name, _| !name.starts_with("_p:"));
+        fields.retain(|name, _| !name.starts_with("_p:") && name != "_v");
         if !fields.is_empty() {
             out.insert(key.clone(), fields);
         }
@@ -97,13 +101,25 @@ async fn memory_region_applies_writes_exactly_as_the_merge_function() {
 
     for round in 0..40 {
         let memory = MemoryRegion::new(&aggregates);
-        let writes: Vec<EntryWrite> = (0..rng.random_range(5..40)).map(|_| random_write(&mut rng, round)).collect();
+        // Every capture: none, versions only, versions and changes.
+        let capture = [Capture::None, Capture::Version, Capture::Publish][round % 3];
+        let writes: Vec<EntryWrite> =
+            (0..rng.random_range(5..40)).map(|_| random_write(&mut rng, round, capture)).collect();
         for (i, write) in writes.iter().enumerate() {
             // One write per call, so outcomes compare write by write.
             let batch = std::slice::from_ref(write);
             let expected = redis_region.write(batch).await.expect("Redis write");
             let got = memory.write(batch).await.expect("memory write");
-            let strip = |o: WriteOutcome| (o.applied, o.fenced, o.stale);
+            // Changes with their fields in name order: Redis replies in
+            // HGETALL order.
+            let strip = |o: WriteOutcome| {
+                let changes: Vec<_> = o
+                    .changes
+                    .into_iter()
+                    .map(|c| (c.entry, c.key, c.version, c.op, c.fields.into_iter().collect::<BTreeMap<_, _>>()))
+                    .collect();
+                (o.applied, o.fenced, o.stale, changes)
+            };
             assert_eq!(strip(got), strip(expected), "seed {seed}, round {round}, write {i}: {write:?}");
         }
         let mut keys: Vec<String> = writes.iter().map(|w| w.key.clone()).collect();

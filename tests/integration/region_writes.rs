@@ -21,7 +21,7 @@ use common::redis_cluster::RedisCluster;
 use redis::AsyncCommands;
 use regionflow::metrics::Metrics;
 use regionflow::redis::{ClusterHandle, RedisRegion};
-use regionflow::region::{EntryWrite, Expiry, Region, WriteMode, WriteOutcome};
+use regionflow::region::{Capture, EntryWrite, Expiry, Region, WriteMode, WriteOutcome};
 use regionflow::window::{Accumulator, AggregateFunction, Window};
 
 const WINDOW: Window = Window { start: 1_700_000_000_000, end: 1_700_000_010_000 };
@@ -30,6 +30,7 @@ const AGGREGATES: [(AggregateFunction, &str); 2] = [(AggregateFunction::Count, "
 fn write(key: &str, epoch: u64, offset: i64, mode: WriteMode, count: u64, sum: f64) -> EntryWrite {
     EntryWrite {
         key: format!("rf:test:{key}"),
+        group: "g".into(),
         field: "_p:orders:0".into(),
         epoch,
         offset,
@@ -37,6 +38,7 @@ fn write(key: &str, epoch: u64, offset: i64, mode: WriteMode, count: u64, sum: f
         accumulators: vec![Accumulator::Count(count), Accumulator::Sum(sum)],
         window: WINDOW,
         expiry: Expiry::Never,
+        capture: Capture::None,
     }
 }
 

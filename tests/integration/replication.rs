@@ -177,7 +177,7 @@ fn owns(cluster: &RedisCluster, port: u16, slot: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkpoint_after_a_silent_reconnect_waits_for_the_replica() {
     use regionflow::checkpoint::{Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, Replication, TaskId};
-    use regionflow::region::{EntryWrite, Expiry, Region, WriteMode};
+    use regionflow::region::{Capture, EntryWrite, Expiry, Region, WriteMode};
     use regionflow::window::{Accumulator, AggregateFunction, Window};
 
     common::init_logging();
@@ -230,6 +230,7 @@ region = {{ name = "events", redundancy = 1 }}
 
     let write = EntryWrite {
         key: key.clone(),
+        group: "g".into(),
         field: "_p:events:0".into(),
         epoch,
         offset: 1,
@@ -237,6 +238,7 @@ region = {{ name = "events", redundancy = 1 }}
         accumulators: vec![Accumulator::Count(1)],
         window: Window { start: T0, end: T0 + 1000 },
         expiry: Expiry::Never,
+        capture: Capture::None,
     };
     let outcome = region.write(std::slice::from_ref(&write)).await.expect("acknowledged by the primary");
     assert_eq!(outcome.applied, 1);
@@ -254,7 +256,8 @@ region = {{ name = "events", redundancy = 1 }}
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let checkpoint = Checkpoint { epoch, offset: 2, watermark: 0, state: vec![1, 2, 3], written_at: T0 };
+    let checkpoint =
+        Checkpoint { epoch, offset: 2, watermark: 0, state: vec![1, 2, 3], written_at: T0, carried: Vec::new() };
     let refused = store.commit(&task, &checkpoint, Replication { replicas: 1 }).await;
     signal("-CONT");
     assert!(

@@ -1,6 +1,7 @@
 //! Flushes and checkpoints: pending results become entry writes to the
-//! region, dead letters go to their topic, and a checkpoint is stored only
-//! after both are acknowledged (and replicated, when the region asks).
+//! region, dead letters go to their topic, the region's changes to the change
+//! feed, and a checkpoint is stored only after all three are acknowledged
+//! (and the writes replicated, when the region asks).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -9,9 +10,10 @@ use futures::future::try_join_all;
 
 use super::{Ownership, PartitionTask, TaskError};
 use crate::checkpoint::{state, Checkpoint, CheckpointError, CommitOutcome, Replication};
+use crate::kafka::changes;
 use crate::kafka::dead_letter::Origin;
 use crate::metrics::CheckpointOutcome;
-use crate::region::{EntryWrite, WriteMode};
+use crate::region::{Change, EntryWrite, WriteMode};
 use crate::window::ResultKind;
 
 impl PartitionTask {
@@ -19,16 +21,31 @@ impl PartitionTask {
     pub(super) async fn flush(&mut self) -> Result<Ownership, TaskError> {
         let started = Instant::now();
         self.send_dead_letters().await?;
+        self.resolve_inherited();
         let mut ownership = Ownership::Owner;
         if !self.pending.is_empty() {
             self.changed_since_checkpoint = true;
             let writes = self.entry_writes();
+            if self.record(&writes).await? == Ownership::Fenced {
+                tracing::warn!(epoch = self.epoch, "recording writes fenced: a newer owner holds this partition");
+                return Ok(Ownership::Fenced);
+            }
             let outcome = self.pipeline.region.write(&writes).await.map_err(|source| TaskError::Region {
                 topic: self.topic.to_string(),
                 partition: self.partition,
                 source,
             })?;
             self.pipeline.metrics.region_writes(outcome.applied, outcome.fenced, outcome.stale, outcome.bytes);
+            // Even when fenced: what was applied is in Redis, and a change
+            // published twice carries the same version. With redundancy, a
+            // change waits until replicas hold its write: a primary lost
+            // before replicating takes the write, and its version, with it,
+            // and a replay would number a change again.
+            if self.pipeline.policy.redundancy > 0 {
+                self.held_changes.extend(outcome.changes);
+            } else {
+                self.publish(&outcome.changes).await?;
+            }
             if outcome.fenced > 0 {
                 tracing::warn!(
                     epoch = self.epoch,
@@ -49,6 +66,17 @@ impl PartitionTask {
         if self.flush().await? == Ownership::Fenced {
             return Ok(Ownership::Fenced);
         }
+        let replication = Replication { replicas: self.pipeline.policy.redundancy };
+        if !self.held_changes.is_empty() {
+            // Publish the changes whose writes replicas now hold.
+            if let Err(e) = self.pipeline.checkpoints.confirm_replication(&self.id, replication).await {
+                return self.checkpoint_failed(e);
+            }
+            let held = std::mem::take(&mut self.held_changes);
+            self.publish(&held).await?;
+        }
+        // No checkpoint covers a change Kafka has not acknowledged.
+        self.settle_changes().await?;
         let Some(offset) = self.next_offset else { return Ok(Ownership::Owner) };
         self.last_checkpoint = Instant::now();
         if !self.changed_since_checkpoint {
@@ -67,14 +95,17 @@ impl PartitionTask {
             watermark: self.watermark.current(),
             state,
             written_at: self.pipeline.clock.wall(),
+            carried: self.ledger.as_ref().map(|ledger| ledger.carried()).unwrap_or_default(),
         };
-        let replication = Replication { replicas: self.pipeline.policy.redundancy };
         let m = &self.pipeline.metrics;
         match self.pipeline.checkpoints.commit(&self.id, &checkpoint, replication).await {
             Ok(CommitOutcome::Stored) => {
                 m.checkpoint_stored(started.elapsed(), checkpoint.state.len());
                 self.metrics.checkpoint_age.set(0.0);
                 self.changed_since_checkpoint = false;
+                if let Some(ledger) = &mut self.ledger {
+                    ledger.checkpointed();
+                }
                 (self.source.commit)(offset);
                 Ok(Ownership::Owner)
             }
@@ -82,20 +113,77 @@ impl PartitionTask {
                 m.checkpoint(CheckpointOutcome::Fenced);
                 Ok(Ownership::Fenced)
             }
-            Err(CheckpointError::ReplicationUnverifiable) => {
+            Err(e) => self.checkpoint_failed(e),
+        }
+    }
+
+    /// A checkpoint that could not be stored: postponed when replicas are
+    /// behind or unreadable, a restart from the last checkpoint when the
+    /// writes' replication cannot be vouched for, else the task's failure.
+    fn checkpoint_failed(&self, error: CheckpointError) -> Result<Ownership, TaskError> {
+        let m = &self.pipeline.metrics;
+        match error {
+            CheckpointError::ReplicationUnverifiable => {
                 m.checkpoint(CheckpointOutcome::Failed);
                 Err(TaskError::ReplicationUnverifiable { task: self.id.clone() })
             }
-            Err(e @ (CheckpointError::NotReplicated { .. } | CheckpointError::ReplicationUnknown { .. })) => {
+            e @ (CheckpointError::NotReplicated { .. } | CheckpointError::ReplicationUnknown { .. }) => {
                 m.checkpoint(CheckpointOutcome::Failed);
                 tracing::warn!(error = %e, "checkpoint postponed");
                 Ok(Ownership::Owner)
             }
-            Err(source) => {
+            source => {
                 m.checkpoint(CheckpointOutcome::Failed);
                 Err(TaskError::Checkpoint { task: self.id.clone(), source })
             }
         }
+    }
+
+    /// Queues changes on the change feed; their deliveries are awaited
+    /// before the next checkpoint ([`Self::settle_changes`]).
+    async fn publish(&mut self, changes: &[Change]) -> Result<(), TaskError> {
+        let Some(feed) = self.pipeline.changes.clone() else { return Ok(()) };
+        for change in changes {
+            loop {
+                match feed.enqueue(change) {
+                    Ok(delivery) => {
+                        self.publishing.push(delivery);
+                        self.pipeline.metrics.changes_enqueued(1);
+                        break;
+                    }
+                    Err(e) if changes::is_queue_full(&e) => {
+                        // Wait for our own deliveries, or, when other tasks
+                        // filled the queue, a moment.
+                        self.pipeline.metrics.change_publish_retried();
+                        if self.publishing.is_empty() {
+                            tokio::time::sleep(changes::QUEUE_FULL_BACKOFF).await;
+                        }
+                        self.settle_changes().await?;
+                    }
+                    Err(e) => return Err(self.change_feed_error(feed.topic(), &e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Awaits every queued change's acknowledgement.
+    async fn settle_changes(&mut self) -> Result<(), TaskError> {
+        if self.publishing.is_empty() {
+            return Ok(());
+        }
+        let deliveries = std::mem::take(&mut self.publishing);
+        let settled = deliveries.len() as u64;
+        let (acknowledged, result) = changes::settle(deliveries).await;
+        self.pipeline.metrics.changes_settled(settled, acknowledged);
+        result.map_err(|e| {
+            let topic = self.pipeline.changes.as_ref().map_or("", |feed| feed.topic());
+            self.change_feed_error(topic, &e)
+        })
+    }
+
+    fn change_feed_error(&self, topic: &str, e: &rdkafka::error::KafkaError) -> TaskError {
+        TaskError::ChangeFeed { task: self.id.clone(), topic: topic.to_string(), message: e.to_string() }
     }
 
     /// The flush's writes, grouped by entry with each entry's writes in

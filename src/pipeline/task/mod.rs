@@ -28,6 +28,7 @@
 //! last checkpoint cannot be verified.
 
 mod commit;
+mod ledger;
 mod process;
 mod restore;
 
@@ -42,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use super::Pipeline;
 use crate::checkpoint::{CheckpointError, TaskId};
 use crate::format::{DecodeError, SourceRecord};
+use crate::kafka::changes::Delivery;
 use crate::kafka::consumer::LogBounds;
 use crate::metrics::PartitionMetrics;
 use crate::region::RegionError;
@@ -96,6 +98,11 @@ pub enum TaskError {
          an epoch increment lost in a Redis failover); the partition restarts with a new epoch"
     )]
     Fenced { task: TaskId, epoch: u64 },
+    #[error(
+        "{task}: changes could not be published to {topic}: {message}; the task restarts from its last \
+         checkpoint and publishes them again"
+    )]
+    ChangeFeed { task: TaskId, topic: String, message: String },
     #[error("{task}: the task panicked: {message}")]
     Panicked { task: TaskId, message: String },
     #[error(
@@ -113,7 +120,10 @@ impl TaskError {
     /// that checkpoint, which a replay writes again. Everything else stops
     /// the connector.
     pub fn restartable(&self) -> bool {
-        matches!(self, TaskError::ReplicationUnverifiable { .. } | TaskError::Fenced { .. })
+        matches!(
+            self,
+            TaskError::ReplicationUnverifiable { .. } | TaskError::Fenced { .. } | TaskError::ChangeFeed { .. }
+        )
     }
 }
 
@@ -149,6 +159,14 @@ pub struct PartitionTask {
     /// Results with the source position they were produced at.
     pending: Vec<(WindowResult, i64)>,
     dead_letters: Vec<DeadLetter>,
+    /// Changes queued on the change feed, not yet acknowledged.
+    publishing: Vec<Delivery>,
+    /// With redundancy: changes whose writes replicas may not hold yet,
+    /// published at the next checkpoint once they do.
+    held_changes: Vec<crate::region::Change>,
+    /// Session pipelines: entries written since the last checkpoint, and a
+    /// predecessor's to resolve ([`ledger`]).
+    ledger: Option<ledger::Ledger>,
     next_offset: Option<i64>,
     source: PartitionSource,
     metrics: PartitionMetrics,
@@ -216,6 +234,9 @@ impl PartitionTask {
             Err(panic) => Err(TaskError::Panicked { task: self.id.clone(), message: panic_message(&*panic) }),
         };
         self.metrics.remove();
+        // Still queued in the producer (and delivered if it can), but no
+        // longer this task's to wait for.
+        self.pipeline.metrics.changes_abandoned(self.publishing.len() as u64);
         match &result {
             Ok(()) => tracing::info!(next_offset = self.next_offset, "partition task stopped"),
             Err(e) => tracing::error!(error = %e, "partition task failed"),

@@ -11,7 +11,9 @@ use crate::metrics::RestoredFrom;
 use crate::pipeline::Pipeline;
 use crate::region::partial_field;
 use crate::time::WatermarkTracker;
-use crate::window::WindowOperator;
+use crate::window::{WindowKind, WindowOperator};
+
+use super::ledger::Ledger;
 
 /// A started task and where its partition must be read from.
 pub struct Started {
@@ -68,6 +70,17 @@ impl PartitionTask {
                 None
             }
         };
+        // Sessions: what a predecessor wrote after its last checkpoint.
+        let ledger = match pipeline.window.kind {
+            WindowKind::Session { .. } => {
+                let records = pipeline.checkpoints.recorded_writes(&id).await.map_err(checkpoint_error)?;
+                if !records.is_empty() {
+                    tracing::info!(records = records.len(), "sessions written after the last checkpoint, to resolve");
+                }
+                Some(Ledger::inherit(records))
+            }
+            WindowKind::Tumbling { .. } | WindowKind::Sliding { .. } => None,
+        };
         let metrics = m.partition(topic, partition);
         metrics.open_windows.set(operator.open_windows() as i64);
         let task = PartitionTask {
@@ -80,6 +93,9 @@ impl PartitionTask {
             epoch,
             pending: Vec::new(),
             dead_letters: Vec::new(),
+            publishing: Vec::new(),
+            held_changes: Vec::new(),
+            ledger,
             next_offset: seek_to,
             source,
             metrics,

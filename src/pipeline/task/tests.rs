@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::pipeline::KafkaOutputs;
 
 const SETTINGS: &str = r#"
 [kafka]
@@ -48,7 +49,8 @@ async fn a_wall_clock_step_does_not_make_records_late() {
     let (sinks, regions) = crate::app::memory_sinks(&settings);
     let metrics = Arc::new(Metrics::new());
     let region = sinks.regions["p"].clone();
-    let pipeline = Arc::new(Pipeline::compile("p", &settings, region, sinks.checkpoints, None, &metrics));
+    let pipeline =
+        Arc::new(Pipeline::compile("p", &settings, region, sinks.checkpoints, KafkaOutputs::default(), &metrics));
     let clock = pipeline.clock.clone();
 
     let fetched = Arc::new(AtomicI64::new(0));
@@ -104,7 +106,14 @@ async fn a_panicking_task_fails_loudly() {
     let settings = Settings::from_toml_str(SETTINGS).expect("valid");
     let (sinks, _) = crate::app::memory_sinks(&settings);
     let metrics = Arc::new(Metrics::new());
-    let mut pipeline = Pipeline::compile("p", &settings, sinks.regions["p"].clone(), sinks.checkpoints, None, &metrics);
+    let mut pipeline = Pipeline::compile(
+        "p",
+        &settings,
+        sinks.regions["p"].clone(),
+        sinks.checkpoints,
+        KafkaOutputs::default(),
+        &metrics,
+    );
     pipeline.decoder = Box::new(Panicking);
     let source = PartitionSource { commit: Box::new(|_| {}), log: Box::new(|| None) };
     let started = PartitionTask::start(Arc::new(pipeline), "t", 0, source).await.expect("starts");
@@ -123,11 +132,19 @@ async fn a_fenced_task_fails_restartably() {
     let (sinks, _) = crate::app::memory_sinks(&settings);
     let metrics = Arc::new(Metrics::new());
     let region = sinks.regions["p"].clone();
-    let pipeline = Arc::new(Pipeline::compile("p", &settings, region.clone(), sinks.checkpoints, None, &metrics));
+    let pipeline = Arc::new(Pipeline::compile(
+        "p",
+        &settings,
+        region.clone(),
+        sinks.checkpoints,
+        KafkaOutputs::default(),
+        &metrics,
+    ));
     let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
     let window = crate::window::Window { start: t0, end: t0 + 1000 };
     let newer = crate::region::EntryWrite {
         key: format!("rf:r:a:{t0}"),
+        group: "a".into(),
         field: crate::region::partial_field("t", 0).into(),
         epoch: 9,
         offset: 0,
@@ -135,6 +152,7 @@ async fn a_fenced_task_fails_restartably() {
         accumulators: vec![crate::window::Accumulator::Count(7)],
         window,
         expiry: crate::region::Expiry::Never,
+        capture: crate::region::Capture::None,
     };
     region.write(std::slice::from_ref(&newer)).await.expect("seeded");
 
@@ -179,8 +197,14 @@ async fn checkpointed_at_ten() -> (Arc<Pipeline>, Arc<Metrics>, crate::time::Mil
     let settings = Settings::from_toml_str(SETTINGS).expect("valid");
     let (sinks, _) = crate::app::memory_sinks(&settings);
     let metrics = Arc::new(Metrics::new());
-    let pipeline =
-        Arc::new(Pipeline::compile("p", &settings, sinks.regions["p"].clone(), sinks.checkpoints, None, &metrics));
+    let pipeline = Arc::new(Pipeline::compile(
+        "p",
+        &settings,
+        sinks.regions["p"].clone(),
+        sinks.checkpoints,
+        KafkaOutputs::default(),
+        &metrics,
+    ));
     let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
     let first: Vec<SourceRecord> = (0..10).map(|i| record(i, "a", t0 + i)).collect();
     run_once(&pipeline, bounds(0, 10), first).await.expect("checkpointed at offset 10");

@@ -49,7 +49,7 @@ fn run_restoring(
     updates: bool,
     restore_at: Option<usize>,
 ) -> Table {
-    let spec = WindowSpec { kind, allowed_lateness: lateness, functions: FUNCTIONS.to_vec() };
+    let spec = WindowSpec { kind, allowed_lateness: lateness, functions: FUNCTIONS.to_vec(), fire_unchanged: false };
     let mut op = WindowOperator::new(spec.clone());
     let mut watermark = Millis::MIN;
     let mut region = Table::new();
@@ -133,7 +133,12 @@ fn check_fixed_results_as_emitted(
     records: &[Rec],
 ) -> Result<(), TestCaseError> {
     let kind = if size == slide { WindowKind::Tumbling { size } } else { WindowKind::Sliding { size, slide } };
-    let mut op = WindowOperator::new(WindowSpec { kind, allowed_lateness: lateness, functions: FUNCTIONS.to_vec() });
+    let mut op = WindowOperator::new(WindowSpec {
+        kind,
+        allowed_lateness: lateness,
+        functions: FUNCTIONS.to_vec(),
+        fire_unchanged: false,
+    });
     let (mut so_far, mut emitted) = (Table::new(), Table::new());
     let mut watermark = Millis::MIN;
     for (offset, rec) in records.iter().enumerate() {
@@ -281,6 +286,7 @@ fn late_record_within_lateness_refires_and_beyond_is_refused() {
         kind: WindowKind::Tumbling { size: 10 },
         allowed_lateness: 20,
         functions: vec![AggregateFunction::Count],
+        fire_unchanged: false,
     });
     let event = |time, offset| Event { key: Arc::from("a"), time, inputs: vec![Input::Unit], offset };
     assert_eq!(op.process(&event(5, 0), Millis::MIN), Accepted::Yes);
@@ -304,6 +310,7 @@ fn late_merge_of_fired_sessions_retracts_the_old_entries() {
         kind: WindowKind::Session { gap: 10 },
         allowed_lateness: 100,
         functions: vec![AggregateFunction::Count],
+        fire_unchanged: false,
     });
     let event = |time| Event { key: Arc::from("a"), time, inputs: vec![Input::Unit], offset: time };
     op.process(&event(0), Millis::MIN);
@@ -317,4 +324,31 @@ fn late_merge_of_fired_sessions_retracts_the_old_entries() {
     assert!(kinds.contains(&(ResultKind::Retract, 18, 28)), "{kinds:?}");
     assert!(kinds.contains(&(ResultKind::Final, 0, 28)), "{kinds:?}");
     assert_eq!(results.last().map(|r| r.accumulators.clone()), Some(vec![Accumulator::Count(3)]));
+}
+
+/// Under emit mode `updates`, a window whose last update holds its final
+/// value fires no final result, unless `fire_unchanged` (a change feed in
+/// `final` mode) asks for one; the same for every window kind.
+#[test]
+fn fire_unchanged_fires_finals_that_updates_already_wrote() {
+    let kinds = [
+        WindowKind::Tumbling { size: 10 },
+        WindowKind::Sliding { size: 10, slide: 5 },
+        WindowKind::Session { gap: 10 },
+    ];
+    for kind in kinds {
+        let finals = |fire_unchanged: bool| {
+            let spec =
+                WindowSpec { kind, allowed_lateness: 0, functions: vec![AggregateFunction::Count], fire_unchanged };
+            let mut op = WindowOperator::new(spec);
+            op.process(&Event { key: Arc::from("a"), time: 2, inputs: vec![Input::Unit], offset: 0 }, Millis::MIN);
+            op.emit_updates();
+            assert!(op.take_results().iter().all(|r| r.kind == ResultKind::Update), "{kind:?}");
+            op.advance(100);
+            op.take_results().into_iter().filter(|r| r.kind == ResultKind::Final).count()
+        };
+        assert_eq!(finals(false), 0, "{kind:?}: the last update holds the final value");
+        let windows = if matches!(kind, WindowKind::Sliding { .. }) { 2 } else { 1 };
+        assert_eq!(finals(true), windows, "{kind:?}: every window fires its final");
+    }
 }

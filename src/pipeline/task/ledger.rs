@@ -1,0 +1,126 @@
+//! Session entries written since the last checkpoint, for the partition's
+//! next owner.
+//!
+//! A session's entry is named by its bounds, and which sessions a task
+//! writes depends on timing as well as on records: under emit mode
+//! `updates`, a running session is written at each update tick, and a
+//! session that later grows is retracted only by the task that wrote it.
+//! When a task dies after such writes and before its next checkpoint, its
+//! successor replays the same records with its ticks elsewhere; it may
+//! never produce (and so never retract) a session its predecessor wrote,
+//! which then stays in the region for good.
+//!
+//! So a session task records every entry before its first write since the
+//! last checkpoint ([`CheckpointStore::record_writes`], fenced by the
+//! partition's epoch, so a zombie that lost the partition records nothing
+//! and writes nothing); a checkpoint resets the records, since its state
+//! knows every session written before it. A successor loads the records
+//! and resolves each once its replay has passed the record's position: a
+//! session it writes itself, or holds in state (which it then marks as
+//! written, so a merge retracts it), is its own; any other is retracted.
+//! Records not yet resolved are carried over by the successor's
+//! checkpoints.
+//!
+//! [`CheckpointStore::record_writes`]: crate::checkpoint::CheckpointStore::record_writes
+
+use std::collections::HashSet;
+
+use super::{Ownership, PartitionTask, TaskError};
+use crate::checkpoint::{CommitOutcome, RecordedWrite};
+use crate::region::EntryWrite;
+use crate::window::{ResultKind, Window, WindowResult};
+
+#[derive(Debug, Default)]
+pub(super) struct Ledger {
+    /// Entries recorded since the last checkpoint.
+    recorded: HashSet<String>,
+    /// A predecessor's records this task has not resolved yet.
+    inherited: Vec<RecordedWrite>,
+}
+
+impl Ledger {
+    pub(super) fn inherit(records: Vec<RecordedWrite>) -> Ledger {
+        Ledger { recorded: HashSet::new(), inherited: records }
+    }
+
+    /// What a checkpoint carries over.
+    pub(super) fn carried(&self) -> Vec<RecordedWrite> {
+        self.inherited.clone()
+    }
+
+    /// After a checkpoint: its state covers every recorded write.
+    pub(super) fn checkpointed(&mut self) {
+        self.recorded.clear();
+    }
+}
+
+impl PartitionTask {
+    /// Resolves inherited records against the results about to be written
+    /// and the operator's sessions: adds a retraction for each session the
+    /// predecessor wrote that this task's replay, now past the record's
+    /// position, neither writes nor holds.
+    pub(super) fn resolve_inherited(&mut self) {
+        let Some(ledger) = &mut self.ledger else { return };
+        if ledger.inherited.is_empty() {
+            return;
+        }
+        let layout = &self.pipeline.layout;
+        let pending: HashSet<String> = self.pending.iter().map(|(r, _)| layout.entry_key(&r.key, r.window)).collect();
+        let Some(position) = self.next_offset else { return };
+        let mut retractions = Vec::new();
+        ledger.inherited.retain(|record| {
+            if pending.contains(&record.entry) {
+                return false;
+            }
+            if record.offset > position {
+                return true;
+            }
+            let window = Window { start: record.window_start, end: record.window_end };
+            if !self.operator.mark_session_written(&record.key, window) {
+                retractions.push(WindowResult {
+                    key: record.key.as_str().into(),
+                    window,
+                    accumulators: Vec::new(),
+                    kind: ResultKind::Retract,
+                });
+            }
+            false
+        });
+        if !retractions.is_empty() {
+            tracing::info!(
+                retractions = retractions.len(),
+                "retracting sessions a predecessor wrote after its last checkpoint that the replay does not produce"
+            );
+            self.changed_since_checkpoint = true;
+            self.pending.extend(retractions.into_iter().map(|r| (r, position)));
+        }
+    }
+
+    /// Records the entries of `writes` not recorded since the last
+    /// checkpoint; `Fenced` when a newer epoch owns the partition.
+    pub(super) async fn record(&mut self, writes: &[EntryWrite]) -> Result<Ownership, TaskError> {
+        let Some(ledger) = &mut self.ledger else { return Ok(Ownership::Owner) };
+        let new: Vec<RecordedWrite> = writes
+            .iter()
+            .filter(|w| !ledger.recorded.contains(&w.key))
+            .map(|w| RecordedWrite {
+                entry: w.key.clone(),
+                offset: w.offset,
+                window_start: w.window.start,
+                window_end: w.window.end,
+                key: w.group.to_string(),
+            })
+            .collect();
+        if new.is_empty() {
+            return Ok(Ownership::Owner);
+        }
+        let outcome = self.pipeline.checkpoints.record_writes(&self.id, self.epoch, &new).await;
+        match outcome.map_err(|source| TaskError::Checkpoint { task: self.id.clone(), source })? {
+            CommitOutcome::Fenced => Ok(Ownership::Fenced),
+            CommitOutcome::Stored => {
+                ledger.recorded.extend(new.into_iter().map(|r| r.entry));
+                Ok(Ownership::Owner)
+            }
+        }
+    }
+}
