@@ -5,7 +5,8 @@
 //!   regions from the mock broker; `get` and `scan` must show what an
 //!   independent reference (`common::reference`) computes, with times in
 //!   RFC 3339, and `export` (to standard output and to a topic, read back)
-//!   must carry every entry exactly as `HGETALL` shows it.
+//!   must carry every entry exactly as `HGETALL` shows it, and, for the
+//!   region with a change feed, exactly as the feed's latest change of it.
 //! - A scan while slots move between primaries, key by key, must list every
 //!   entry once; a naive `SCAN` of each primary is run beside it to show
 //!   that the moves do hide keys from it.
@@ -163,7 +164,12 @@ nodes = {nodes}
 [connector]
 flush_interval = "100ms"
 {}{}{}"#,
-        pipeline("tumbling", by_field, r#"{ kind = "tumbling", size = "2s" }"#, r#"{ name = "tumbling_orders" }"#),
+        pipeline(
+            "tumbling",
+            by_field,
+            r#"{ kind = "tumbling", size = "2s" }"#,
+            r#"{ name = "tumbling_orders", changes = { topic = "tumbling-changes" } }"#
+        ),
         pipeline(
             "sliding",
             by_field,
@@ -253,14 +259,24 @@ fn check_line(
 async fn get_scan_and_export_show_what_the_pipelines_wrote() {
     common::init_logging();
     let cluster = tokio::task::block_in_place(RedisCluster::start);
-    let kafka = Kafka::start(&[("tumbling", PARTITIONS), ("sliding", PARTITIONS), ("session", PARTITIONS)]);
+    let kafka = Kafka::start(&[
+        ("tumbling", PARTITIONS),
+        ("sliding", PARTITIONS),
+        ("session", PARTITIONS),
+        ("tumbling-changes", 3),
+    ]);
+    // Sessions need a key's records in one partition; the fixed windows get
+    // them spread over every partition, so that entries merge partials of
+    // several (and, with the feed, have several versions).
     let orders = orders();
-    for topic in ["tumbling", "sliding", "session"] {
-        kafka.produce(topic, &records(&orders)).await;
-    }
-    let (tumbling, late) = reference::fixed_windows(&orders, 2_000, 2_000, 0, 300, false);
+    let spread: Vec<Order> =
+        orders.iter().enumerate().map(|(i, o)| Order { partition: i as i32 % PARTITIONS, ..o.clone() }).collect();
+    kafka.produce("tumbling", &records(&spread)).await;
+    kafka.produce("sliding", &records(&spread)).await;
+    kafka.produce("session", &records(&orders)).await;
+    let (tumbling, late) = reference::fixed_windows(&spread, 2_000, 2_000, 0, 300, false);
     assert_eq!(late, 0);
-    let (sliding, late) = reference::fixed_windows(&orders, 4_000, 1_000, 0, 300, false);
+    let (sliding, late) = reference::fixed_windows(&spread, 4_000, 1_000, 0, 300, false);
     assert_eq!(late, 0);
     let regions = [
         Expected { region: "tumbling_orders", table: tumbling, key: |c, s, _| format!("rf:tumbling_orders:{c}:{s}") },
@@ -533,6 +549,33 @@ async fn get_scan_and_export_show_what_the_pipelines_wrote() {
             stderr.contains(&format!("exported {} entries of region `{}`", stored.len(), expected.region)),
             "{stderr}"
         );
+    }
+
+    // A snapshot is the feed's latest change per entry, byte for byte the
+    // same JSON: the tumbling region has a change feed, and its entries
+    // merge several partitions' partials (several versions).
+    let stored_tumbling = stored(&mut con, &cluster, "tumbling_orders").await;
+    let versions: u64 = stored_tumbling.values().map(version).sum();
+    assert!(stored_tumbling.values().any(|f| version(f) > 1), "entries with several versions");
+    let feed = tokio::task::block_in_place(|| {
+        kafka.read_topic("tumbling-changes", 3, versions as usize, Duration::from_secs(30))
+    });
+    let mut latest: BTreeMap<String, (u64, serde_json::Value)> = BTreeMap::new();
+    for m in &feed {
+        use rdkafka::Message;
+        let value: serde_json::Value = serde_json::from_slice(m.payload().expect("no deletions")).expect("JSON");
+        let (entry, v) = (value["entry"].as_str().expect("entry").to_string(), value["version"].as_u64().expect("v"));
+        if latest.get(&entry).is_none_or(|(seen, _)| *seen < v) {
+            latest.insert(entry, (v, value));
+        }
+    }
+    let (ok, stdout, stderr) = run(&["region", "export", "--config", config, "--region", "tumbling_orders"]);
+    assert!(ok, "{stderr}");
+    let snapshot: BTreeMap<String, serde_json::Value> =
+        json_lines(&stdout).into_iter().map(|l| (l["entry"].as_str().expect("entry").to_string(), l)).collect();
+    assert_eq!(snapshot.keys().collect::<Vec<_>>(), latest.keys().collect::<Vec<_>>());
+    for (entry, line) in &snapshot {
+        assert_eq!(line, &latest[entry].1, "{entry}: the export is the feed's latest change");
     }
 
     // export to a topic, read back: the same changes, keyed by entry, with
