@@ -3,9 +3,10 @@
 //! `region get` and `region scan` commands make.
 //!
 //! Only hashes holding `window_start` and `window_end` whose key is the
-//! region template's rendering for that window are entries; other keys
-//! under the region's prefix (none are written there, but a reader cannot
-//! know) are skipped. The group key is read back from the entry key with
+//! region template's rendering for that window are entries. Anything else
+//! under the region's prefix is skipped: the version a deleted entry
+//! leaves behind (a hash holding only `_v`), or keys regionflow did not
+//! write. The group key is read back from the entry key with
 //! [`KeyTemplate::key_of`]. Public fields are those not starting with `_`;
 //! the hidden ones are the partials (`_p:<topic>:<partition>`) and the
 //! version (`_v`, [`VERSION_FIELD`]; 0 when the region has no change feed).
@@ -169,6 +170,7 @@ mod tests {
         let window = [("window_start", "1000"), ("window_end", "2000")];
         assert!(keys().entry("rf:views:u:1000".into(), fields(&window)).is_some_and(|e| e.change.version == 0));
         assert!(keys().entry("rf:views:u:1000".into(), Vec::new()).is_none(), "gone");
+        assert!(keys().entry("rf:views:u:1000".into(), fields(&[("_v", "3")])).is_none(), "a deletion's version");
         assert!(keys().entry("rf:views:u:1000".into(), fields(&window[..1])).is_none(), "no end");
         assert!(keys().entry("rf:views:u:999".into(), fields(&window)).is_none(), "another window's key");
         assert!(keys().entry("rf:other:u:1000".into(), fields(&window)).is_none(), "another region");
