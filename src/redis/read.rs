@@ -154,17 +154,20 @@ impl RegionReader {
     /// The keys under `prefix` of each slot in `slots`, read one slot at a
     /// time, in rounds: a slot whose owner could not be reached is tried
     /// again in the next round, on the owner a fresh topology names, until
-    /// the deadline.
+    /// the deadline. Within a round, a node that failed once is not asked
+    /// again, so a round costs at most about one response timeout.
     async fn reread(&self, slots: SlotSet, mut topology: Topology, prefix: &str) -> Result<Vec<String>, ReadError> {
         let started = Instant::now();
         let mut backoff = MIN_BACKOFF;
         let mut pending: Vec<u16> = slots.iter().collect();
         let mut keys = Vec::new();
         loop {
+            let unreachable = std::sync::Mutex::new(BTreeSet::new());
             let (failed, last_error) = {
+                let unreachable = &unreachable;
                 let attempts = pending.iter().copied().map(|slot| {
                     let owner = topology.owner_of(slot).cloned();
-                    async move { (slot, self.slot_keys(slot, owner, prefix).await) }
+                    async move { (slot, self.slot_keys(slot, owner, prefix, unreachable).await) }
                 });
                 let mut attempts = futures::stream::iter(attempts).buffer_unordered(CONCURRENCY);
                 let (mut failed, mut last_error) = (Vec::new(), String::new());

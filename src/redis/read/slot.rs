@@ -19,6 +19,9 @@
 //! Anything else (a node down, `CLUSTERDOWN`, an owner nobody names) is
 //! for the caller to retry, in its next round (`read.rs`).
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{ErrorKind, RedisError, Value};
 
@@ -55,15 +58,21 @@ pub(super) enum Unread {
 
 impl RegionReader {
     /// Every key of `slot` that starts with `prefix`: asks `owner`, then
-    /// whichever node the answers name, a few hops at most.
+    /// whichever node the answers name, a few hops at most. A node that
+    /// fails is added to `unreachable` and not asked again by this round's
+    /// other slots (a dead primary would hold each for a response timeout).
     pub(super) async fn slot_keys(
         &self,
         slot: u16,
         owner: Option<Address>,
         prefix: &str,
+        unreachable: &Mutex<BTreeSet<Address>>,
     ) -> Result<Vec<String>, Unread> {
         let mut owner = owner.ok_or_else(|| Unread::Transient(format!("no node serves slot {slot}")))?;
         for _ in 0..MAX_HOPS {
+            if unreachable.lock().expect("unreachable set").contains(&owner) {
+                return Err(Unread::Transient(format!("{}:{} did not answer", owner.0, owner.1)));
+            }
             match self.ask(slot, &owner).await {
                 Ok(Answer::Keys(keys)) => return Ok(matching(keys, prefix)),
                 Ok(Answer::Elsewhere(next)) if next != owner => owner = next,
@@ -72,7 +81,10 @@ impl RegionReader {
                 Err(e) if matches!(error::classify(&e), error::Retry::Permanent(_)) => {
                     return Err(Unread::Permanent(error::describe(&e)))
                 }
-                Err(e) => return Err(Unread::Transient(format!("{}:{}: {e}", owner.0, owner.1))),
+                Err(e) => {
+                    unreachable.lock().expect("unreachable set").insert(owner.clone());
+                    return Err(Unread::Transient(format!("{}:{}: {e}", owner.0, owner.1)));
+                }
             }
         }
         Err(Unread::Transient(format!("the owner of slot {slot} kept moving (last asked {}:{})", owner.0, owner.1)))
