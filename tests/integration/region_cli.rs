@@ -879,7 +879,8 @@ async fn a_scan_across_a_failover_is_complete_or_an_error() {
             let mut results = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                results.push((started, reader.keys("rf:moving:").await.map(|keys| keys.len())));
+                let listed = reader.keys("rf:moving:").await.map(|keys| keys.len());
+                results.push((started..Instant::now(), listed));
             }
             results
         })
@@ -891,9 +892,14 @@ async fn a_scan_across_a_failover_is_complete_or_an_error() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     let results = scans.await.expect("scans");
-    let during = results.iter().filter(|(started, _)| (killed_at..healed_at).contains(started)).count();
-    assert!(during > 0, "a scan started during the failover: {results:?}");
-    for (_, result) in &results {
+    // The primary dies between these two instants (after its replicas
+    // caught up); count the scans that ran at some point in between.
+    let during = results.iter().filter(|(ran, _)| ran.start < healed_at && ran.end > killed_at).count();
+    assert!(during > 0, "a scan ran during the failover: {results:?}");
+    for (ran, result) in &results {
+        // The reader's deadline (30 s) and one round's response timeout,
+        // not a response timeout per slot of the dead node.
+        assert!(ran.end - ran.start < Duration::from_secs(60), "a scan took {:?}", ran.end - ran.start);
         match result {
             Ok(n) => assert_eq!(*n, expected.len(), "a complete list"),
             Err(e) => eprintln!("a scan failed: {e}"),
@@ -902,7 +908,7 @@ async fn a_scan_across_a_failover_is_complete_or_an_error() {
     let last = reader.keys("rf:moving:").await.expect("after the failover");
     assert_eq!(last.into_iter().collect::<BTreeSet<_>>(), expected);
     eprintln!(
-        "{} scans, {during} started during the failover, {} failed",
+        "{} scans, {during} during the failover, {} failed",
         results.len(),
         results.iter().filter(|(_, r)| r.is_err()).count()
     );
