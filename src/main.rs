@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod cli;
+
 use regionflow::app::{shutdown_after, shutdown_on_signals};
 use regionflow::config::Settings;
 
@@ -49,6 +51,11 @@ enum Command {
     Checkpoints {
         #[command(subcommand)]
         action: CheckpointAction,
+    },
+    /// Read a region back: one entry, a scan, or an export in the change feed's format.
+    Region {
+        #[command(subcommand)]
+        action: cli::region::RegionAction,
     },
     /// Produce generated page views into a Kafka topic (load for demos and benchmarks).
     Generate {
@@ -249,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Checkpoints { action } => checkpoints(action).await,
+        Command::Region { action } => cli::region::run(action).await,
         Command::Probe { address, config, ready } => {
             let address = match config {
                 Some(config) => {

@@ -11,6 +11,7 @@ mod cluster;
 pub mod error;
 pub mod function;
 pub mod partial;
+pub mod read;
 mod region;
 pub mod replication;
 mod slots;

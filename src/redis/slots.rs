@@ -11,7 +11,8 @@
 
 use redis::Value;
 
-const SLOTS: u16 = 16384;
+/// How many hash slots a Redis Cluster has.
+pub const SLOTS: u16 = 16384;
 
 /// `primary` of a slot that no reachable primary is known to serve.
 const UNKNOWN: u16 = u16::MAX;
@@ -89,7 +90,12 @@ impl SlotMap {
 
     /// The index of the primary that owns `key`, if known.
     pub fn primary_of(&self, key: &str) -> Option<usize> {
-        let index = self.primary[usize::from(key_slot(key.as_bytes()))];
+        self.primary_of_slot(key_slot(key.as_bytes()))
+    }
+
+    /// The index of the primary that owns `slot`, if known.
+    pub fn primary_of_slot(&self, slot: u16) -> Option<usize> {
+        let index = *self.primary.get(usize::from(slot))?;
         (index != UNKNOWN).then_some(usize::from(index))
     }
 

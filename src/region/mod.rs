@@ -13,6 +13,7 @@
 pub mod change;
 mod entry;
 mod memory;
+pub mod read;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -256,6 +256,23 @@ mod tests {
         assert_eq!(t.assign(10).collect::<Vec<_>>(), vec![Window { start: 10, end: 20 }]);
     }
 
+    /// What readers look up (`WindowKind::windows_containing`) is what
+    /// the operator assigns.
+    #[test]
+    fn readers_find_the_windows_the_operator_assigns() {
+        use crate::window::WindowKind;
+        for (size, slide) in [(10, 10), (30, 10), (60_000, 15_000)] {
+            let f = FixedWindows::new(size, slide, &[]);
+            let kind = if size == slide { WindowKind::Tumbling { size } } else { WindowKind::Sliding { size, slide } };
+            for time in [-61_000, -1, 0, 9, 10, 25, 1_700_000_012_345] {
+                let assigned: Vec<Window> = f.assign(time).collect();
+                assert_eq!(kind.windows_containing(time), Some(assigned), "{size}/{slide} at {time}");
+                assert_eq!(kind.end_of(time), Some(time + size));
+            }
+        }
+        assert_eq!(WindowKind::Session { gap: 5 }.windows_containing(3), None);
+    }
+
     fn event(key: &str, time: Millis) -> Event {
         Event { key: Arc::from(key), time, inputs: vec![Input::Unit], offset: 0 }
     }

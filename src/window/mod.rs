@@ -42,6 +42,35 @@ pub enum WindowKind {
     Session { gap: Millis },
 }
 
+impl WindowKind {
+    /// Every window containing `time`, earliest first (the windows a
+    /// record at `time` lands in); `None` for sessions, whose bounds follow
+    /// the data.
+    pub fn windows_containing(&self, time: Millis) -> Option<Vec<Window>> {
+        let (size, slide) = match *self {
+            WindowKind::Tumbling { size } => (size, size),
+            WindowKind::Sliding { size, slide } => (size, slide),
+            WindowKind::Session { .. } => return None,
+        };
+        let last_start = floor_to(time, slide);
+        Some(
+            (0..size / slide)
+                .rev()
+                .map(|i| last_start - i * slide)
+                .map(|start| Window { start, end: start + size })
+                .collect(),
+        )
+    }
+
+    /// The end of the window starting at `start`; `None` for sessions.
+    pub fn end_of(&self, start: Millis) -> Option<Millis> {
+        match *self {
+            WindowKind::Tumbling { size } | WindowKind::Sliding { size, .. } => Some(start + size),
+            WindowKind::Session { .. } => None,
+        }
+    }
+}
+
 /// What happens to a record none of whose windows is still kept.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

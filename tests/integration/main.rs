@@ -23,6 +23,7 @@ mod poison_records;
 mod readiness;
 mod redis_cluster_harness;
 mod redis_tls;
+mod region_cli;
 mod region_conformance;
 mod region_writes;
 mod replication;
