@@ -690,14 +690,20 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// Picks a client port such that it and its bus port are free now, and that
-/// no other cluster in this process has picked either. Other processes are
-/// handled by picking at random (parallel test binaries rarely collide) and
-/// by `start_node` retrying when redis-server then fails to bind.
+/// no other cluster of any test process has picked either: each pick is
+/// also an exclusive lock on a file named after the port, held until the
+/// process exits. A port that is free only because a fault killed its node
+/// (which a chaos test restarts on the same port moments later) is so never
+/// handed to another process's cluster, whose nodes would then gossip with
+/// this one's (seen when two chaos searches ran side by side).
 fn reserve_port_pair() -> u16 {
     // Never released: a process starts few clusters, and never reusing a port
     // rules out talking to a lingering node of an earlier cluster.
     static RESERVED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    static LOCKS: Mutex<Vec<File>> = Mutex::new(Vec::new());
     let mut reserved = RESERVED.lock().unwrap_or_else(PoisonError::into_inner);
+    let lock_dir = std::env::temp_dir().join("regionflow-test-ports");
+    fs::create_dir_all(&lock_dir).expect("port lock directory");
     let span = CLIENT_PORTS.len() as u64;
     for _ in 0..10_000 {
         let port = CLIENT_PORTS.start + (random_u64() % span) as u16;
@@ -705,9 +711,14 @@ fn reserve_port_pair() -> u16 {
         if reserved.contains(&port) || reserved.contains(&bus) {
             continue;
         }
+        let lock = File::create(lock_dir.join(port.to_string())).expect("port lock file");
+        if lock.try_lock().is_err() {
+            continue; // another process's cluster holds it
+        }
         if is_port_free(port) && is_port_free(bus) {
             reserved.insert(port);
             reserved.insert(bus);
+            LOCKS.lock().unwrap_or_else(PoisonError::into_inner).push(lock);
             return port;
         }
     }
