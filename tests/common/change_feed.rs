@@ -103,6 +103,28 @@ pub fn parse(messages: &[OwnedMessage], region: &str) -> Vec<FeedChange> {
         .collect()
 }
 
+/// The changes of a `regionflow region export` to standard output (JSON
+/// lines in the feed's format), as if read from the feed.
+pub fn parse_export(stdout: &str, region: &str) -> Vec<FeedChange> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("an exported change is JSON");
+            assert_eq!(v["region"], region, "exported region");
+            assert_eq!(v["op"], "upsert", "an export holds upserts only");
+            FeedChange {
+                partition: -1,
+                offset: i as i64,
+                entry: v["entry"].as_str().expect("entry").to_string(),
+                version: v["version"].as_u64().expect("version"),
+                fields: Some(serde_json::from_value(v["fields"].clone()).expect("fields are strings")),
+            }
+        })
+        .collect()
+}
+
 /// Problems with duplicates: one (entry, version) with two different contents.
 pub fn conflicting_duplicates(changes: &[FeedChange]) -> Vec<String> {
     let mut seen: BTreeMap<(&str, u64), &FeedChange> = BTreeMap::new();

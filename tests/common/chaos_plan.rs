@@ -70,6 +70,10 @@ pub enum Fault {
     /// (that would change every seed's schedule): tests/integration/
     /// change_feed.rs names it.
     KillWhilePublishing,
+    /// Not a fault: `regionflow region export` takes a snapshot of the
+    /// region while writes go on; the snapshot with the change feed must
+    /// converge to the region. Not drawn by seeds either.
+    Export,
 }
 
 impl Fault {
@@ -283,6 +287,7 @@ impl fmt::Display for Fault {
                 write!(f, "{n} x {err:?} on {api:?}")
             }
             Fault::KillWhilePublishing => write!(f, "stall the change feed, SIGKILL a connector, start a replacement"),
+            Fault::Export => write!(f, "export a snapshot of the region"),
         }
     }
 }

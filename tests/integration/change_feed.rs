@@ -3,10 +3,11 @@
 //! window kind, a pipeline with a change feed runs on two connectors over
 //! four partitions, and one connector is SIGKILLed while it holds changes
 //! that reached Redis but not Kafka (produce requests fail until then).
-//! Afterwards the region equals the independent reference, the latest
-//! version of every entry in the feed equals the region, duplicates carry
-//! the same change, and (where one partition writes each entry) every
-//! entry's versions appear in increasing order.
+//! Later, `regionflow region export` takes a snapshot while writes go on. Afterwards the region equals the independent reference, the
+//! latest version of every entry in the feed equals the region, so does the
+//! snapshot followed by the feed, duplicates carry the same change, and
+//! (where one partition writes each entry) every entry's versions appear in
+//! increasing order.
 
 use crate::common;
 
@@ -30,7 +31,10 @@ fn plan(window: WindowKind, emit_updates: bool, changes_final: bool) -> Plan {
     plan.checkpoint_interval = Duration::from_millis(1_000);
     plan.connectors = 2;
     plan.redundancy = 0;
-    plan.steps = vec![Step { at: 0.5, fault: Fault::KillWhilePublishing, target: 0 }];
+    plan.steps = vec![
+        Step { at: 0.5, fault: Fault::KillWhilePublishing, target: 0 },
+        Step { at: 0.8, fault: Fault::Export, target: 0 },
+    ];
     plan
 }
 

@@ -314,6 +314,7 @@ pub(crate) async fn run(plan: &Plan) -> Outcome {
     let producing =
         start_producing(&kafka, topic, orders.clone(), produced.clone(), plan.window == WindowKind::Session);
     let mut restarted: Vec<RestartedNode> = Vec::new();
+    let mut snapshot = None;
     let started = Instant::now();
 
     for (i, step) in plan.steps.iter().enumerate() {
@@ -366,6 +367,26 @@ pub(crate) async fn run(plan: &Plan) -> Outcome {
             Fault::BrokerErrors(e) => {
                 let (api, err, n) = BROKER_ERRORS[*e];
                 kafka.cluster.request_errors(api, &vec![err; n]);
+            }
+            Fault::Export => {
+                let output = tokio::task::block_in_place(|| {
+                    std::process::Command::new(env!("CARGO_BIN_EXE_regionflow"))
+                        .args(["region", "export", "--config"])
+                        .arg(&fleet.config)
+                        .args(["--region", &format!("{topic}_chaos")])
+                        .output()
+                        .expect("regionflow region export runs")
+                });
+                assert!(
+                    output.status.success(),
+                    "chaos seed {seed}: export failed: {}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                let changes =
+                    change_feed::parse_export(&String::from_utf8_lossy(&output.stdout), &format!("{topic}_chaos"));
+                eprintln!("chaos seed {seed}: exported {} entries while writes go on", changes.len());
+                assert!(!changes.is_empty(), "chaos seed {seed}: the export found no entry");
+                snapshot = Some(changes);
             }
             Fault::KillWhilePublishing => {
                 kafka.cluster.request_errors(RDKafkaApiKey::Produce, &[NOT_LEADER; 100_000]);
@@ -463,7 +484,7 @@ pub(crate) async fn run(plan: &Plan) -> Outcome {
         "chaos seed {seed}: the reader could not read the region once ({} samples)",
         report.samples
     );
-    check_change_feed(plan, &kafka, &ports);
+    check_change_feed(plan, &kafka, &ports, snapshot.as_deref());
     drop(restarted);
     Outcome { samples: report.samples, discarded: report.discarded, unexpected_exits: fleet.unexpected_exits }
 }
@@ -474,7 +495,7 @@ pub(crate) async fn run(plan: &Plan) -> Outcome {
 /// the same change under the same version. (A feed in `final` mode over
 /// `emit = updates` gets the last windows once the idle timeout closes
 /// them, after the region already holds their values as updates.)
-fn check_change_feed(plan: &Plan, kafka: &Kafka, ports: &[u16]) {
+fn check_change_feed(plan: &Plan, kafka: &Kafka, ports: &[u16], snapshot: Option<&[change_feed::FeedChange]>) {
     let seed = plan.seed;
     let region = format!("{}_chaos", plan.topic());
     let topic = format!("{}-changes", plan.topic());
@@ -486,13 +507,20 @@ fn check_change_feed(plan: &Plan, kafka: &Kafka, ports: &[u16]) {
         let feed = change_feed::parse(&messages, &region);
         let duplicates = change_feed::conflicting_duplicates(&feed);
         assert!(duplicates.is_empty(), "chaos seed {seed}: one version, two changes: {duplicates:?}\nplan: {plan}");
-        let snapshot = tokio::task::block_in_place(|| region_watch::snapshot(ports, &format!("rf:{region}:*")))
+        let region_now = tokio::task::block_in_place(|| region_watch::snapshot(ports, &format!("rf:{region}:*")))
             .unwrap_or_else(|e| panic!("chaos seed {seed}: region unreadable: {e}"));
-        let mut problems = change_feed::differences_from_region(&feed, &snapshot);
+        let mut problems = change_feed::differences_from_region(&feed, &region_now);
         if plan.window == WindowKind::Session {
             // One source partition writes each session entry: its versions
             // reach the feed in order.
             problems.extend(change_feed::out_of_order(&feed));
+        }
+        if let Some(snapshot) = snapshot {
+            // A snapshot taken mid-run, then the feed, keeping the highest
+            // version per entry, converges to the region.
+            let combined: Vec<_> = snapshot.iter().chain(&feed).cloned().collect();
+            let converged = change_feed::differences_from_region(&combined, &region_now);
+            problems.extend(converged.into_iter().map(|p| format!("snapshot + feed: {p}")));
         }
         if problems.is_empty() {
             eprintln!("chaos seed {seed}: the change feed's {} changes end as the region", feed.len());
