@@ -36,8 +36,10 @@ pub struct FeedRound {
 }
 
 impl FeedRound {
+    /// Both runs finished cleanly and the feed published every change.
     pub fn valid(&self) -> bool {
-        self.feed.feed.as_ref().is_some_and(|f| f.complete(self.feed.written)) && self.plain.note.is_empty()
+        let published = self.feed.feed.as_ref().is_some_and(|f| f.complete(self.feed.written));
+        published && self.plain.note.is_empty() && self.feed.note.is_empty()
     }
 }
 
