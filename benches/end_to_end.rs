@@ -27,7 +27,9 @@
 //!   broker's or the harness's;
 //! - state bytes per open window-key (`state`): an operator-only run under a
 //!   counting global allocator (live heap bytes / open (key, window) pairs);
-//! - latency at half the W1 throughput (`latency`), live.
+//! - latency at half the W1 throughput (`latency`), live;
+//! - the change feed's cost (`feed`): W1 again with `region.changes` on,
+//!   against the W1 run without it.
 //!
 //! The data sets come from `data` (records from `support`, the workloads
 //! every bench shares); `report` prints the tables.
@@ -46,6 +48,8 @@ mod compute_ceiling;
 mod connector;
 #[path = "end_to_end/data.rs"]
 mod data;
+#[path = "end_to_end/feed.rs"]
+mod feed;
 #[path = "end_to_end/latency.rs"]
 mod latency;
 #[path = "end_to_end/options.rs"]
@@ -82,7 +86,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
 use compute_ceiling::compute_ceiling;
-use connector::connector_run;
+use connector::ConnectorRun;
 use data::{produce, DataSet};
 use latency::latency_run;
 use options::Options;
@@ -130,6 +134,7 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut live_partitions = None;
+    let mut feed_cost = None;
     for (name, keys, n, workloads) in plans {
         let topic = format!("bench-{name}");
         let data = DataSet::new(name, &topic, n, keys, opts.partitions, 42);
@@ -169,7 +174,9 @@ fn main() {
                 compute.results.len()
             );
             let entries = compute.results.len();
-            let sink = runtime.block_on(sink_ceiling(&redis, workload, &topic, &compute.results, &opts));
+            // W1 of the standard data set runs again with the change feed on.
+            let feed_on = workload == Workload::W1 && data.name == "100k" && opts.changes_rounds > 0;
+            let sink = runtime.block_on(sink_ceiling(&redis, workload, &topic, &compute.results, &opts, feed_on));
             println!(
                 "    sink ceiling: merge FCALL {}/s ({:.1} us of Redis time per merge function run, {:.1} us client CPU \
                  per entry), HSET {}/s",
@@ -178,22 +185,32 @@ fn main() {
                 sink.client_us,
                 si(sink.hset_per_s)
             );
+            if let Some(c) = &sink.with_changes {
+                println!(
+                    "    sink ceiling capturing the change: merge FCALL {}/s ({:.1} us of Redis time per run, {:.1} us \
+                     client CPU per entry)",
+                    si(c.per_s),
+                    c.script_us,
+                    c.client_us
+                );
+            }
             let state = state_size(workload, &data, partitions);
             println!(
                 "    state: {:.0} B per open window-key at {} open",
                 state.bytes_per_window_key, state.open_window_keys
             );
-            let run = runtime.block_on(connector_run(
-                &redis,
+            let connector = ConnectorRun {
+                redis: &redis,
                 workload,
-                &brokers,
-                &redis_nodes,
-                &data,
-                entries as u64,
-                sink.inner_per_script,
-                &opts,
+                brokers: &brokers,
+                redis_nodes: &redis_nodes,
+                data: &data,
+                expected: entries as u64,
+                inner_per_script: sink.inner_per_script,
+                opts: &opts,
                 ticks,
-            ));
+            };
+            let run = runtime.block_on(connector.run("", None));
             println!(
                 "    connector: {}/s ({:.1} s), {} entries written, peak RSS {:.0} MB, {:.2} CPU us/event {}",
                 si(run.events_per_s),
@@ -203,6 +220,20 @@ fn main() {
                 run.cpu_us_per_event,
                 run.note
             );
+            if let Some(sink_changes) = &sink.with_changes {
+                let topic = feed::changes_topic(&data);
+                mock.create_topic(&topic, partitions, 1).expect("topic created");
+                println!("    with the change feed to {topic}:");
+                let rounds = runtime.block_on(feed::feed_rounds(&connector, &run, opts.changes_rounds, &topic));
+                feed_cost = Some(feed::FeedCost {
+                    topic,
+                    rounds,
+                    sink_plain_us: sink.script_us,
+                    sink_plain_per_s: sink.merge_per_s,
+                    sink_changes_us: sink_changes.script_us,
+                    sink_changes_per_s: sink_changes.per_s,
+                });
+            }
             rows.push(Row { label, events: n, source, compute, sink, entries, run, state });
         }
         // Free the data set's results before the next one.
@@ -228,6 +259,9 @@ fn main() {
     };
 
     print_rows(&rows);
+    if let Some(cost) = feed_cost {
+        report::print_feed(&cost);
+    }
     if let Some(stress) = stress {
         report::print_state_at_scale(stress);
     }

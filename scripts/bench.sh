@@ -10,7 +10,8 @@
 #   scripts/bench.sh --criterion-only
 #   scripts/bench.sh --merge-only the merge function alone on one idle
 #                                 redis-server: Redis µs per FCALL of a W1
-#                                 entry write vs a plain HSET of its fields
+#                                 entry write, capturing its change or not,
+#                                 vs a plain HSET of its fields
 #   scripts/bench.sh -h           this help, with the knobs below
 #
 # Builds in release (the `bench` profile) and runs benches/end_to_end.rs,
@@ -27,6 +28,9 @@
 #   BENCH_HIGH_EVENTS=$BENCH_EVENTS
 #   BENCH_STRESS_KEYS=10000000 open window-keys in the state-at-scale run (0 skips)
 #   BENCH_WORKLOADS=w1,w2,w3,w1-10m,latency
+#   BENCH_CHANGES=1            rounds of W1 with the change feed on
+#                              (region.changes, mode every) against W1
+#                              without it; 0 skips, more alternate the order
 #   BENCH_PARTITIONS=0         0 = auto (8, more if the mock broker's 5 MiB
 #                              per partition would not hold the data)
 #   BENCH_COMPRESSION=lz4      producer compression.type
@@ -94,13 +98,17 @@ merge_function() {
     key='u__rand_int__:1700000010000'
     partial='{"a":[3,1627.5],"e":1,"o":12345}'
     echo "== merge function on one idle redis-server ($(redis-server --version | cut -d' ' -f3)), 200000 writes over 100000 keys, 100 per pipeline"
+    # FCALL+c: the same write capturing the entry's change (ARGV[11] = c),
+    # as a region with a change feed sends it.
     for round in 1 2 3; do
-        for command in FCALL HSET; do
+        for variant in FCALL FCALL+c HSET; do
+            local command=${variant%+c} capture=
+            case "$variant" in *+c) capture=c ;; esac
             redis-cli -p "$port" flushall >/dev/null
             redis-cli -p "$port" config resetstat >/dev/null
             if [ "$command" = FCALL ]; then
                 redis-benchmark -p "$port" -n 200000 -r 100000 -P 100 -q FCALL "$name" 1 "$key" _p:bench:0 1 12345 r \
-                    "$partial" 1700000010000 1700000020000 n 0 count:count,sum:sum >/dev/null
+                    "$partial" 1700000010000 1700000020000 n 0 count:count,sum:sum "$capture" >/dev/null
             else
                 redis-benchmark -p "$port" -n 200000 -r 100000 -P 100 -q HSET "$key" _p:bench:0 "$partial" \
                     window_start 1700000010000 window_end 1700000020000 count 3 sum 1627.5 >/dev/null
@@ -111,7 +119,7 @@ merge_function() {
                 *failed_calls=0*) ;;
                 *) echo "bench.sh: $command failed: $stat" >&2; redis-cli -p "$port" "${command}" 2>&1 | head -1 >&2; exit 1 ;;
             esac
-            echo "  round $round: $command ${stat##*usec_per_call=}" | sed 's/,.*//; s/$/ µs per call/'
+            echo "  round $round: $variant ${stat##*usec_per_call=}" | sed 's/,.*//; s/$/ µs per call/'
         done
     done
 }

@@ -39,8 +39,9 @@ pub fn latency_run(
     let tuning = support::Tuning {
         emit: opts.latency_emit.as_deref().unwrap_or(r#"{ mode = "final" }"#),
         flush_interval: opts.latency_flush.as_deref(),
+        changes: None,
     };
-    let mut child = ConnectorChild::start(Workload::W1, brokers, redis_nodes, "bench-latency", topic, Some(&tuning));
+    let mut child = ConnectorChild::start(Workload::W1, brokers, redis_nodes, "bench-latency", topic, &tuning, true);
     child.wait_ready(partitions);
     let producer = producer(brokers);
     let mut rng = StdRng::seed_from_u64(11);

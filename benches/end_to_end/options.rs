@@ -21,6 +21,8 @@ pub struct Options {
     /// The live latency run's `connector.flush_interval`, if not the default.
     pub latency_flush: Option<String>,
     pub stress_keys: usize,
+    /// Rounds of W1 with the change feed on against W1 without (0: none).
+    pub changes_rounds: usize,
     pub sink_chunk: usize,
     pub sink_inflight: usize,
     pub run_timeout: Duration,
@@ -55,6 +57,7 @@ impl Options {
             latency_emit: std::env::var("BENCH_LATENCY_EMIT").ok().filter(|v| !v.is_empty()),
             latency_flush: std::env::var("BENCH_LATENCY_FLUSH").ok().filter(|v| !v.is_empty()),
             stress_keys: env("BENCH_STRESS_KEYS", 10_000_000usize),
+            changes_rounds: env("BENCH_CHANGES", 1usize),
             sink_chunk: env("BENCH_SINK_PIPELINE", 1_000usize),
             sink_inflight: env("BENCH_SINK_INFLIGHT", 4usize),
             run_timeout: Duration::from_secs(env("BENCH_RUN_TIMEOUT_SECS", 600u64)),

@@ -16,7 +16,27 @@ pub fn clock_ticks() -> f64 {
 
 /// User + system CPU seconds of a process.
 pub fn cpu_seconds(pid: u32, ticks: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"), ticks)
+}
+
+/// User + system CPU seconds of a process's Kafka client threads:
+/// librdkafka's own (`rdk:main`, `rdk:broker…`) and rust-rdkafka's producer
+/// polling thread, which runs the delivery callbacks.
+pub fn kafka_threads_cpu_seconds(pid: u32, ticks: f64) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    tasks
+        .filter_map(|task| task.ok())
+        .filter(|task| {
+            // The kernel keeps 15 bytes of a thread's name.
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            comm.starts_with("rdk:") || comm.starts_with("producer pollin")
+        })
+        .map(|task| stat_cpu_seconds(&task.path().join("stat").to_string_lossy(), ticks))
+        .sum()
+}
+
+fn stat_cpu_seconds(path: &str, ticks: f64) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();

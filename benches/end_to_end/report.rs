@@ -3,6 +3,7 @@
 
 use crate::compute_ceiling::Compute;
 use crate::connector::Run;
+use crate::feed::{Feed, FeedCost, FeedRound};
 use crate::latency::Latency;
 use crate::options::Options;
 use crate::sink_ceiling::Sink;
@@ -101,6 +102,103 @@ pub fn print_rows(rows: &[Row]) {
             r.run.harness_cpu_us_per_event,
             r.run.note
         );
+    }
+}
+
+/// One figure of a run, for a ratio.
+type RunFigure = fn(&Run) -> f64;
+
+/// The change feed's cost: each round's two runs, then feed on / off.
+pub fn print_feed(cost: &FeedCost) {
+    println!();
+    println!(
+        "== Change feed: W1 with region.changes = {{ topic = \"{}\", mode = \"every\" }} against W1 without, \
+         same data set ==",
+        cost.topic
+    );
+    println!(
+        "{:<5} {:<4} {:>8} {:>9} {:>6} {:>9} {:>9} {:>9} {:>10} {:>8} {:>9} {:>9} {:>7}  note",
+        "round",
+        "feed",
+        "e2e ev/s",
+        "e2e ent/s",
+        "run s",
+        "CPU us/ev",
+        "Kafka thr",
+        "harness",
+        "Redis us/F",
+        "peak RSS",
+        "published",
+        "appended",
+        "tail ms"
+    );
+    for (i, round) in cost.rounds.iter().enumerate() {
+        for (name, r) in [("off", &round.plain), ("on", &round.feed)] {
+            let feed = |f: fn(&Feed) -> String| r.feed.as_ref().map_or("-".into(), f);
+            println!(
+                "{:<5} {:<4} {:>8} {:>9} {:>6.1} {:>9.2} {:>9.2} {:>9.2} {:>10.1} {:>6.0}MB {:>9} {:>9} {:>7}  {}",
+                i + 1,
+                name,
+                si(r.events_per_s),
+                si(r.entries_per_s),
+                r.seconds,
+                r.cpu_us_per_event,
+                r.kafka_threads_cpu_us_per_event,
+                r.harness_cpu_us_per_event,
+                r.redis_us_per_merge,
+                r.peak_rss as f64 / 1048576.0,
+                feed(|f| f.published.to_string()),
+                feed(|f| f.appended.to_string()),
+                feed(|f| f.tail_ms.to_string()),
+                r.note
+            );
+        }
+    }
+    println!(
+        "(CPU us/ev: the connector's, of which its Kafka client threads' in `Kafka thr`; harness: this process, \
+         mostly the mock brokers; Redis us/F: Redis's own time per FCALL during the run)"
+    );
+    println!(
+        "merge function alone (sink ceiling, nothing else running): {:.1} us of Redis time per run, {}/s; capturing \
+         the change {:.1} us, {}/s: {:.2}x the time",
+        cost.sink_plain_us,
+        si(cost.sink_plain_per_s),
+        cost.sink_changes_us,
+        si(cost.sink_changes_per_s),
+        cost.sink_changes_us / cost.sink_plain_us
+    );
+    let valid: Vec<&FeedRound> = cost.rounds.iter().filter(|r| r.valid()).collect();
+    if valid.len() < cost.rounds.len() {
+        println!(
+            "{} of {} rounds INVALID (a change not published, or a run incomplete): left out",
+            cost.rounds.len() - valid.len(),
+            cost.rounds.len()
+        );
+    }
+    if valid.is_empty() {
+        return;
+    }
+    // Feed on / off per valid round, and their median.
+    let figures: [(&str, RunFigure); 6] = [
+        ("events/s", |r| r.events_per_s),
+        ("entries/s", |r| r.entries_per_s),
+        ("connector CPU us/event", |r| r.cpu_us_per_event),
+        ("connector CPU us/event outside its Kafka threads", |r| r.cpu_us_per_event - r.kafka_threads_cpu_us_per_event),
+        ("harness (mock brokers) CPU us/event", |r| r.harness_cpu_us_per_event),
+        ("Redis us/FCALL in the run", |r| r.redis_us_per_merge),
+    ];
+    println!("feed on / off{}:", if valid.len() > 1 { " (per round; median)" } else { "" });
+    for (name, figure) in figures {
+        let mut each: Vec<f64> = valid.iter().map(|r| figure(&r.feed) / figure(&r.plain)).collect();
+        let listed = each.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ");
+        each.sort_by(f64::total_cmp);
+        let mid = each.len() / 2;
+        let median = if each.len().is_multiple_of(2) { (each[mid - 1] + each[mid]) / 2.0 } else { each[mid] };
+        if valid.len() > 1 {
+            println!("  {name}: {listed}; median {median:.2}");
+        } else {
+            println!("  {name}: {median:.2}");
+        }
     }
 }
 

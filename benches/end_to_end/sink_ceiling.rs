@@ -177,6 +177,18 @@ pub struct Sink {
     /// This harness's CPU per entry while pipelining the scripts (the
     /// client-side cost of a write done with raw per-node pipelines).
     pub client_us: f64,
+    /// The same writes with the change captured (`ARGV[11] = c`, what a
+    /// region with a change feed sends), when asked for.
+    pub with_changes: Option<MergePass>,
+}
+
+/// One pass of the merge function over the entries.
+pub struct MergePass {
+    pub per_s: f64,
+    /// Redis's own time per run (commandstats usec/calls).
+    pub script_us: f64,
+    pub inner_per_script: f64,
+    pub client_us: f64,
 }
 
 /// Calls of every command but this harness's own INFO and CONFIG.
@@ -188,12 +200,14 @@ pub fn all_calls(counters: &HashMap<String, u64>) -> f64 {
         .sum()
 }
 
+/// `changes`: also a pass that captures each entry's change.
 pub async fn sink_ceiling(
     redis: &Redis,
     workload: Workload,
     topic: &str,
     results: &[(i32, WindowResult)],
     opts: &Options,
+    changes: bool,
 ) -> Sink {
     let config = support::pipeline_config(workload);
     let layout = compile::region_layout("rf", &config);
@@ -203,14 +217,18 @@ pub async fn sink_ceiling(
     let fields: Vec<Arc<str>> = (0..partitions).map(|p| regionflow::region::partial_field(topic, p).into()).collect();
     let writes: Vec<EntryWrite> =
         results.iter().map(|(p, r)| layout.write(r, &fields[*p as usize], 1, 1_000_000_000)).collect();
-    let merges: Vec<(String, redis::Cmd)> = writes
-        .iter()
-        .map(|w| {
-            let partial = partial::entry_partial(&w.accumulators, w.epoch, w.offset);
-            let args = (&*w.field, w.epoch, w.offset, w.mode.as_arg(), partial, w.window.start, w.window.end);
-            (w.key.clone(), MERGE_FUNCTION.call(&w.key, (args, "n", 0, &*spec)))
-        })
-        .collect();
+    let merges = |capture: &str| -> Vec<(String, redis::Cmd)> {
+        writes
+            .iter()
+            .map(|w| {
+                let partial = partial::entry_partial(&w.accumulators, w.epoch, w.offset);
+                let args = (&*w.field, w.epoch, w.offset, w.mode.as_arg(), partial, w.window.start, w.window.end);
+                (w.key.clone(), MERGE_FUNCTION.call(&w.key, (args, "n", 0, &*spec, capture)))
+            })
+            .collect()
+    };
+    let plain = merge_pass(redis, merges(""), opts).await;
+    let with_changes = if changes { Some(merge_pass(redis, merges("c"), opts).await) } else { None };
     let hset: Vec<(String, redis::Cmd)> = writes
         .iter()
         .zip(results)
@@ -225,16 +243,29 @@ pub async fn sink_ceiling(
         .collect();
     drop(writes);
     redis.flush_all().await;
+    let hset_per_s = redis.pipelined(hset, opts.sink_chunk, opts.sink_inflight).await;
+    redis.flush_all().await;
+    Sink {
+        merge_per_s: plain.per_s,
+        hset_per_s,
+        inner_per_script: plain.inner_per_script,
+        script_us: plain.script_us,
+        client_us: plain.client_us,
+        with_changes,
+    }
+}
+
+/// `merges` into an empty cluster, with Redis's counters of that pass.
+async fn merge_pass(redis: &Redis, merges: Vec<(String, redis::Cmd)>, opts: &Options) -> MergePass {
+    let n = merges.len().max(1) as f64;
+    redis.flush_all().await;
     redis.reset_stats().await;
     let cpu = cpu_seconds(std::process::id(), clock_ticks());
-    let merge_per_s = redis.pipelined(merges, opts.sink_chunk, opts.sink_inflight).await;
-    let client_us = (cpu_seconds(std::process::id(), clock_ticks()) - cpu) * 1e6 / results.len().max(1) as f64;
+    let per_s = redis.pipelined(merges, opts.sink_chunk, opts.sink_inflight).await;
+    let client_us = (cpu_seconds(std::process::id(), clock_ticks()) - cpu) * 1e6 / n;
     let counters = redis.counters().await;
     let scripts = (counters.get("calls_fcall").copied().unwrap_or(0) as f64).max(1.0);
     let inner_per_script = (all_calls(&counters) - scripts) / scripts;
     let script_us = counters.get("usec_fcall").copied().unwrap_or(0) as f64 / scripts;
-    redis.flush_all().await;
-    let hset_per_s = redis.pipelined(hset, opts.sink_chunk, opts.sink_inflight).await;
-    redis.flush_all().await;
-    Sink { merge_per_s, hset_per_s, inner_per_script, script_us, client_us }
+    MergePass { per_s, script_us, inner_per_script, client_us }
 }

@@ -106,21 +106,33 @@ pub struct Endpoints<'a> {
     pub metrics_listen: &'a str,
 }
 
-/// Settings the live latency run varies.
+/// Settings a run varies (the live latency run, the change feed run).
 #[derive(Debug, Clone, Copy)]
 pub struct Tuning<'a> {
     /// The pipeline's `emit` table (TOML inline).
     pub emit: &'a str,
     /// `connector.flush_interval`; the connector's default when `None`.
     pub flush_interval: Option<&'a str>,
+    /// The region's change feed topic (`mode = "every"`); no feed when `None`.
+    pub changes: Option<&'a str>,
+}
+
+impl Default for Tuning<'_> {
+    /// `emit = { mode = "final" }`, the default flush interval, no change feed.
+    fn default() -> Self {
+        Tuning { emit: r#"{ mode = "final" }"#, flush_interval: None, changes: None }
+    }
 }
 
 /// The connector configuration of one workload (pipeline name `bench`,
-/// region `bench_<workload>`), with `emit = { mode = "final" }` and the
-/// default flush interval unless `tuning` says otherwise.
-pub fn settings_toml(workload: Workload, e: &Endpoints<'_>, tuning: Option<&Tuning<'_>>) -> String {
-    let connector = match tuning.and_then(|t| t.flush_interval) {
+/// region `bench_<workload>`) with `tuning`'s settings.
+pub fn settings_toml(workload: Workload, e: &Endpoints<'_>, tuning: &Tuning<'_>) -> String {
+    let connector = match tuning.flush_interval {
         Some(interval) => format!("[connector]\nflush_interval = \"{interval}\"\n"),
+        None => String::new(),
+    };
+    let changes = match tuning.changes {
+        Some(topic) => format!(r#", changes = {{ topic = "{topic}", mode = "every" }}"#),
         None => String::new(),
     };
     let nodes: Vec<String> = e.redis_nodes.iter().map(|u| format!("\"{u}\"")).collect();
@@ -147,7 +159,7 @@ window = {window}
 watermark = {{ max_out_of_orderness = "{DISORDER_MS}ms", idle_timeout = "1h" }}
 late_records = "drop"
 emit = {emit}
-region = {{ name = "bench_{region}", key = "{{key}}:{{window_start}}" }}
+region = {{ name = "bench_{region}", key = "{{key}}:{{window_start}}"{changes} }}
 
 [pipelines.bench.aggregates]
 count = {{ function = "count" }}
@@ -162,7 +174,7 @@ sum = {{ function = "sum", field = "/amount" }}
         key = workload.key_toml(),
         window = workload.window_toml(),
         region = workload.name().to_ascii_lowercase(),
-        emit = tuning.map_or(r#"{ mode = "final" }"#, |t| t.emit),
+        emit = tuning.emit,
     )
 }
 
@@ -177,7 +189,7 @@ pub fn settings(workload: Workload) -> Settings {
             topic: "bench",
             metrics_listen: "127.0.0.1:0",
         },
-        None,
+        &Tuning::default(),
     );
     Settings::from_toml_str(&toml).expect("benchmark configuration is valid")
 }
