@@ -45,6 +45,13 @@ fn run(args: &[&str]) -> (bool, String, String) {
     tokio::task::block_in_place(|| cli(args))
 }
 
+/// `regionflow region <command> --config <config> --region <region> <rest>`.
+fn region(command: &str, config: &str, region: &str, rest: &[&str]) -> (bool, String, String) {
+    let args: Vec<&str> =
+        ["region", command, "--config", config, "--region", region].into_iter().chain(rest.iter().copied()).collect();
+    run(&args)
+}
+
 fn write_config(dir: &Path, toml: &str) -> PathBuf {
     let path = dir.join("regionflow.toml");
     std::fs::write(&path, toml).expect("written");
@@ -312,18 +319,7 @@ async fn get_scan_and_export_show_what_the_pipelines_wrote() {
     // scan, every entry: the reference, in key order, times in RFC 3339.
     for expected in &regions {
         let stored = stored(&mut con, &cluster, expected.region).await;
-        let (ok, stdout, stderr) = run(&[
-            "region",
-            "scan",
-            "--config",
-            config,
-            "--region",
-            expected.region,
-            "--limit",
-            "0",
-            "--output",
-            "json",
-        ]);
+        let (ok, stdout, stderr) = region("scan", config, expected.region, &["--limit", "0", "--output", "json"]);
         assert!(ok, "{stderr}");
         let lines = json_lines(&stdout);
         let shown: Vec<(String, i64)> = lines.iter().map(|l| check_line(l, expected, &stored)).collect();
@@ -338,22 +334,12 @@ async fn get_scan_and_export_show_what_the_pipelines_wrote() {
     let (from, to) = (BASE_TS + 2_000, BASE_TS + 7_000);
     for expected in &regions[..2] {
         let stored = stored(&mut con, &cluster, expected.region).await;
-        let (ok, stdout, stderr) = run(&[
-            "region",
+        let (ok, stdout, stderr) = region(
             "scan",
-            "--config",
             config,
-            "--region",
             expected.region,
-            "--prefix",
-            "c1",
-            "--from",
-            &rfc3339(from),
-            "--to",
-            &rfc3339(to),
-            "--output",
-            "json",
-        ]);
+            &["--prefix", "c1", "--from", &rfc3339(from), "--to", &rfc3339(to), "--output", "json"],
+        );
         assert!(ok, "{stderr}");
         let shown: BTreeSet<(String, i64)> =
             json_lines(&stdout).iter().map(|l| check_line(l, expected, &stored)).collect();
@@ -390,57 +376,30 @@ async fn get_scan_and_export_show_what_the_pipelines_wrote() {
     let tumbling = &regions[0];
     let stored_tumbling = stored(&mut con, &cluster, "tumbling_orders").await;
     let (customer, start) = tumbling.table.keys().find(|(c, _)| c == "ü:1").expect("ü:1 has entries").clone();
-    let (ok, stdout, stderr) = run(&[
-        "region",
+    let (ok, stdout, stderr) = region(
         "get",
-        "--config",
         config,
-        "--region",
         "tumbling_orders",
-        "--key",
-        &customer,
-        "--window-start",
-        &start.to_string(),
-        "--output",
-        "json",
-    ]);
+        &["--key", &customer, "--window-start", &start.to_string(), "--output", "json"],
+    );
     assert!(ok, "{stderr}");
     let lines = json_lines(&stdout);
     assert_eq!(lines.len(), 1);
     assert_eq!(check_line(&lines[0], tumbling, &stored_tumbling), (customer.clone(), start));
-    let (ok, table, stderr) = run(&[
-        "region",
-        "get",
-        "--config",
-        config,
-        "--region",
-        "tumbling_orders",
-        "--key",
-        &customer,
-        "--at",
-        &rfc3339(start + 1_999),
-    ]);
+    let (ok, table, stderr) =
+        region("get", config, "tumbling_orders", &["--key", &customer, "--at", &rfc3339(start + 1_999)]);
     assert!(ok, "{stderr}");
     let table: Vec<&str> = table.lines().collect();
     assert_eq!(table.len(), 2, "{table:?}");
     assert!(table[1].starts_with(&format!("{customer}  {}  {}", rfc3339(start), rfc3339(start + 2_000))), "{table:?}");
 
     // With partials: each source partition's, as stored.
-    let (ok, stdout, stderr) = run(&[
-        "region",
+    let (ok, stdout, stderr) = region(
         "get",
-        "--config",
         config,
-        "--region",
         "tumbling_orders",
-        "--key",
-        &customer,
-        "--window-start",
-        &start.to_string(),
-        "--output",
-        "json",
-        "--partials",
-    ]);
+        &["--key", &customer, "--window-start", &start.to_string(), "--output", "json", "--partials"],
+    );
     assert!(ok, "{stderr}");
     let line = &json_lines(&stdout)[0];
     let hash = &stored_tumbling[line["entry"].as_str().expect("entry")];
@@ -455,20 +414,8 @@ async fn get_scan_and_export_show_what_the_pipelines_wrote() {
     // Sliding windows: every window of the key containing the time.
     let stored_sliding = stored(&mut con, &cluster, "sliding_orders").await;
     let at = BASE_TS + 6_543;
-    let (ok, stdout, stderr) = run(&[
-        "region",
-        "get",
-        "--config",
-        config,
-        "--region",
-        "sliding_orders",
-        "--key",
-        "c1",
-        "--at",
-        &rfc3339(at),
-        "--output",
-        "json",
-    ]);
+    let (ok, stdout, stderr) =
+        region("get", config, "sliding_orders", &["--key", "c1", "--at", &rfc3339(at), "--output", "json"]);
     assert!(ok, "{stderr}");
     let shown: BTreeSet<(String, i64)> =
         json_lines(&stdout).iter().map(|l| check_line(l, sliding, &stored_sliding)).collect();
@@ -487,54 +434,28 @@ async fn get_scan_and_export_show_what_the_pipelines_wrote() {
     let stored_session = stored(&mut con, &cluster, "session_orders").await;
     let ((customer, start), e) =
         session.table.iter().find(|((c, _), e)| c == "c:1" && e.window_end - e.first.0 > 1).expect("a session of c:1");
-    let (ok, stdout, stderr) = run(&[
-        "region",
+    let (ok, stdout, stderr) = region(
         "get",
-        "--config",
         config,
-        "--region",
         "session_orders",
-        "--key",
-        customer,
-        "--window-start",
-        &start.to_string(),
-        "--output",
-        "json",
-    ]);
+        &["--key", customer, "--window-start", &start.to_string(), "--output", "json"],
+    );
     assert!(ok, "{stderr}");
     let lines = json_lines(&stdout);
     assert_eq!(lines.len(), 1, "{stdout}");
     assert_eq!(check_line(&lines[0], session, &stored_session), (customer.clone(), *start));
-    let (ok, stdout, stderr) = run(&[
-        "region",
+    let (ok, stdout, stderr) = region(
         "get",
-        "--config",
         config,
-        "--region",
         "session_orders",
-        "--key",
-        customer,
-        "--at",
-        &rfc3339(e.window_end - 1),
-        "--output",
-        "json",
-    ]);
+        &["--key", customer, "--at", &rfc3339(e.window_end - 1), "--output", "json"],
+    );
     assert!(ok, "{stderr}");
     let lines = json_lines(&stdout);
     assert_eq!(lines.len(), 1, "{stdout}");
     assert_eq!(check_line(&lines[0], session, &stored_session), (customer.clone(), *start));
-    let (ok, stdout, stderr) = run(&[
-        "region",
-        "get",
-        "--config",
-        config,
-        "--region",
-        "session_orders",
-        "--key",
-        customer,
-        "--at",
-        &rfc3339(BASE_TS - 60_000),
-    ]);
+    let (ok, stdout, stderr) =
+        region("get", config, "session_orders", &["--key", customer, "--at", &rfc3339(BASE_TS - 60_000)]);
     assert!(!ok && stdout.is_empty(), "{stdout}");
     assert!(stderr.contains(&format!("has no entry of key `{customer}` with a window containing")), "{stderr}");
 
@@ -581,8 +502,7 @@ async fn get_scan_and_export_show_what_the_pipelines_wrote() {
     // export to a topic, read back: the same changes, keyed by entry, with
     // the change feed's headers.
     kafka.cluster.create_topic("changes", 3, 1).expect("topic created");
-    let (ok, _, stderr) =
-        run(&["region", "export", "--config", config, "--region", "session_orders", "--topic", "changes"]);
+    let (ok, _, stderr) = region("export", config, "session_orders", &["--topic", "changes"]);
     assert!(ok, "{stderr}");
     let stored_session = stored(&mut con, &cluster, "session_orders").await;
     assert!(
@@ -773,8 +693,7 @@ async fn a_scan_during_slot_moves_lists_every_entry_once() {
         scans += 1;
         if scans % 10 == 0 {
             // Through the binary too: every entry, each once.
-            let (ok, stdout, stderr) =
-                run(&["region", "scan", "--config", config, "--region", "moving", "--limit", "0", "--output", "json"]);
+            let (ok, stdout, stderr) = region("scan", config, "moving", &["--limit", "0", "--output", "json"]);
             assert!(ok, "{stderr}");
             let entries: Vec<String> =
                 json_lines(&stdout).iter().map(|e| e["entry"].as_str().expect("entry").to_string()).collect();
