@@ -36,7 +36,12 @@ pub struct Options {
 
 pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut settings = Settings::from_toml_str(QUICKSTART_CONFIG).context("config/quickstart.toml")?;
-    let mock = MockCluster::new(1).context("starting the embedded Kafka-protocol broker")?;
+    // The embedded broker lives as long as the process: clients the
+    // connector built (the change feed's producer) may be dropped a moment
+    // after the connector returns, and would log the broker's shutdown as
+    // "all brokers down" errors.
+    let mock: &'static MockCluster<'static, _> =
+        Box::leak(Box::new(MockCluster::new(1).context("starting the embedded Kafka-protocol broker")?));
     let mut feeds = Vec::new();
     for pipeline in settings.pipelines.values() {
         let feed = pipeline.region.changes.as_ref().map(|changes| changes.topic.clone());
