@@ -2,30 +2,32 @@
 //!
 //! The task's concerns each have a file: [`restore`] (epoch, checkpoint,
 //! start offset), [`process`] (records and ticks through the decoder,
-//! watermark and operator; dead letters and late records) and [`commit`]
-//! (flushes to the region, checkpoints). This file holds the task's state
-//! and its run loop.
+//! watermark and operator; dead letters and late records), [`commit`]
+//! (flushes to the region, the change feed, checkpoints) and [`ledger`]
+//! (session entries written since the last checkpoint). This file holds the
+//! task's state and its run loop.
 //!
 //! The task receives batches of records over a bounded channel (the Kafka
 //! source waits when it is full, which is the backpressure), runs them
 //! through its [`WindowOperator`], and every `flush_interval` (or when
-//! enough results are pending) writes the results to the region and awaits
-//! the dead letters. Every `checkpoint_interval`, and when it stops, it
-//! flushes, then stores a checkpoint (next offset, watermark, window state)
-//! under its epoch; only then does it move the partition's committed Kafka
-//! offset, which is informational.
+//! enough results are pending) writes the results to the region, queues
+//! the region's changes on the change feed, and awaits the dead letters.
+//! Every `checkpoint_interval`, and when it stops, it flushes, awaits the
+//! feed's acknowledgements, then stores a checkpoint (next offset,
+//! watermark, window state) under its epoch; only then does it move the
+//! partition's committed Kafka offset, which is informational.
 //!
 //! On start it takes a new epoch and restores the last checkpoint, and the
 //! source seeks the partition to the checkpoint's offset. Each write carries
 //! the source position it was produced at, so replayed results never
 //! overwrite newer ones, and the epoch, so a zombie's writes are refused.
 //! Its log lines carry the span `task{pipeline, topic, partition}` (set by
-//! the connector). A task that finds itself fenced stops quietly: its
-//! successor owns the partition. It fails, and stops the connector, on a
-//! bad record under `errors.tolerance = "none"`, or when Redis stays
-//! unavailable past the write deadline. It fails and is restarted from its checkpoint (see
-//! [`TaskError::restartable`]) when replication of its writes since the
-//! last checkpoint cannot be verified.
+//! the connector). A task that finds itself fenced fails loudly and is
+//! restarted with a new epoch (see [`TaskError::restartable`]), as it is
+//! when replication of its writes since the last checkpoint cannot be
+//! verified or the change feed cannot be written. It fails, and stops the
+//! connector, on a bad record under `errors.tolerance = "none"`, or when
+//! Redis stays unavailable past the write deadline.
 
 mod commit;
 mod ledger;
