@@ -29,6 +29,7 @@ pub struct Produce {
 impl Kafka {
     /// Starts a three-broker mock cluster with the given topics.
     pub fn start(topics: &[(&str, i32)]) -> Kafka {
+        super::report_panics_at_once();
         let cluster = MockCluster::new(3).expect("librdkafka mock cluster starts");
         for (topic, partitions) in topics {
             cluster.create_topic(topic, *partitions, 1).expect("topic created");

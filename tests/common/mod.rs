@@ -18,9 +18,30 @@ pub mod secure;
 
 /// Logs to the test's captured output (`RUST_LOG` filters, default info).
 pub fn init_logging() {
+    report_panics_at_once();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,librdkafka=warn,rdkafka=warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Makes every panic of a test also print at once, uncaptured, naming the
+/// test: libtest shows a test's captured output only when the test ends,
+/// and a test whose teardown then hangs would otherwise fail with no word
+/// until the suite's time limit kills it. Installed by [`init_logging`] and
+/// [`kafka::Kafka::start`].
+pub fn report_panics_at_once() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            use std::io::Write;
+            let thread = std::thread::current();
+            // Straight to the process's stderr: libtest captures only the
+            // print macros and the default hook.
+            let _ = writeln!(std::io::stderr().lock(), "[panic in {}] {info}", thread.name().unwrap_or("unnamed"));
+            default(info);
+        }));
+    });
 }
 
 /// The smallest valid pipeline, for tests about everything around one:
@@ -67,11 +88,33 @@ pub fn toml_nodes(urls: &[String]) -> String {
 }
 
 /// A connector running inside the test process, on the Redis Cluster.
+///
+/// Dropped without [`InProcess::stop`] (a test that panics), it is aborted
+/// and waited for, so it is gone before the test's Kafka and Redis are:
+/// left running, its consumer would close only when the runtime drops it,
+/// with the brokers already destroyed.
 pub struct InProcess {
     pub metrics: std::sync::Arc<regionflow::metrics::Metrics>,
     pub health: std::sync::Arc<regionflow::metrics::Health>,
     shutdown: tokio_util::sync::CancellationToken,
     pub handle: tokio::task::JoinHandle<Result<(), regionflow::connector::ConnectorError>>,
+    _abort_on_drop: AbortOnDrop,
+}
+
+/// Aborts a task when dropped and waits (up to a minute) until it has ended.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if self.0.is_finished() {
+            return;
+        }
+        self.0.abort();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.0.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 impl InProcess {
@@ -87,7 +130,8 @@ impl InProcess {
             health.clone(),
             shutdown.clone(),
         ));
-        InProcess { metrics, health, shutdown, handle }
+        let _abort_on_drop = AbortOnDrop(handle.abort_handle());
+        InProcess { metrics, health, shutdown, handle, _abort_on_drop }
     }
 
     /// Starts stopping (as SIGTERM does) without waiting.
