@@ -131,6 +131,17 @@ fn main() {
     if opts.wants("w1-10m") {
         plans.push(("10m", opts.high_keys, opts.high_events, vec![Workload::W1]));
     }
+    // Few keys, many events: the connector's own cost per event, with
+    // little to write (each window-key gathers dense_events / windows /
+    // keys events), against the source ceiling.
+    let dense: Vec<Workload> = [("w1-dense", Workload::W1), ("w2-dense", Workload::W2)]
+        .iter()
+        .filter(|(w, _)| opts.wants(w))
+        .map(|(_, w)| *w)
+        .collect();
+    if !dense.is_empty() {
+        plans.push(("dense", opts.dense_keys, opts.dense_events, dense));
+    }
 
     let mut rows = Vec::new();
     let mut live_partitions = None;
@@ -162,6 +173,8 @@ fn main() {
         for workload in workloads {
             let label = if data.name == "10m" {
                 format!("{}-10M keys", workload.name())
+            } else if data.name == "dense" {
+                format!("{}-dense", workload.name())
             } else {
                 format!("{} {}", workload.name(), workload.describe().split(' ').next().unwrap_or(""))
             };

@@ -2,7 +2,8 @@
 # regionflow benchmarks, one command (see BENCHMARKS.md).
 #
 #   scripts/bench.sh              end-to-end benchmark: W1, W2, W3, W1 over
-#                                 10M keys, state at 10M open window-keys,
+#                                 10M keys, W1 and W2 over 100 keys (dense),
+#                                 state at 10M open window-keys,
 #                                 latency at half of W1's throughput
 #   scripts/bench.sh --criterion  also the criterion micro-benchmarks
 #                                 (decode, operator, region layout,
@@ -10,7 +11,8 @@
 #   scripts/bench.sh --criterion-only
 #   scripts/bench.sh --merge-only the merge function alone on one idle
 #                                 redis-server: Redis µs per FCALL of a W1
-#                                 entry write, capturing its change or not,
+#                                 entry write (as sent, without the sole
+#                                 writer's fields, capturing its change),
 #                                 vs a plain HSET of its fields
 #   scripts/bench.sh -h           this help, with the knobs below
 #
@@ -27,7 +29,9 @@
 #   BENCH_HIGH_KEYS=10000000   keys of the high-cardinality W1 variant
 #   BENCH_HIGH_EVENTS=$BENCH_EVENTS
 #   BENCH_STRESS_KEYS=10000000 open window-keys in the state-at-scale run (0 skips)
-#   BENCH_WORKLOADS=w1,w2,w3,w1-10m,latency
+#   BENCH_DENSE_KEYS=100       keys of the dense workloads (W1-dense, W2-dense)
+#   BENCH_DENSE_EVENTS=        their events (default 5 x BENCH_EVENTS)
+#   BENCH_WORKLOADS=w1,w2,w3,w1-10m,w1-dense,w2-dense,latency
 #   BENCH_CHANGES=1            rounds of W1 with the change feed on
 #                              (region.changes, mode every) against W1
 #                              without it; 0 skips, more alternate the order
@@ -98,17 +102,22 @@ merge_function() {
     key='u__rand_int__:1700000010000'
     partial='{"a":[3,1627.5],"e":1,"o":12345}'
     echo "== merge function on one idle redis-server ($(redis-server --version | cut -d' ' -f3)), 200000 writes over 100000 keys, 100 per pipeline"
-    # FCALL+c: the same write capturing the entry's change (ARGV[11] = c),
-    # as a region with a change feed sends it.
+    # FCALL: the write as the region sends it, with the sole writer's
+    # fields (ARGV[12..]); FCALL-merge: without them, so the function
+    # decodes, merges and renders; FCALL+c: capturing the entry's change
+    # (ARGV[11] = c), as a region with a change feed sends it.
     for round in 1 2 3; do
-        for variant in FCALL FCALL+c HSET; do
-            local command=${variant%+c} capture=
-            case "$variant" in *+c) capture=c ;; esac
+        for variant in FCALL FCALL-merge FCALL+c HSET; do
+            local command=${variant%[+-]*} capture= sole=(11 3 1627.5)
+            case "$variant" in
+                *+c) capture=c ;;
+                *-merge) sole=() ;;
+            esac
             redis-cli -p "$port" flushall >/dev/null
             redis-cli -p "$port" config resetstat >/dev/null
             if [ "$command" = FCALL ]; then
                 redis-benchmark -p "$port" -n 200000 -r 100000 -P 100 -q FCALL "$name" 1 "$key" _p:bench:0 1 12345 r \
-                    "$partial" 1700000010000 1700000020000 n 0 count:count,sum:sum "$capture" >/dev/null
+                    "$partial" 1700000010000 1700000020000 n 0 count:count,sum:sum "$capture" "${sole[@]}" >/dev/null
             else
                 redis-benchmark -p "$port" -n 200000 -r 100000 -P 100 -q HSET "$key" _p:bench:0 "$partial" \
                     window_start 1700000010000 window_end 1700000020000 count 3 sum 1627.5 >/dev/null

@@ -10,6 +10,9 @@ pub struct Options {
     pub keys: u32,
     pub high_keys: u32,
     pub high_events: usize,
+    /// Keys and events of the dense workloads (W1-dense, W2-dense).
+    pub dense_keys: u32,
+    pub dense_events: usize,
     pub w2_events: usize,
     pub partitions: i32,
     pub brokers: i32,
@@ -43,11 +46,13 @@ impl Options {
             keys: env("BENCH_KEYS", 100_000u32),
             high_keys: env("BENCH_HIGH_KEYS", 10_000_000u32),
             high_events: env("BENCH_HIGH_EVENTS", events),
+            dense_keys: env("BENCH_DENSE_KEYS", 100u32),
+            dense_events: env("BENCH_DENSE_EVENTS", 5 * events),
             w2_events: env("BENCH_W2_EVENTS", events / 4),
             partitions: env("BENCH_PARTITIONS", 0i32),
             brokers: env("BENCH_BROKERS", 3i32),
             workloads: std::env::var("BENCH_WORKLOADS")
-                .unwrap_or_else(|_| "w1,w2,w3,w1-10m,latency".into())
+                .unwrap_or_else(|_| "w1,w2,w3,w1-10m,w1-dense,w2-dense,latency".into())
                 .split(',')
                 .map(|s| s.trim().to_ascii_lowercase())
                 .filter(|s| !s.is_empty())

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use regionflow::pipeline::compile;
 use regionflow::redis::function::MERGE_FUNCTION;
 use regionflow::redis::key_slot;
-use regionflow::redis::partial;
-use regionflow::region::EntryWrite;
+use regionflow::redis::{merge_call, partial};
+use regionflow::region::{Capture, EntryWrite};
 use regionflow::window::WindowResult;
 
 use crate::options::Options;
@@ -217,18 +217,18 @@ pub async fn sink_ceiling(
     let fields: Vec<Arc<str>> = (0..partitions).map(|p| regionflow::region::partial_field(topic, p).into()).collect();
     let writes: Vec<EntryWrite> =
         results.iter().map(|(p, r)| layout.write(r, &fields[*p as usize], 1, 1_000_000_000)).collect();
-    let merges = |capture: &str| -> Vec<(String, redis::Cmd)> {
+    // The calls the connector's region sends (`merge_call`).
+    let merges = |capture: Capture| -> Vec<(String, redis::Cmd)> {
         writes
             .iter()
             .map(|w| {
                 let partial = partial::entry_partial(&w.accumulators, w.epoch, w.offset);
-                let args = (&*w.field, w.epoch, w.offset, w.mode.as_arg(), partial, w.window.start, w.window.end);
-                (w.key.clone(), MERGE_FUNCTION.call(&w.key, (args, "n", 0, &*spec, capture)))
+                (w.key.clone(), merge_call(&EntryWrite { capture, ..w.clone() }, &partial, &spec))
             })
             .collect()
     };
-    let plain = merge_pass(redis, merges(""), opts).await;
-    let with_changes = if changes { Some(merge_pass(redis, merges("c"), opts).await) } else { None };
+    let plain = merge_pass(redis, merges(Capture::None), opts).await;
+    let with_changes = if changes { Some(merge_pass(redis, merges(Capture::Publish), opts).await) } else { None };
     let hset: Vec<(String, redis::Cmd)> = writes
         .iter()
         .zip(results)

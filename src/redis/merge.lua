@@ -30,7 +30,7 @@ A number that overflowed (sum, avg's sum) is the string "inf", "-inf" or
 The public fields (`window_start`, `window_end` and one per aggregate name)
 are the merge of all partials.
 
-Called as `FCALL <FUNCTION_NAME> 1 <key> <ARGV[1]> ... <ARGV[10]>`:
+Called as `FCALL <FUNCTION_NAME> 1 <key> <ARGV[1]> <ARGV[2]> ...`:
 
 KEYS[1]   entry key
 ARGV[1]   partial field name (`_p:<topic>:<partition>`)
@@ -52,10 +52,15 @@ ARGV[10]  aggregate spec: comma-separated `function:name` in the order of the
           distinct_count, first, last
 ARGV[11]  change capture (optional): absent or `` none; `v` keep the entry's
           version; `c` keep it and return the change (see Replies)
+ARGV[12]  the sole writer's fields (optional, mode `r` only): one character
+          per aggregate of the spec, `1` when this partial alone renders a
+          value for it, `0` when it renders none; ARGV[13], ... are those
+          values, in spec order, rendered as rule 5 renders them
 
 Rules, in this order:
-1. The field holds a partial with "e" > ARGV[2]: change nothing, return -1
-   (fenced: a newer owner of that source partition wrote).
+1. The field holds a partial with "e" > ARGV[2], or holds none and its fence
+   (see Fences) is > ARGV[2]: change nothing, return -1 (fenced: a newer
+   owner of that source partition wrote).
 2. Else it holds a partial with "o" > ARGV[3] (or, for `m`, >= ARGV[3]: an
    amendment at a position already applied is a retried or replayed one):
    return 0 (stale replay) without changing values; a newer epoch is still
@@ -81,13 +86,34 @@ Rules, in this order:
    `HyperLogLog::estimate` (src/window/hll.rs); first/last as the value.
 6. Apply the TTL, return 1.
 
+The sole writer's short cut: a replace (`r`) that carries ARGV[12], into an
+entry that holds no other source partition's partial, stores the partial
+as it is and sets the public fields to the values ARGV[13..] (the merge of
+one partial is that partial, so they are what rules 4 and 5 would compute;
+`tests/integration/merge_script.rs` holds the two paths to the same entries).
+Rules 1 and 2 apply as before. Nothing is decoded, merged or rendered, which
+is most of the function's time for an entry written by one partition.
+
+Fences: a retraction (`d`) leaves the epoch it was made under in the hidden
+field `_f:<topic>:<partition>` (the partial's field with `_f` for `_p`), and
+rule 1 also refuses a write whose epoch is older than the fence of its
+field when no partial is stored. A retraction that deletes the entry leaves
+its fences (and, under capture, its version) as a tombstone for a day. So a
+zombie (an owner that froze, lost its partition, and woke up) cannot bring
+back an entry its successor retracted, nor create one the successor
+retracted before it existed: the session ledger retracts, from nothing,
+the sessions a predecessor recorded but may not have written yet. A write
+that stores the partial again removes the fence (the partial's epoch fences
+from then on). Readers skip hashes without `window_start`.
+
 Versions (ARGV[11] `v` or `c`): the hidden field `_v` counts the changes
 applied to the entry. Every write that returns 1 or 2 raises it by one,
 atomically with the change; a deletion's version is the one after the last
 (the public fields and partials are gone; `_v` stays as a tombstone for a
 day, so a re-created entry continues the count and a retraction replayed on
 the tombstone republishes the deletion under the next version). A
-retraction from nothing (no entry, no tombstone) returns 2 and is no change.
+retraction from nothing (no entry, no version) returns 2 and is no change
+(it leaves only a fence).
 
 Replies: -1, 0, 1 or 2 as above. With `c`, a write that returns 1 or 2, and
 a stale replay (0, so that a change whose publication was lost is published
@@ -104,6 +130,7 @@ partial written by `m` is built as text here.
 ]]
 
 local PARTIAL_PREFIX = '_p:'
+local FENCE_PREFIX = '_f:'
 local HLL_REGISTERS = 1024
 
 local function fail(message)
@@ -504,8 +531,7 @@ local function parse_spec_text(text)
     if not fn then
       fail('bad aggregate "' .. item .. '" in spec (ARGV[10]); expected function:name')
     end
-    if name == 'window_start' or name == 'window_end' or name == '_v'
-        or string.sub(name, 1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
+    if name == 'window_start' or name == 'window_end' or string.sub(name, 1, 1) == '_' then
       fail('aggregate name "' .. name .. '" clashes with the entry layout')
     end
     spec[#spec + 1] = { fn = fn, name = name }
@@ -586,16 +612,43 @@ local TOMBSTONE_MS = 86400000
 
 -- The reply for a change under capture `c`: status, version, then the
 -- public fields of `set` (HSET arguments after the key) or of the stored
--- hash, leaving out partials and the version.
+-- hash, leaving out the hidden ones (partials, fences, the version).
 local function change_reply(status, version, fields, from)
   local reply = { status, version }
   for i = from, #fields, 2 do
     local name = fields[i]
-    if name ~= VERSION_FIELD and string.sub(name, 1, #PARTIAL_PREFIX) ~= PARTIAL_PREFIX then
+    if string.sub(name, 1, 1) ~= '_' then
       reply[#reply + 1], reply[#reply + 2] = name, fields[i + 1]
     end
   end
   return reply
+end
+
+-- Whether `field` is the only partial among `texts` (or there is none).
+local function only_partial(texts, field)
+  for name in pairs(texts) do
+    if name ~= field then
+      return false
+    end
+  end
+  return true
+end
+
+-- 6: expiry, then the reply of a write that set the fields `set` (HSET
+-- arguments after the key). An entry re-created over a tombstone (the hash
+-- held only a version and fences) loses the tombstone's expiry.
+local function finish(key, tombstone, ttl_mode, ttl, capture, version, set)
+  if ttl_mode == 'r' then
+    redis.call('PEXPIRE', key, ttl)
+  elseif ttl_mode == 'a' then
+    redis.call('PEXPIREAT', key, ttl)
+  elseif tombstone then
+    redis.call('PERSIST', key)
+  end
+  if capture == 'c' then
+    return change_reply(1, version, set, 2)
+  end
+  return 1
 end
 
 local function main(KEYS, ARGV)
@@ -618,17 +671,26 @@ local function main(KEYS, ARGV)
     fail('unknown change capture (ARGV[11]) ' .. tostring(capture))
   end
 
-  -- Every partial of the entry, as text and (lazily) decoded.
-  local texts, decoded = {}, {}
+  -- Every partial of the entry, as text and (lazily) decoded; its fences;
+  -- whether it is an entry or a version (`existed`), or a tombstone (no
+  -- partial, no public field).
+  local texts, decoded, fences = {}, {}, {}
   local version = 0
+  local existed, tombstone = false, false
   local hash = redis.call('HGETALL', key)
   for i = 1, #hash, 2 do
-    if string.sub(hash[i], 1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
-      texts[hash[i]] = hash[i + 1]
-    elseif hash[i] == VERSION_FIELD then
+    local name = hash[i]
+    if string.sub(name, 1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
+      texts[name] = hash[i + 1]
+    elseif string.sub(name, 1, #FENCE_PREFIX) == FENCE_PREFIX then
+      fences[name] = tonumber(hash[i + 1]) or 0
+    elseif name == VERSION_FIELD then
       version = tonumber(hash[i + 1]) or 0
     end
+    existed = existed or string.sub(name, 1, #FENCE_PREFIX) ~= FENCE_PREFIX
   end
+  tombstone = #hash > 0 and next(texts) == nil
+  local fence = FENCE_PREFIX .. string.sub(field, #PARTIAL_PREFIX + 1)
   local function partial(name)
     if decoded[name] == nil then
       decoded[name] = decode_partial(spec, name, texts[name])
@@ -637,7 +699,9 @@ local function main(KEYS, ARGV)
   end
 
   -- 1, 2: fencing and stale replays.
-  if texts[field] ~= nil then
+  if texts[field] == nil and fences[fence] ~= nil and fences[fence] > epoch then
+    return -1
+  elseif texts[field] ~= nil then
     local current = partial(field)
     if current.e > epoch then
       return -1
@@ -653,6 +717,51 @@ local function main(KEYS, ARGV)
       end
       return 0
     end
+  end
+
+  -- The sole writer's short cut (see the header).
+  local sole = ARGV[12]
+  if sole ~= nil and mode == 'r' and type(text) == 'string' and only_partial(texts, field) then
+    -- Stored undecoded, so at least its frame and its epoch and offset,
+    -- which later writes are fenced and skipped by, must be the arguments'.
+    local tail = '],"e":' .. ARGV[2] .. ',"o":' .. ARGV[3] .. '}'
+    if string.sub(text, 1, 6) ~= '{"a":[' or string.sub(text, -#tail) ~= tail then
+      fail('the partial (ARGV[5]) is not {"a":[...],"e":' .. ARGV[2] .. ',"o":' .. ARGV[3] .. '}: '
+        .. string.sub(text, 1, 200))
+    end
+    local set = { key, 'window_start', ARGV[6], 'window_end', ARGV[7], field, text }
+    if capture ~= '' then
+      version = version + 1
+      set[#set + 1], set[#set + 2] = VERSION_FIELD, string.format('%d', version)
+    end
+    local absent = { key }
+    if #sole ~= #spec then
+      fail('the sole writer\'s fields (ARGV[12]) need one flag per aggregate, got ' .. tostring(sole))
+    end
+    local value_index = 13
+    for i, aggregate in ipairs(spec) do
+      local flag = string.sub(sole, i, i)
+      if flag == '1' then
+        local value = ARGV[value_index]
+        if value == nil then
+          fail('the sole writer\'s value of ' .. aggregate.name .. ' (ARGV[' .. value_index .. ']) is missing')
+        end
+        set[#set + 1], set[#set + 2] = aggregate.name, value
+        value_index = value_index + 1
+      elseif flag == '0' then
+        absent[#absent + 1] = aggregate.name
+      else
+        fail('the sole writer\'s fields (ARGV[12]) are 0 and 1 flags, got ' .. sole)
+      end
+    end
+    if fences[fence] ~= nil then
+      absent[#absent + 1] = fence
+    end
+    redis.call('HSET', unpack(set))
+    if #absent > 1 and #hash > 0 then
+      redis.call('HDEL', unpack(absent))
+    end
+    return finish(key, tombstone, ttl_mode, ttl, capture, version, set)
   end
 
   -- 3: the new partial of this field.
@@ -677,21 +786,30 @@ local function main(KEYS, ARGV)
     names[#names + 1] = name
   end
   if #names == 0 then
+    -- A deleted entry leaves a tombstone for TOMBSTONE_MS: its fences (see
+    -- Fences) and, under capture, its version, so that a re-created entry
+    -- continues its versions and a replayed retraction republishes the
+    -- deletion (whose first publication may have been lost) under a newer
+    -- version. Retracting from nothing (no entry, no version) leaves the
+    -- fence only and is no change.
     redis.call('DEL', key)
-    -- Under capture, a deleted entry leaves a tombstone: only its version,
-    -- for TOMBSTONE_MS, so that a re-created entry continues its versions
-    -- and a replayed retraction republishes the deletion (whose first
-    -- publication may have been lost) under a newer version. Retracting
-    -- from nothing (no entry, no tombstone) changes nothing.
-    if capture ~= '' and #hash > 0 then
-      version = version + 1
-      redis.call('HSET', key, VERSION_FIELD, string.format('%d', version))
-      redis.call('PEXPIRE', key, TOMBSTONE_MS)
-      if capture == 'c' then
-        return { 2, version }
+    local kept = { key, fence, ARGV[2] }
+    for name, value in pairs(fences) do
+      if name ~= fence then
+        kept[#kept + 1], kept[#kept + 2] = name, string.format('%d', value)
       end
     end
-    return 2
+    local reply = 2
+    if capture ~= '' and existed then
+      version = version + 1
+      kept[#kept + 1], kept[#kept + 2] = VERSION_FIELD, string.format('%d', version)
+      if capture == 'c' then
+        reply = { 2, version }
+      end
+    end
+    redis.call('HSET', unpack(kept))
+    redis.call('PEXPIRE', key, TOMBSTONE_MS)
+    return reply
   end
   table.sort(names, bytes_less)
   -- From the first partial rather than from empty values: the same result
@@ -705,6 +823,11 @@ local function main(KEYS, ARGV)
   local absent = { key }
   if mode ~= 'd' then
     set[#set + 1], set[#set + 2] = field, texts[field]
+    if fences[fence] ~= nil then
+      absent[#absent + 1] = fence
+    end
+  else
+    set[#set + 1], set[#set + 2] = fence, ARGV[2]
   end
   if capture ~= '' then
     version = version + 1
@@ -728,18 +851,7 @@ local function main(KEYS, ARGV)
     redis.call('HDEL', unpack(absent))
   end
 
-  -- 6: expiry (an entry re-created over a tombstone loses its expiry)
-  if ttl_mode == 'r' then
-    redis.call('PEXPIRE', key, ttl)
-  elseif ttl_mode == 'a' then
-    redis.call('PEXPIREAT', key, ttl)
-  elseif #hash == 2 and hash[1] == VERSION_FIELD then
-    redis.call('PERSIST', key)
-  end
-  if capture == 'c' then
-    return change_reply(1, version, set, 2)
-  end
-  return 1
+  return finish(key, tombstone, ttl_mode, ttl, capture, version, set)
 end
 
 redis.register_function(FUNCTION_NAME, function(keys, args)

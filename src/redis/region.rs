@@ -99,6 +99,71 @@ struct Encoded<'a> {
     partial: String,
 }
 
+/// The merge function's call for `write` (`FCALL` on its key), its partial
+/// already encoded, for the aggregates of `spec`
+/// ([`partial::aggregate_spec`]). A replace also carries the public fields
+/// its partial alone renders (`ARGV[12..]`), which `merge.lua` stores as
+/// they are when no other source partition wrote into the entry.
+pub fn merge_call(write: &EntryWrite, partial: &str, spec: &str) -> redis::Cmd {
+    let (ttl_mode, ttl) = match write.expiry {
+        Expiry::Never => ("n", 0),
+        Expiry::After(ms) => ("r", ms as i64),
+        Expiry::At(at) => ("a", at),
+    };
+    let args = (
+        &*write.field,
+        write.epoch,
+        write.offset,
+        write.mode.as_arg(),
+        partial,
+        write.window.start,
+        write.window.end,
+        ttl_mode,
+        ttl,
+        spec,
+        write.capture.as_arg(),
+    );
+    let sole = (write.mode == WriteMode::Replace).then(|| SoleFields::of(&write.accumulators));
+    MERGE_FUNCTION.call(&write.key, (args, sole))
+}
+
+/// `ARGV[12..]` of `merge.lua`: per aggregate `1` when the accumulator
+/// renders a value, `0` when not, then the values rendered.
+struct SoleFields {
+    present: String,
+    values: Vec<String>,
+}
+
+impl SoleFields {
+    fn of(accumulators: &[crate::window::Accumulator]) -> SoleFields {
+        let mut present = String::with_capacity(accumulators.len());
+        let mut values = Vec::with_capacity(accumulators.len());
+        for accumulator in accumulators {
+            match accumulator.render() {
+                Some(value) => {
+                    present.push('1');
+                    values.push(value);
+                }
+                None => present.push('0'),
+            }
+        }
+        SoleFields { present, values }
+    }
+}
+
+impl redis::ToRedisArgs for SoleFields {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(self.present.as_bytes());
+        for value in &self.values {
+            out.write_arg(value.as_bytes());
+        }
+    }
+
+    fn num_of_args(&self) -> usize {
+        1 + self.values.len()
+    }
+}
+
 /// What became of a pipelined write: the function's reply, or `None` when it
 /// must go the per-entry way.
 type PipelinedReplies = Result<Vec<(usize, Option<Reply>)>, RegionError>;
@@ -128,29 +193,6 @@ impl RedisRegion {
         RedisRegion { connection, name: name.into(), metrics, spec, concurrency, write_deadline }
     }
 
-    /// `ARGV[1..]` of `merge.lua` for one write (`KEYS[1]` is its key).
-    fn merge_args<'a>(&'a self, encoded: &'a Encoded<'_>) -> impl redis::ToRedisArgs + 'a {
-        let write = encoded.write;
-        let (ttl_mode, ttl) = match write.expiry {
-            Expiry::Never => ("n", 0),
-            Expiry::After(ms) => ("r", ms as i64),
-            Expiry::At(at) => ("a", at),
-        };
-        (
-            &*write.field,
-            write.epoch,
-            write.offset,
-            write.mode.as_arg(),
-            &encoded.partial,
-            write.window.start,
-            write.window.end,
-            ttl_mode,
-            ttl,
-            &*self.spec,
-            write.capture.as_arg(),
-        )
-    }
-
     /// One entry's writes, in order.
     async fn write_entry(&self, writes: &[Encoded<'_>]) -> EntryReplies {
         let mut replies = Vec::with_capacity(writes.len());
@@ -166,7 +208,7 @@ impl RedisRegion {
     /// One write, retried until the deadline; returns the function's reply
     /// and how many retries it took.
     async fn write_one(&self, write: &Encoded<'_>) -> Result<(Reply, u64), RegionError> {
-        let call = MERGE_FUNCTION.call(&write.write.key, self.merge_args(write));
+        let call = merge_call(write.write, &write.partial, &self.spec);
         self.connection
             .with_retry(self.write_deadline, "entry write", |mut connection| {
                 let call = &call;
@@ -207,7 +249,7 @@ impl RedisRegion {
             let mut pipeline = redis::pipe();
             for &i in &pending {
                 let write = &entries[i][0];
-                pipeline.add_command(MERGE_FUNCTION.call(&write.write.key, self.merge_args(write)));
+                pipeline.add_command(merge_call(write.write, &write.partial, &self.spec));
             }
             let replies = match connection.route_pipeline(pipeline, 0, pending.len(), route()).await {
                 Ok(replies) if replies.len() == pending.len() => replies,

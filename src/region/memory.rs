@@ -1,7 +1,8 @@
 //! An in-process region for the embedded quick-start.
 //!
 //! It applies the rules of `redis/merge.lua`, in the same order, with the
-//! Rust accumulators: epoch fencing; stale replays skipped (an amendment at
+//! Rust accumulators: epoch fencing (by the stored partial, or by the fence
+//! a retraction leaves); stale replays skipped (an amendment at
 //! an offset already applied too) while a newer epoch is still recorded;
 //! replace/merge/delete of partials; public fields as the merge of all
 //! partials in field-name order, starting from the first; entry versions
@@ -36,6 +37,9 @@ struct State {
     public: BTreeMap<String, Fields>,
     /// Entry versions, kept under a change capture as `_v` is.
     versions: BTreeMap<String, u64>,
+    /// The epoch of the last retraction of a partial (entry key, field), as
+    /// `merge.lua` keeps it in `_f:<topic>:<partition>`.
+    fences: BTreeMap<(String, String), u64>,
 }
 
 pub struct MemoryRegion {
@@ -76,7 +80,15 @@ impl MemoryRegion {
         }
         // An entry, or (under a change capture) a deleted entry's version.
         let existed = state.entries.contains_key(&write.key) || state.versions.contains_key(&write.key);
+        let fence_key = (write.key.clone(), write.field.to_string());
+        let fence = state.fences.get(&fence_key).copied();
         let partials = state.entries.entry(write.key.clone()).or_default();
+        if !partials.contains_key(&*write.field) && fence.is_some_and(|fence| fence > write.epoch) {
+            if partials.is_empty() {
+                state.entries.remove(&write.key);
+            }
+            return Ok((-1, None));
+        }
         if let Some(current) = partials.get_mut(&*write.field) {
             if current.epoch > write.epoch {
                 return Ok((-1, None));
@@ -92,6 +104,7 @@ impl MemoryRegion {
         match write.mode {
             WriteMode::Delete => {
                 partials.remove(&*write.field);
+                state.fences.insert(fence_key, write.epoch);
             }
             WriteMode::Merge if partials.contains_key(&*write.field) => {
                 let current = partials.get_mut(&*write.field).expect("checked");
@@ -105,6 +118,7 @@ impl MemoryRegion {
                 let partial =
                     Partial { epoch: write.epoch, offset: write.offset, accumulators: write.accumulators.clone() };
                 partials.insert(write.field.to_string(), partial);
+                state.fences.remove(&fence_key);
             }
         }
         let version = match write.capture {

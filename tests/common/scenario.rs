@@ -328,7 +328,11 @@ async fn hgetall_region(
     let mut out = BTreeMap::new();
     for key in keys {
         let fields: BTreeMap<String, String> = con.hgetall(key).await.expect("HGETALL");
-        out.insert(key.clone(), fields.into_iter().filter(|(k, _)| !k.starts_with('_')).collect());
+        // A deleted entry's tombstone (fences, version) is no entry, as
+        // readers see it.
+        if fields.contains_key("window_start") {
+            out.insert(key.clone(), fields.into_iter().filter(|(k, _)| !k.starts_with('_')).collect());
+        }
     }
     out
 }

@@ -306,6 +306,23 @@ impl Entry {
             .unwrap_or_else(|e| panic!("merge script failed on {write:?}: {e}"))
     }
 
+    /// A replace carrying the sole writer's fields (ARGV[12..]) rendered
+    /// from `accumulators`, as the region sends it, under `capture`; its raw
+    /// reply.
+    fn try_write_sole(
+        &self,
+        con: &mut Connection,
+        write: &Write,
+        accumulators: &[Accumulator],
+        capture: &str,
+    ) -> RedisResult<redis::Value> {
+        let rendered: Vec<Option<String>> = accumulators.iter().map(Accumulator::render).collect();
+        let flags: String = rendered.iter().map(|r| if r.is_some() { '1' } else { '0' }).collect();
+        let values: Vec<String> = rendered.into_iter().flatten().collect();
+        let args = (&write.field, write.epoch, write.offset, write.mode, &write.partial, WINDOW.0, WINDOW.1);
+        merge(con, &self.key, (args, "n", 0, self.spec_arg(), capture, flags, values))
+    }
+
     fn write(&self, con: &mut Connection, write: &Write) -> i64 {
         self.try_write(con, write).unwrap_or_else(|e| panic!("merge script failed on {write:?}: {e}"))
     }
@@ -817,27 +834,87 @@ fn retracting_recomputes_and_the_last_retraction_deletes_the_entry() {
         partials.insert(field.clone(), accumulators);
         texts.insert(field, text);
     }
-    let expected = |partials: &BTreeMap<String, Vec<Accumulator>>, texts: &BTreeMap<String, String>| {
+    // Each retraction leaves its epoch as the partial's fence.
+    let mut fences = BTreeMap::new();
+    let expected = |partials: &BTreeMap<String, Vec<Accumulator>>,
+                    texts: &BTreeMap<String, String>,
+                    fences: &BTreeMap<String, String>| {
         let mut fields = entry.expected_public(partials);
         fields.extend(texts.clone());
+        fields.extend(fences.clone());
         fields
     };
 
-    for field in ["_p:orders:1", "_p:orders:0"] {
+    for (field, fence) in [("_p:orders:1", "_f:orders:1"), ("_p:orders:0", "_f:orders:0")] {
         assert_eq!(entry.write(con, &Write::retract(field, 1, 11)), 1);
         partials.remove(field);
         texts.remove(field);
-        assert_eq!(entry.hgetall(con), expected(&partials, &texts));
+        fences.insert(fence.to_string(), "1".to_string());
+        assert_eq!(entry.hgetall(con), expected(&partials, &texts, &fences));
     }
-    // Retracting a partial that was never written changes nothing.
+    // Retracting a partial that was never written changes no value.
     assert_eq!(entry.write(con, &Write::retract("_p:orders:9", 1, 11)), 1);
-    assert_eq!(entry.hgetall(con), expected(&partials, &texts));
+    fences.insert("_f:orders:9".into(), "1".into());
+    assert_eq!(entry.hgetall(con), expected(&partials, &texts, &fences));
 
+    // The last one deletes the entry; its fences stay, as a tombstone
+    // readers skip, for a day.
     assert_eq!(entry.write(con, &Write::retract("_p:orders:2", 1, 11)), 2);
-    assert!(!entry.exists(con));
+    fences.insert("_f:orders:2".into(), "1".into());
+    assert_eq!(entry.hgetall(con), fences);
+    assert!((86_000_000..=86_400_000).contains(&entry.pttl(con)), "tombstone expiry {}", entry.pttl(con));
     // Nothing to retract from: still no entry.
     assert_eq!(entry.write(con, &Write::retract("_p:orders:2", 1, 12)), 2);
-    assert!(!entry.exists(con));
+    assert_eq!(entry.hgetall(con), fences);
+}
+
+/// A retraction fences its source partition's older epochs out of the
+/// entry, whether it deletes the entry, leaves other partials, or finds
+/// nothing to retract: a zombie (an owner that froze, lost its partition
+/// and woke up) must not bring back what its successor retracted, nor
+/// create what the successor retracted before the zombie wrote it (found
+/// by chaos seed 19 on session windows under load). The successor's own
+/// epoch writes again, and its partial fences from then on.
+#[test]
+fn a_retraction_fences_older_epochs_even_from_nothing() {
+    let server = server();
+    let con = &mut server.connection();
+    let entry = Entry::new("fence_retract", ALL);
+    let a = accumulate(&entry.spec, &[rec(1, 1.0, "a", 1)]);
+    let b = accumulate(&entry.spec, &[rec(2, 2.0, "b", 2)]);
+
+    // From nothing: a hidden fence, no public field, a day's expiry.
+    assert_eq!(entry.write(con, &Write::retract("_p:orders:0", 2, 7)), 2);
+    assert_eq!(entry.hgetall(con), BTreeMap::from([("_f:orders:0".to_string(), "2".to_string())]));
+    assert!(entry.pttl(con) > 86_000_000);
+    // The zombie's write, at its older epoch, is refused at any offset.
+    for offset in [6, 8] {
+        let zombie = Write::replace("_p:orders:0", 1, offset, &entry.partial(1, offset, &a));
+        assert_eq!(entry.write(con, &zombie), -1);
+        let sole = entry.try_write_sole(con, &zombie, &a, "").expect("written");
+        assert_eq!(sole, redis::Value::Int(-1), "the sole writer's short cut is fenced too");
+        assert_eq!(entry.hgetall(con).len(), 1);
+    }
+    // The successor writes: the fence goes with the tombstone's expiry.
+    let a2 = entry.partial(2, 8, &a);
+    assert_eq!(entry.write(con, &Write::replace("_p:orders:0", 2, 8, &a2)), 1);
+    let mut expected = entry.expected_public(&BTreeMap::from([("_p:orders:0".to_string(), a.clone())]));
+    expected.insert("_p:orders:0".into(), a2.clone());
+    assert_eq!(entry.hgetall(con), expected);
+    assert_eq!(entry.pttl(con), -1);
+
+    // Another partition's partial, then this one's retracted at epoch 3:
+    // the entry stays, with the fence, and the epoch-2 owner cannot return.
+    let b1 = entry.partial(1, 3, &b);
+    assert_eq!(entry.write(con, &Write::replace("_p:orders:1", 1, 3, &b1)), 1);
+    assert_eq!(entry.write(con, &Write::retract("_p:orders:0", 3, 9)), 1);
+    let mut expected = entry.expected_public(&BTreeMap::from([("_p:orders:1".to_string(), b.clone())]));
+    expected.insert("_p:orders:1".into(), b1);
+    expected.insert("_f:orders:0".into(), "3".into());
+    assert_eq!(entry.hgetall(con), expected);
+    let zombie = Write::replace("_p:orders:0", 2, 10, &entry.partial(2, 10, &a));
+    assert_eq!(entry.write(con, &zombie), -1);
+    assert_eq!(entry.hgetall(con), expected);
 }
 
 /// The function caches parsed specs (64 at most, then it starts over): 150
@@ -1168,6 +1245,37 @@ fn first_and_last_break_time_ties_by_value_bytes() {
     assert_eq!((public["first_page"].as_str(), public["last_page"].as_str()), ("~", "A"));
 }
 
+/// The sole writer's short cut (a replace with ARGV[12..], into an entry
+/// no other source partition wrote) stores what the full merge stores: two
+/// entries take the same writes, one with the rendered fields and one
+/// without, and must hold the same hash, reply the same (under every
+/// capture) and be fenced and skip replays the same, whether the writes
+/// come from one partition (the short cut) or several (the merge).
+#[test]
+fn the_sole_writers_short_cut_stores_what_the_merge_stores() {
+    let server = server();
+    let con = RefCell::new(server.connection());
+    // (partition, epoch, offset, records): a few writes, some from one
+    // partition only, some from several, some older than what is stored.
+    let write = (0u8..3, 1u64..4, 0i64..6, prop::collection::vec(record(), 0..6));
+    let cases = (prop::collection::vec(write, 1..8), prop::sample::select(vec!["", "v", "c"]));
+    run_cases(cases, |(writes, capture)| {
+        let con = &mut *con.borrow_mut();
+        let (short, merged) = (Entry::new("sole", ALL), Entry::new("sole_merged", ALL));
+        for (partition, epoch, offset, records) in &writes {
+            let field = format!("_p:orders:{partition}");
+            let accumulators = accumulate(&short.spec, records);
+            let write = Write::replace(&field, *epoch, *offset, &short.partial(*epoch, *offset, &accumulators));
+            let reply = short.try_write_sole(con, &write, &accumulators, capture);
+            prop_assert_eq!(reply.ok(), Some(merged.capture(con, &write, capture)), "reply to {:?}", write);
+            prop_assert_eq!(short.hgetall(con), merged.hgetall(con), "after {:?}", write);
+        }
+        short.delete(con);
+        merged.delete(con);
+        Ok(())
+    });
+}
+
 #[test]
 fn malformed_input_is_refused_before_anything_is_written() {
     let server = server();
@@ -1192,6 +1300,16 @@ fn malformed_input_is_refused_before_anything_is_written() {
     let error = merge::<i64>(con, &entry.key, args).expect_err("an unknown function was accepted");
     assert!(error.to_string().contains("merge script"), "{error}");
     assert!(!entry.exists(con));
+
+    // The sole writer's short cut stores the partial undecoded: one whose
+    // frame, epoch or offset is not the arguments' is refused.
+    let accumulators = accumulate(&entry.spec, &[rec(0, 0.0, "", 1)]);
+    for partial in [entry.partial(2, 1, &accumulators), entry.partial(1, 2, &accumulators), "{not json".to_string()] {
+        let write = Write::replace("_p:t:0", 1, 1, &partial);
+        let error = entry.try_write_sole(con, &write, &accumulators, "").expect_err("a mismatched partial accepted");
+        assert!(error.to_string().contains("merge script"), "{error}");
+        assert!(!entry.exists(con), "{write:?} wrote something");
+    }
 
     // A stored partial that is corrupt refuses later writes instead of
     // silently dropping that source's contribution.
@@ -1260,7 +1378,12 @@ fn captured_changes_carry_versions_and_the_public_fields() {
     // tombstone for a day, and replies the next version.
     assert_eq!(change(entry.capture(con, &Write::retract("_p:orders:1", 1, 9), "c")), (1, 5, public("1", "2.5")));
     assert_eq!(change(entry.capture(con, &Write::retract("_p:orders:0", 2, 9), "c")), (2, 6, BTreeMap::new()));
-    assert_eq!(entry.hgetall(con), BTreeMap::from([("_v".to_string(), "6".to_string())]));
+    let tombstone = BTreeMap::from([
+        ("_v".to_string(), "6".to_string()),
+        ("_f:orders:0".to_string(), "2".to_string()),
+        ("_f:orders:1".to_string(), "1".to_string()),
+    ]);
+    assert_eq!(entry.hgetall(con), tombstone);
     let ttl = entry.pttl(con);
     assert!(ttl > 86_000_000 && ttl <= 86_400_000, "tombstone expiry {ttl}");
     // A replayed retraction finds the tombstone: the deletion again, newer.
@@ -1270,10 +1393,10 @@ fn captured_changes_carry_versions_and_the_public_fields() {
     assert_eq!(change(entry.capture(con, &again, "c")), (1, 8, public("1", "2.5")));
     assert_eq!(entry.pttl(con), -1);
 
-    // Retracting from nothing: no change, no tombstone.
+    // Retracting from nothing: no change, no version, only the fence.
     let nothing = Entry::new("capture-nothing", &[(F::Count, "n"), (F::Sum, "total")]);
     assert_eq!(nothing.capture(con, &Write::retract("_p:orders:0", 1, 1), "c"), Value::Int(2));
-    assert!(!nothing.exists(con));
+    assert_eq!(nothing.hgetall(con), BTreeMap::from([("_f:orders:0".to_string(), "1".to_string())]));
     // No capture: no version kept.
     let plain = Entry::new("capture-none", &[(F::Count, "n"), (F::Sum, "total")]);
     assert_eq!(plain.capture(con, &first, ""), Value::Int(1));

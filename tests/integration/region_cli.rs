@@ -203,7 +203,10 @@ async fn stored(
     let mut out = BTreeMap::new();
     for key in keys {
         let fields: BTreeMap<String, String> = con.hgetall(&key).await.expect("HGETALL");
-        out.insert(key, fields);
+        // A deleted entry's tombstone (fences, version) is no entry.
+        if fields.contains_key("window_start") {
+            out.insert(key, fields);
+        }
     }
     out
 }

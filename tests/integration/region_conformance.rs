@@ -67,7 +67,9 @@ async fn redis_entries(
     let mut out = BTreeMap::new();
     for key in keys {
         let mut fields: BTreeMap<String, String> = con.hgetall(key).await.expect("HGETALL");
-        fields.retain(|name, _| !name.starts_with("_p:") && name != "_v");
+        // Partials, fences and versions are hidden (readers skip a hash
+        // holding nothing else).
+        fields.retain(|name, _| !name.starts_with('_'));
         if !fields.is_empty() {
             out.insert(key.clone(), fields);
         }

@@ -158,7 +158,8 @@ fn expected_entry(i: usize) -> HashMap<String, String> {
             ("total", "0.875"),
         ]),
         4 => with_partial(7, 7.75, 3, 501, "7", "7.75"),
-        5 => HashMap::new(),
+        // Deleted: only the retraction's fence stays, as a tombstone.
+        5 => fields(&[("_f:orders:0", "3")]),
         _ => with_partial(5, 0.25, 3, 500, "5", "0.25"),
     }
 }
