@@ -207,6 +207,11 @@ public final class W1Peer {
 
     static Run run(long events, int keys, int parallelism) throws Exception {
         StreamExecutionEnvironment env = StreamExecutionEnvironment.createLocalEnvironment(parallelism);
+        // Flink's advice for speed when no function keeps or changes a record
+        // it was handed (none here does): chained operators pass records on
+        // without copying them. Measured: 100 keys 1.7x as fast, 100k keys
+        // no change.
+        env.getConfig().enableObjectReuse();
         env.fromSequence(0, events - 1)
                 .map(new MakeEvent(events, parallelism, keys))
                 .assignTimestampsAndWatermarks(WatermarkStrategy.<Event>forBoundedOutOfOrderness(
@@ -256,7 +261,7 @@ public final class W1Peer {
             System.exit(2);
         }
         System.out.printf(
-                "Flink %s on Java %s (%s), local MiniCluster; best of %d runs; events_per_s = events / (first event"
+                "Flink %s on Java %s (%s), local MiniCluster, object reuse on; best of %d runs; events_per_s = events / (first event"
                         + " made -> last window fired), net_events_per_s = events / the job's net runtime%n",
                 EnvironmentInformation.getVersion(),
                 System.getProperty("java.version"),
