@@ -247,7 +247,7 @@ fn main() {
                     sink_changes_per_s: sink_changes.per_s,
                 });
             }
-            rows.push(Row { label, events: n, source, compute, sink, entries, run, state });
+            rows.push(Row { label, events: n, keys, source, compute, sink, entries, run, state });
         }
         // Free the data set's results before the next one.
         runtime.block_on(redis.flush_all());
@@ -280,6 +280,9 @@ fn main() {
     }
     if let Some(l) = latency {
         report::print_latency(&l, &opts);
+    }
+    if let Ok(path) = std::env::var("BENCH_SUMMARY") {
+        report::write_summary(&path, &rows);
     }
     println!("\ntotal {:.0} s", total.elapsed().as_secs_f64());
     drop(redis);

@@ -4,7 +4,8 @@
 #   scripts/bench.sh              end-to-end benchmark: W1, W2, W3, W1 over
 #                                 10M keys, W1 and W2 over 100 keys (dense),
 #                                 state at 10M open window-keys,
-#                                 latency at half of W1's throughput
+#                                 latency at half of W1's throughput, then
+#                                 the Flink peer (BENCH_FLINK)
 #   scripts/bench.sh --criterion  also the criterion micro-benchmarks
 #                                 (decode, operator, region layout,
 #                                 state encoding)
@@ -54,6 +55,12 @@
 #   BENCH_SOURCE_DEBUG=        `k=v;k=v` librdkafka properties: only repeat the
 #                              source-ceiling read with them (diagnostics)
 #   RUST_LOG=warn              the connector child's log filter
+#   BENCH_SUMMARY=target/bench-summary.txt
+#                              the run's ceilings, one line per workload
+#   BENCH_FLINK=1              then W1 on Apache Flink, compute only, with
+#                              regionflow's ceilings as ratios to it
+#                              (scripts/flink-peer.sh -h); 0 skips; skipped
+#                              with a message where Java is missing
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -140,6 +147,9 @@ if $criterion; then
     cargo bench --bench decode --bench operator --bench state_encoding
 fi
 if $end_to_end; then
+    summary=${BENCH_SUMMARY:-target/bench-summary.txt}
+    rm -f "$summary"
     cargo bench --bench end_to_end --no-run
-    cargo bench --bench end_to_end
+    BENCH_SUMMARY=$summary cargo bench --bench end_to_end
+    [ "${BENCH_FLINK:-1}" = 0 ] || scripts/flink-peer.sh "$summary"
 fi

@@ -16,6 +16,7 @@ use crate::support::DISORDER_MS;
 pub struct Row {
     pub label: String,
     pub events: usize,
+    pub keys: u32,
     pub source: Rate,
     pub compute: Compute,
     pub sink: Sink,
@@ -102,6 +103,36 @@ pub fn print_rows(rows: &[Row]) {
             r.run.harness_cpu_us_per_event,
             r.run.note
         );
+    }
+}
+
+/// The throughput rows for scripts, one line each: `LABEL keys=.. events=..
+/// operator_events_per_s=.. decode_operator_events_per_s=..
+/// e2e_events_per_s=..` (the label's spaces as `_`). `scripts/flink-peer.sh`
+/// sets the W1 rows' ceilings beside Flink's rate with as many keys.
+pub fn write_summary(path: &str, rows: &[Row]) {
+    let lines: String = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{} keys={} events={} operator_events_per_s={:.0} decode_operator_events_per_s={:.0} \
+                 e2e_events_per_s={:.0}\n",
+                r.label.replace(' ', "_"),
+                r.keys,
+                r.events,
+                r.compute.operator_events_per_s,
+                r.compute.decode_operator_events_per_s,
+                r.run.events_per_s
+            )
+        })
+        .collect();
+    let path = std::path::Path::new(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(path, lines) {
+        Ok(()) => println!("summary: {}", path.display()),
+        Err(e) => eprintln!("could not write the summary to {}: {e}", path.display()),
     }
 }
 
