@@ -14,6 +14,10 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 /// failures are asked for.
 pub const IDLE_TIMEOUT_MS: u64 = 10_000;
 
+/// The connectors' `session.timeout.ms` (tests/integration/chaos.rs): a
+/// connector paused longer than this loses its partitions.
+pub const SESSION_TIMEOUT_MS: u64 = 6_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WindowKind {
     /// 1 s tumbling windows.
@@ -197,6 +201,14 @@ impl Plan {
     pub fn only_steps(mut self, keep: &[usize]) -> Plan {
         self.steps = self.steps.into_iter().enumerate().filter(|(i, _)| keep.contains(i)).map(|(_, s)| s).collect();
         self
+    }
+
+    /// Whether a connector is paused past the group's session timeout (6 s),
+    /// so that it wakes as a zombie: its producer then delivers changes it
+    /// published before the pause, possibly after its successor's newer
+    /// versions of the same entries.
+    pub fn makes_zombie(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s.fault, Fault::Pause(d) if d >= Duration::from_millis(SESSION_TIMEOUT_MS)))
     }
 
     /// Whether the schedule hits a known failure: issue 11's hole 4 (CLIENT
