@@ -31,7 +31,7 @@
 #   BENCH_HIGH_EVENTS=$BENCH_EVENTS
 #   BENCH_STRESS_KEYS=10000000 open window-keys in the state-at-scale run (0 skips)
 #   BENCH_DENSE_KEYS=100       keys of the dense workloads (W1-dense, W2-dense)
-#   BENCH_DENSE_EVENTS=        their events (default 5 x BENCH_EVENTS)
+#   BENCH_DENSE_EVENTS=        their events (default 3 x BENCH_EVENTS)
 #   BENCH_WORKLOADS=w1,w2,w3,w1-10m,w1-dense,w2-dense,latency
 #   BENCH_CHANGES=1            rounds of W1 with the change feed on
 #                              (region.changes, mode every) against W1

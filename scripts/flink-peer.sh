@@ -22,7 +22,8 @@
 #   BENCH_EVENTS=1000000       events of the W1 run
 #   BENCH_KEYS=100000          keys of the W1 run
 #   FLINK_DENSE_EVENTS=        events of the 100-key run (default
-#                              5 x BENCH_EVENTS, so each run lasts seconds)
+#                              BENCH_DENSE_EVENTS, else 3 x BENCH_EVENTS,
+#                              as the end-to-end bench's W1-dense)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,7 +44,7 @@ parallelism=${FLINK_PARALLELISM:-1,2}
 runs=${FLINK_RUNS:-2}
 events=$(number "${BENCH_EVENTS:-1000000}")
 keys=$(number "${BENCH_KEYS:-100000}")
-dense_events=$(number "${FLINK_DENSE_EVENTS:-$((5 * events))}")
+dense_events=$(number "${FLINK_DENSE_EVENTS:-${BENCH_DENSE_EVENTS:-$((3 * events))}}")
 
 command -v java >/dev/null || skip "java not found (install openjdk-17-jdk-headless)"
 command -v javac >/dev/null || skip "javac not found (install openjdk-17-jdk-headless)"

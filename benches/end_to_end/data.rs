@@ -30,8 +30,12 @@ impl DataSet {
     /// keep the whole data set (see [`MOCK_PARTITION_BYTES`]).
     pub fn new(name: &'static str, topic: &str, n: usize, keys: u32, partitions: i32, seed: u64) -> DataSet {
         let raws = support::generate(n, keys, BASE_TS, seed);
-        let bytes: u64 = raws.iter().map(|r| (r.key().len() + r.json().len()) as u64).sum();
-        let partitions = if partitions > 0 { partitions } else { auto_partitions(bytes) };
+        let mut bytes_per_key: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+        for r in &raws {
+            *bytes_per_key.entry(r.user).or_default() += (r.key().len() + r.json().len()) as u64;
+        }
+        let bytes: u64 = bytes_per_key.values().sum();
+        let partitions = if partitions > 0 { partitions } else { auto_partitions(&bytes_per_key) };
         let mut next = vec![0i64; partitions as usize];
         let mut partition = Vec::with_capacity(n);
         let mut offset = Vec::with_capacity(n);
@@ -70,10 +74,24 @@ const MOCK_PARTITION_BYTES: u64 = 5 * 1024 * 1024;
 
 /// Eight partitions, more when the data set would not fit: W1 records
 /// compress about 4:1 with lz4 (measured: 1M records, 91 MB, fit in 8).
-fn auto_partitions(bytes: u64) -> i32 {
+/// A key lives in one partition, so with few keys (the dense workloads)
+/// the fullest partition, not the average, decides: the count grows until
+/// the keys' bytes, routed by [`support::partition_of`], fit everywhere.
+fn auto_partitions(bytes_per_key: &std::collections::HashMap<u32, u64>) -> i32 {
     let ratio = if compression() == "none" { 1.0 } else { 4.0 };
-    let per_partition = MOCK_PARTITION_BYTES as f64 * 0.75 * ratio;
-    ((bytes as f64 * 1.3 / per_partition).ceil() as i32).max(8)
+    let per_partition = MOCK_PARTITION_BYTES as f64 * 0.75 * ratio / 1.3;
+    let total: u64 = bytes_per_key.values().sum();
+    let mut partitions = ((total as f64 / per_partition).ceil() as i32).max(8);
+    loop {
+        let mut load = vec![0u64; partitions as usize];
+        for (user, bytes) in bytes_per_key {
+            load[support::partition_of(&format!("u{user}"), partitions) as usize] += bytes;
+        }
+        if load.iter().all(|&b| b as f64 <= per_partition) || partitions >= 1024 {
+            return partitions;
+        }
+        partitions += (partitions / 8).max(1);
+    }
 }
 
 /// `BENCH_COMPRESSION`: the producer's `compression.type` (default lz4,

@@ -47,7 +47,7 @@ impl Options {
             high_keys: env("BENCH_HIGH_KEYS", 10_000_000u32),
             high_events: env("BENCH_HIGH_EVENTS", events),
             dense_keys: env("BENCH_DENSE_KEYS", 100u32),
-            dense_events: env("BENCH_DENSE_EVENTS", 5 * events),
+            dense_events: env("BENCH_DENSE_EVENTS", 3 * events),
             w2_events: env("BENCH_W2_EVENTS", events / 4),
             partitions: env("BENCH_PARTITIONS", 0i32),
             brokers: env("BENCH_BROKERS", 3i32),
