@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +123,9 @@ pub async fn run(
     // A handful of partitions per connector: a linear scan by borrowed
     // topic beats allocating a key String per record for a hash map.
     let mut buffers: Vec<(Partition, Vec<SourceRecord>)> = Vec::new();
+    // One stream for the whole loop: `recv` makes a stream per message,
+    // which registers and unregisters a waker under a lock each time.
+    let mut messages = consumer.stream();
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -131,7 +134,7 @@ pub async fn run(
                     break Err(e);
                 }
             }
-            message = consumer.recv() => {
+            Some(message) = messages.next() => {
                 let mut polled = 0;
                 let mut next = Some(message);
                 while let Some(message) = next.take() {
@@ -156,7 +159,7 @@ pub async fn run(
                     }
                     polled += 1;
                     if polled < poll_batch {
-                        next = consumer.recv().now_or_never();
+                        next = messages.next().now_or_never().flatten();
                     }
                 }
                 if !dispatch(&mut buffers, &tasks, &shutdown).await {
@@ -165,6 +168,7 @@ pub async fn run(
             }
         }
     };
+    drop(messages);
     health.set_running(false);
     if let Some(probe) = probe {
         probe.abort();
