@@ -124,7 +124,11 @@ impl Connector {
 impl Drop for Connector {
     fn drop(&mut self) {
         if let Some(child) = self.child.as_mut() {
-            let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            // Only a process not reaped yet: a reaped one's id may already
+            // belong to another test's process.
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = Command::new("kill").args(["-CONT", &child.id().to_string()]).status();
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
