@@ -4,12 +4,13 @@
 //!
 //! Only hashes holding `window_start` and `window_end` whose key is the
 //! region template's rendering for that window are entries. Anything else
-//! under the region's prefix is skipped: the version a deleted entry
-//! leaves behind (a hash holding only `_v`), or keys regionflow did not
-//! write. The group key is read back from the entry key with
-//! [`KeyTemplate::key_of`]. Public fields are those not starting with `_`;
-//! the hidden ones are the partials (`_p:<topic>:<partition>`) and the
-//! version (`_v`, [`VERSION_FIELD`]; 0 when the region has no change feed).
+//! under the region's prefix is skipped: the tombstone a deleted entry
+//! leaves behind (a hash holding only its version and fences), or keys
+//! regionflow did not write. The group key is read back from the entry key
+//! with [`KeyTemplate::key_of`]. Public fields are those not starting with
+//! `_`; the hidden ones are the partials (`_p:<topic>:<partition>`), the
+//! fences retractions leave (`_f:<topic>:<partition>`) and the version
+//! (`_v`, [`VERSION_FIELD`]; 0 when the region has no change feed).
 
 use std::sync::Arc;
 
