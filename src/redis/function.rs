@@ -17,6 +17,9 @@ use std::sync::LazyLock;
 
 use redis::{Cmd, RedisError, ToRedisArgs};
 
+use crate::region::{EntryWrite, Expiry, WriteMode};
+use crate::window::Accumulator;
+
 /// The library's body; [`MergeFunction::library`] prepends its name.
 pub const MERGE_LUA: &str = include_str!("merge.lua");
 
@@ -65,6 +68,71 @@ impl MergeFunction {
         let mut cmd = redis::cmd("FUNCTION");
         cmd.arg("LOAD").arg("REPLACE").arg(&self.library);
         cmd
+    }
+}
+
+/// The merge function's call for `write` (`FCALL` on its key), its partial
+/// already encoded, for the aggregates of `spec`
+/// ([`partial::aggregate_spec`]). A replace also carries the public fields
+/// its partial alone renders (`ARGV[12..]`), which `merge.lua` stores as
+/// they are when no other source partition wrote into the entry.
+pub fn merge_call(write: &EntryWrite, partial: &str, spec: &str) -> redis::Cmd {
+    let (ttl_mode, ttl) = match write.expiry {
+        Expiry::Never => ("n", 0),
+        Expiry::After(ms) => ("r", ms as i64),
+        Expiry::At(at) => ("a", at),
+    };
+    let args = (
+        &*write.field,
+        write.epoch,
+        write.offset,
+        write.mode.as_arg(),
+        partial,
+        write.window.start,
+        write.window.end,
+        ttl_mode,
+        ttl,
+        spec,
+        write.capture.as_arg(),
+    );
+    let sole = (write.mode == WriteMode::Replace).then(|| SoleFields::of(&write.accumulators));
+    MERGE_FUNCTION.call(&write.key, (args, sole))
+}
+
+/// `ARGV[12..]` of `merge.lua`: per aggregate `1` when the accumulator
+/// renders a value, `0` when not, then the values rendered.
+struct SoleFields {
+    present: String,
+    values: Vec<String>,
+}
+
+impl SoleFields {
+    fn of(accumulators: &[Accumulator]) -> SoleFields {
+        let mut present = String::with_capacity(accumulators.len());
+        let mut values = Vec::with_capacity(accumulators.len());
+        for accumulator in accumulators {
+            match accumulator.render() {
+                Some(value) => {
+                    present.push('1');
+                    values.push(value);
+                }
+                None => present.push('0'),
+            }
+        }
+        SoleFields { present, values }
+    }
+}
+
+impl ToRedisArgs for SoleFields {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        out.write_arg(self.present.as_bytes());
+        for value in &self.values {
+            out.write_arg(value.as_bytes());
+        }
+    }
+
+    fn num_of_args(&self) -> usize {
+        1 + self.values.len()
     }
 }
 

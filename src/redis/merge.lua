@@ -624,6 +624,31 @@ local function change_reply(status, version, fields, from)
   return reply
 end
 
+-- The sole writer's values (ARGV[12..], see the header): one per aggregate
+-- of `spec`, false where the flag says it has none.
+local function sole_values(spec, argv)
+  local flags = argv[12]
+  if #flags ~= #spec then
+    fail('the sole writer\'s fields (ARGV[12]) need one flag per aggregate, got ' .. flags)
+  end
+  local values, index = {}, 13
+  for i, aggregate in ipairs(spec) do
+    local flag = string.sub(flags, i, i)
+    if flag == '1' then
+      values[i] = argv[index]
+      if values[i] == nil then
+        fail('the sole writer\'s value of ' .. aggregate.name .. ' (ARGV[' .. index .. ']) is missing')
+      end
+      index = index + 1
+    elseif flag == '0' then
+      values[i] = false
+    else
+      fail('the sole writer\'s fields (ARGV[12]) are 0 and 1 flags, got ' .. flags)
+    end
+  end
+  return values
+end
+
 -- Whether `field` is the only partial among `texts` (or there is none).
 local function only_partial(texts, field)
   for name in pairs(texts) do
@@ -676,7 +701,7 @@ local function main(KEYS, ARGV)
   -- partial, no public field).
   local texts, decoded, fences = {}, {}, {}
   local version = 0
-  local existed, tombstone = false, false
+  local existed = false
   local hash = redis.call('HGETALL', key)
   for i = 1, #hash, 2 do
     local name = hash[i]
@@ -689,7 +714,7 @@ local function main(KEYS, ARGV)
     end
     existed = existed or string.sub(name, 1, #FENCE_PREFIX) ~= FENCE_PREFIX
   end
-  tombstone = #hash > 0 and next(texts) == nil
+  local tombstone = #hash > 0 and next(texts) == nil
   local fence = FENCE_PREFIX .. string.sub(field, #PARTIAL_PREFIX + 1)
   local function partial(name)
     if decoded[name] == nil then
@@ -719,50 +744,9 @@ local function main(KEYS, ARGV)
     end
   end
 
-  -- The sole writer's short cut (see the header).
-  local sole = ARGV[12]
-  if sole ~= nil and mode == 'r' and type(text) == 'string' and only_partial(texts, field) then
-    -- Stored undecoded, so at least its frame and its epoch and offset,
-    -- which later writes are fenced and skipped by, must be the arguments'.
-    local tail = '],"e":' .. ARGV[2] .. ',"o":' .. ARGV[3] .. '}'
-    if string.sub(text, 1, 6) ~= '{"a":[' or string.sub(text, -#tail) ~= tail then
-      fail('the partial (ARGV[5]) is not {"a":[...],"e":' .. ARGV[2] .. ',"o":' .. ARGV[3] .. '}: '
-        .. string.sub(text, 1, 200))
-    end
-    local set = { key, 'window_start', ARGV[6], 'window_end', ARGV[7], field, text }
-    if capture ~= '' then
-      version = version + 1
-      set[#set + 1], set[#set + 2] = VERSION_FIELD, string.format('%d', version)
-    end
-    local absent = { key }
-    if #sole ~= #spec then
-      fail('the sole writer\'s fields (ARGV[12]) need one flag per aggregate, got ' .. tostring(sole))
-    end
-    local value_index = 13
-    for i, aggregate in ipairs(spec) do
-      local flag = string.sub(sole, i, i)
-      if flag == '1' then
-        local value = ARGV[value_index]
-        if value == nil then
-          fail('the sole writer\'s value of ' .. aggregate.name .. ' (ARGV[' .. value_index .. ']) is missing')
-        end
-        set[#set + 1], set[#set + 2] = aggregate.name, value
-        value_index = value_index + 1
-      elseif flag == '0' then
-        absent[#absent + 1] = aggregate.name
-      else
-        fail('the sole writer\'s fields (ARGV[12]) are 0 and 1 flags, got ' .. sole)
-      end
-    end
-    if fences[fence] ~= nil then
-      absent[#absent + 1] = fence
-    end
-    redis.call('HSET', unpack(set))
-    if #absent > 1 and #hash > 0 then
-      redis.call('HDEL', unpack(absent))
-    end
-    return finish(key, tombstone, ttl_mode, ttl, capture, version, set)
-  end
+  -- The sole writer's short cut (see the header): the public values come
+  -- from ARGV[13..] instead of merging and rendering.
+  local sole = ARGV[12] ~= nil and mode == 'r' and type(text) == 'string' and only_partial(texts, field)
 
   -- 3: the new partial of this field.
   if mode == 'd' then
@@ -777,7 +761,17 @@ local function main(KEYS, ARGV)
       fail('mode ' .. mode .. ' needs the partial (ARGV[5])')
     end
     texts[field], decoded[field] = text, nil
-    partial(field) -- validates it before anything is written
+    if sole then
+      -- Stored undecoded, so at least its frame and its epoch and offset,
+      -- which later writes are fenced and skipped by, must be the arguments'.
+      local tail = '],"e":' .. ARGV[2] .. ',"o":' .. ARGV[3] .. '}'
+      if string.sub(text, 1, 6) ~= '{"a":[' or string.sub(text, -#tail) ~= tail then
+        fail('the partial (ARGV[5]) is not {"a":[...],"e":' .. ARGV[2] .. ',"o":' .. ARGV[3] .. '}: '
+          .. string.sub(text, 1, 200))
+      end
+    else
+      partial(field) -- validates it before anything is written
+    end
   end
 
   -- 4: the public fields, merging in a fixed order.
@@ -811,12 +805,21 @@ local function main(KEYS, ARGV)
     redis.call('PEXPIRE', key, TOMBSTONE_MS)
     return reply
   end
-  table.sort(names, bytes_less)
-  -- From the first partial rather than from empty values: the same result
-  -- except that 0 + -0.0 is 0.0, and both render as "0".
-  local merged = partial(names[1]).values
-  for n = 2, #names do
-    merged = merge_values(spec, merged, partial(names[n]).values)
+  -- Each aggregate's public value, or false when it has none (5: rendering).
+  local rendered = {}
+  if sole then
+    rendered = sole_values(spec, ARGV)
+  else
+    table.sort(names, bytes_less)
+    -- From the first partial rather than from empty values: the same result
+    -- except that 0 + -0.0 is 0.0, and both render as "0".
+    local merged = partial(names[1]).values
+    for n = 2, #names do
+      merged = merge_values(spec, merged, partial(names[n]).values)
+    end
+    for i, aggregate in ipairs(spec) do
+      rendered[i] = aggregate.fn.render(merged[i]) or false
+    end
   end
 
   local set = { key, 'window_start', ARGV[6], 'window_end', ARGV[7] }
@@ -834,12 +837,10 @@ local function main(KEYS, ARGV)
     set[#set + 1], set[#set + 2] = VERSION_FIELD, string.format('%d', version)
   end
   for i, aggregate in ipairs(spec) do
-    -- 5: rendering
-    local value = aggregate.fn.render(merged[i])
-    if value == nil then
-      absent[#absent + 1] = aggregate.name
+    if rendered[i] then
+      set[#set + 1], set[#set + 2] = aggregate.name, rendered[i]
     else
-      set[#set + 1], set[#set + 2] = aggregate.name, value
+      absent[#absent + 1] = aggregate.name
     end
   end
 
@@ -847,7 +848,7 @@ local function main(KEYS, ARGV)
     redis.call('HDEL', key, field)
   end
   redis.call('HSET', unpack(set))
-  if #absent > 1 then
+  if #absent > 1 and #hash > 0 then
     redis.call('HDEL', unpack(absent))
   end
 

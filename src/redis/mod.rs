@@ -18,5 +18,6 @@ mod slots;
 
 pub use checkpoint::RedisCheckpointStore;
 pub use cluster::{ClusterHandle, ConnectError, Failed};
-pub use region::{claim, merge_call, owner_key, RedisRegion};
+pub use function::merge_call;
+pub use region::{claim, owner_key, RedisRegion};
 pub use slots::key_slot;

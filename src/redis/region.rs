@@ -43,10 +43,10 @@ use redis::{RedisError, Value};
 
 use super::cluster::{ClusterHandle, Failed};
 use super::error::{self, Permanent, Retry};
-use super::function::{self, MERGE_FUNCTION};
+use super::function::{self, merge_call, MERGE_FUNCTION};
 use super::partial;
 use crate::metrics::RedisRegionMetrics;
-use crate::region::{ChangeOp, EntryWrite, Expiry, Region, RegionError, WriteMode, WriteOutcome};
+use crate::region::{ChangeOp, EntryWrite, Region, RegionError, WriteMode, WriteOutcome};
 use crate::window::AggregateFunction;
 
 /// Commands per pipeline: large enough that the per-command cost of the
@@ -97,71 +97,6 @@ impl Reply {
 struct Encoded<'a> {
     write: &'a EntryWrite,
     partial: String,
-}
-
-/// The merge function's call for `write` (`FCALL` on its key), its partial
-/// already encoded, for the aggregates of `spec`
-/// ([`partial::aggregate_spec`]). A replace also carries the public fields
-/// its partial alone renders (`ARGV[12..]`), which `merge.lua` stores as
-/// they are when no other source partition wrote into the entry.
-pub fn merge_call(write: &EntryWrite, partial: &str, spec: &str) -> redis::Cmd {
-    let (ttl_mode, ttl) = match write.expiry {
-        Expiry::Never => ("n", 0),
-        Expiry::After(ms) => ("r", ms as i64),
-        Expiry::At(at) => ("a", at),
-    };
-    let args = (
-        &*write.field,
-        write.epoch,
-        write.offset,
-        write.mode.as_arg(),
-        partial,
-        write.window.start,
-        write.window.end,
-        ttl_mode,
-        ttl,
-        spec,
-        write.capture.as_arg(),
-    );
-    let sole = (write.mode == WriteMode::Replace).then(|| SoleFields::of(&write.accumulators));
-    MERGE_FUNCTION.call(&write.key, (args, sole))
-}
-
-/// `ARGV[12..]` of `merge.lua`: per aggregate `1` when the accumulator
-/// renders a value, `0` when not, then the values rendered.
-struct SoleFields {
-    present: String,
-    values: Vec<String>,
-}
-
-impl SoleFields {
-    fn of(accumulators: &[crate::window::Accumulator]) -> SoleFields {
-        let mut present = String::with_capacity(accumulators.len());
-        let mut values = Vec::with_capacity(accumulators.len());
-        for accumulator in accumulators {
-            match accumulator.render() {
-                Some(value) => {
-                    present.push('1');
-                    values.push(value);
-                }
-                None => present.push('0'),
-            }
-        }
-        SoleFields { present, values }
-    }
-}
-
-impl redis::ToRedisArgs for SoleFields {
-    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
-        out.write_arg(self.present.as_bytes());
-        for value in &self.values {
-            out.write_arg(value.as_bytes());
-        }
-    }
-
-    fn num_of_args(&self) -> usize {
-        1 + self.values.len()
-    }
 }
 
 /// What became of a pipelined write: the function's reply, or `None` when it

@@ -81,14 +81,11 @@ impl MemoryRegion {
         // An entry, or (under a change capture) a deleted entry's version.
         let existed = state.entries.contains_key(&write.key) || state.versions.contains_key(&write.key);
         let fence_key = (write.key.clone(), write.field.to_string());
-        let fence = state.fences.get(&fence_key).copied();
-        let partials = state.entries.entry(write.key.clone()).or_default();
-        if !partials.contains_key(&*write.field) && fence.is_some_and(|fence| fence > write.epoch) {
-            if partials.is_empty() {
-                state.entries.remove(&write.key);
-            }
+        let stored = state.entries.get(&write.key).is_some_and(|p| p.contains_key(&*write.field));
+        if !stored && state.fences.get(&fence_key).is_some_and(|&fence| fence > write.epoch) {
             return Ok((-1, None));
         }
+        let partials = state.entries.entry(write.key.clone()).or_default();
         if let Some(current) = partials.get_mut(&*write.field) {
             if current.epoch > write.epoch {
                 return Ok((-1, None));
