@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -56,6 +57,9 @@ enum Event {
 /// climb past increments that a Redis failover lost; more mean another
 /// writer keeps taking the partition.
 const FENCED_RESTARTS: usize = 10;
+
+/// How long a task waits for a partition leader's answer about its log.
+const LOG_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 const FENCED_WINDOW: Duration = Duration::from_secs(300);
 
 pub struct Assignments {
@@ -264,10 +268,12 @@ impl TaskStarter {
     }
 
     /// The task's view of its partition: offset commits through the
-    /// consumer, the high watermark from the client statistics.
+    /// consumer, the log bounds from the client statistics or, to confirm
+    /// them, from the partition's leader.
     fn source(&self, topic: &str, partition: i32) -> PartitionSource {
         let (slot, commit_topic) = (self.slot.clone(), topic.to_string());
         let (high_watermarks, key) = (self.high_watermarks.clone(), (topic.to_string(), partition));
+        let (query_slot, query_topic) = (self.slot.clone(), topic.to_string());
         PartitionSource {
             commit: Box::new(move |next: i64| {
                 if let Some(consumer) = slot.get().and_then(Weak::upgrade) {
@@ -275,6 +281,10 @@ impl TaskStarter {
                 }
             }),
             log: Box::new(move || high_watermarks.lock().expect("high watermark lock").get(&key).copied()),
+            query_log: Box::new(move || {
+                let consumer = query_slot.get().cloned().unwrap_or_default();
+                consumer::query_log_bounds(consumer, query_topic.clone(), partition, LOG_QUERY_TIMEOUT).boxed()
+            }),
         }
     }
 }

@@ -212,6 +212,30 @@ pub fn store_offset(consumer: &SourceConsumer, topic: &str, partition: i32, next
     }
 }
 
+/// The partition's log bounds as its leader reports them now: the truth
+/// where the statistics can trail (librdkafka keeps a partition's high
+/// watermark from an earlier assignment until its first fetch in this one).
+/// A blocking request, run on the blocking pool; `None` when the consumer is
+/// gone or the leader does not answer within `timeout`.
+pub async fn query_log_bounds(
+    consumer: std::sync::Weak<SourceConsumer>,
+    topic: String,
+    partition: i32,
+    timeout: Duration,
+) -> Option<LogBounds> {
+    let asked = tokio::task::spawn_blocking(move || {
+        let consumer = consumer.upgrade()?;
+        match consumer.fetch_watermarks(&topic, partition, timeout) {
+            Ok((start, end)) => Some(LogBounds { start: start.max(0), end, observed: Instant::now() }),
+            Err(e) => {
+                tracing::warn!(topic, partition, error = %e, "could not ask the partition's leader for its log bounds");
+                None
+            }
+        }
+    });
+    asked.await.ok().flatten()
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot reach Kafka brokers at {brokers} within {waited:?}: {message}; check kafka.brokers and that the brokers are up")]
 pub struct Unreachable {

@@ -3,7 +3,8 @@
 //! blind the partition. Overflowing sums become `inf`/`-inf` in the region;
 //! implausible event times go to the dead-letter topic with stage
 //! `event_time` and do not move the watermark, so the records after them
-//! are aggregated as if they had never been there.
+//! are aggregated as if they had never been there. A topic recreated
+//! behind the checkpoints stops the connector with how to start over.
 
 use crate::common;
 
@@ -148,4 +149,50 @@ async fn overflowing_sums_and_implausible_event_times_neither_stop_nor_blind_a_p
     let late: Vec<_> = metrics.matching("regionflow_late_records_total", &[]).filter(|s| s.value != 0.0).collect();
     assert!(late.is_empty(), "nothing was late: {late:?}");
     connector.stop().await.expect("clean shutdown");
+}
+
+/// A topic recreated under a running pipeline's checkpoints (here: the same
+/// Redis, a new broker whose `payments` holds 3 records where the checkpoint
+/// says 20 were processed). Skipping every offset below the checkpoint
+/// would drop the new records silently; the connector stops within seconds
+/// and says how to start over. The statistics and the leader both see the
+/// short log here; a zombie's stale statistics alone must not do this (the
+/// task's unit tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_stops_the_connector_with_how_to_start_over() {
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let produce = |n: i64| -> Vec<Produce> {
+        (0..n)
+            .map(|i| Produce { partition: 0, key: None, value: record("a", &(T0 + i).to_string(), "1").into_bytes() })
+            .collect()
+    };
+
+    let before = Kafka::start(&[("payments", 1), ("payments-dlq", 1)]);
+    before.produce("payments", &produce(20)).await;
+    let connector = common::InProcess::start(settings(&before.brokers, &cluster.urls())).await;
+    let consumed = || {
+        Exposition::parse(&connector.metrics.render())
+            .matching("regionflow_records_in_total", &[("pipeline", "payments")])
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumed() < 20.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(consumed(), 20.0, "the first connector consumed the topic");
+    connector.stop().await.expect("checkpointed at offset 20 on a clean stop");
+    drop(before);
+
+    let after = Kafka::start(&[("payments", 1), ("payments-dlq", 1)]);
+    after.produce("payments", &produce(3)).await;
+    let connector = common::InProcess::start(settings(&after.brokers, &cluster.urls())).await;
+    let ended = tokio::time::timeout(Duration::from_secs(60), connector.handle)
+        .await
+        .expect("the connector stops by itself within a minute")
+        .expect("joined");
+    let error = ended.expect_err("a log behind the checkpoint stops the connector").to_string();
+    assert!(error.contains("the partition's log ends at offset 3, before the checkpoint's position 20"), "{error}");
+    assert!(error.contains("regionflow checkpoints reset --pipeline payments"), "{error}");
 }

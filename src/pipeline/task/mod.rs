@@ -58,8 +58,12 @@ pub use restore::Started;
 pub struct PartitionSource {
     /// Moves the partition's committed offset (informational: lag monitoring).
     pub commit: Box<dyn Fn(i64) + Send + Sync>,
-    /// The partition's log bounds from the latest client statistics, when known.
+    /// The partition's log bounds from the latest client statistics, when
+    /// known: cheap, and possibly stale.
     pub log: Box<dyn Fn() -> Option<LogBounds> + Send + Sync>,
+    /// The partition's log bounds as its leader reports them now: a broker
+    /// request, asked only to confirm what the statistics suggest.
+    pub query_log: Box<dyn Fn() -> futures::future::BoxFuture<'static, Option<LogBounds>> + Send + Sync>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +184,8 @@ pub struct PartitionTask {
     assigned_at: Option<Instant>,
     /// The restored checkpoint's offset, until the first record past it.
     restored_at: Option<i64>,
+    /// When the leader was last asked to confirm the log's bounds.
+    log_queried: Option<Instant>,
 }
 
 impl PartitionTask {
@@ -204,6 +210,7 @@ impl PartitionTask {
                     biased;
                     _ = cancel.cancelled() => return Ok(Ownership::Owner),
                     _ = tick.tick() => {
+                        self.check_restored_position().await?;
                         self.on_tick()?;
                         if self.last_checkpoint.elapsed() >= self.pipeline.policy.checkpoint_interval {
                             self.checkpoint().await?

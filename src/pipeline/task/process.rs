@@ -124,15 +124,30 @@ impl PartitionTask {
         }
     }
 
-    pub(super) fn on_tick(&mut self) -> Result<(), TaskError> {
-        // Until the first record past the checkpoint: a log that ends before
-        // it lost what the checkpoint covers (the statistics are this
-        // assignment's: the connector clears older ones at the start).
-        if let (Some(log), Some(position)) = ((self.source.log)(), self.restored_at) {
-            if log.end < position {
-                return Err(TaskError::LogBehindCheckpoint { task: self.id.clone(), position, log_end: log.end });
-            }
+    /// Until the first record past the checkpoint: a log that ends before
+    /// the checkpoint's position lost what the checkpoint covers (a
+    /// recreated or truncated topic). The statistics only raise the
+    /// suspicion: librdkafka reports a partition's high watermark from an
+    /// earlier assignment until its first fetch in this one (a zombie that
+    /// rejoins its group sees its old one), so the leader confirms it, at
+    /// most once per [`LOG_QUERY_INTERVAL`].
+    pub(super) async fn check_restored_position(&mut self) -> Result<(), TaskError> {
+        let Some(position) = self.restored_at else { return Ok(()) };
+        if (self.source.log)().is_none_or(|hint| hint.end >= position)
+            || self.log_queried.is_some_and(|at| at.elapsed() < LOG_QUERY_INTERVAL)
+        {
+            return Ok(());
         }
+        self.log_queried = Some(Instant::now());
+        match (self.source.query_log)().await {
+            Some(log) if log.end < position => {
+                Err(TaskError::LogBehindCheckpoint { task: self.id.clone(), position, log_end: log.end })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn on_tick(&mut self) -> Result<(), TaskError> {
         let (now, monotonic) = (self.pipeline.clock.wall(), self.pipeline.clock.monotonic());
         let watermark = if self.pipeline.policy.processing_time {
             self.watermark.observe(now, monotonic)
@@ -180,6 +195,10 @@ impl PartitionTask {
 
 /// How old the partition's statistics may be for an idle decision: three
 /// statistics intervals (`statistics.interval.ms` = 500).
+/// How often a task asks the leader to confirm a log that seems to end
+/// before its checkpoint.
+const LOG_QUERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 const FRESH_STATISTICS: std::time::Duration = std::time::Duration::from_millis(1_500);
 
 /// Records the partition holds beyond the task's position: its high

@@ -104,6 +104,7 @@ impl PartitionTask {
             changed_since_checkpoint: false,
             assigned_at: Some(assigned_at),
             restored_at: seek_to,
+            log_queried: None,
             pipeline,
         };
         Ok(Started { task, seek_to })

@@ -55,12 +55,7 @@ async fn a_wall_clock_step_does_not_make_records_late() {
 
     let fetched = Arc::new(AtomicI64::new(0));
     let high = fetched.clone();
-    let source = PartitionSource {
-        commit: Box::new(|_| {}),
-        log: Box::new(move || {
-            Some(LogBounds { start: 0, end: high.load(Ordering::SeqCst), observed: std::time::Instant::now() })
-        }),
-    };
+    let source = source(move || Some(bounds(0, high.load(Ordering::SeqCst))), None);
     let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
     let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
@@ -115,7 +110,7 @@ async fn a_panicking_task_fails_loudly() {
         &metrics,
     );
     pipeline.decoder = Box::new(Panicking);
-    let source = PartitionSource { commit: Box::new(|_| {}), log: Box::new(|| None) };
+    let source = source(|| None, None);
     let started = PartitionTask::start(Arc::new(pipeline), "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
     records.send(vec![record(0, "a", 1_000)]).await.expect("queued");
@@ -156,10 +151,7 @@ async fn a_fenced_task_fails_restartably() {
     };
     region.write(std::slice::from_ref(&newer)).await.expect("seeded");
 
-    let source = PartitionSource {
-        commit: Box::new(|_| {}),
-        log: Box::new(|| Some(LogBounds { start: 0, end: 1, observed: std::time::Instant::now() })),
-    };
+    let source = source(|| Some(bounds(0, 1)), None);
     let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
     let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
@@ -178,10 +170,31 @@ fn bounds(start: i64, end: i64) -> LogBounds {
     LogBounds { start, end, observed: std::time::Instant::now() }
 }
 
+/// A partition whose statistics say `statistics` and whose leader, asked,
+/// answers `leader`.
+fn source(
+    statistics: impl Fn() -> Option<LogBounds> + Send + Sync + 'static,
+    leader: Option<LogBounds>,
+) -> PartitionSource {
+    PartitionSource {
+        commit: Box::new(|_| {}),
+        log: Box::new(statistics),
+        query_log: Box::new(move || futures::future::ready(leader).boxed()),
+    }
+}
+
 /// Runs a task over `records` (one batch) until its channel closes, with
-/// the partition's log at `log`; returns how it ended.
+/// the partition's log at `log` (in the statistics and at the leader);
+/// returns how it ended.
 async fn run_once(pipeline: &Arc<Pipeline>, log: LogBounds, records: Vec<SourceRecord>) -> Result<(), TaskError> {
-    let source = PartitionSource { commit: Box::new(|_| {}), log: Box::new(move || Some(log)) };
+    run_with(pipeline, source(move || Some(log), Some(log)), records).await
+}
+
+async fn run_with(
+    pipeline: &Arc<Pipeline>,
+    source: PartitionSource,
+    records: Vec<SourceRecord>,
+) -> Result<(), TaskError> {
     let started = PartitionTask::start(pipeline.clone(), "t", 0, source).await.expect("starts");
     let (sender, receiver) = mpsc::channel(8);
     let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
@@ -228,6 +241,17 @@ async fn a_log_behind_the_checkpoint_fails_the_task() {
     // truncated log: records past the checkpoint arrived.
     let more: Vec<SourceRecord> = (10..20).map(|i| record(i, "a", t0 + i)).collect();
     run_once(&pipeline, bounds(0, 10), more).await.expect("stale statistics are fine");
+}
+
+/// Statistics from an earlier assignment (a zombie rejoining its group
+/// holds its old high watermark until its first fetch) say the log ends
+/// before the checkpoint; the leader says it does not. Found by CI: the
+/// zombie failed with "the topic was recreated or truncated".
+#[tokio::test]
+async fn statistics_from_an_earlier_assignment_do_not_fail_the_task() {
+    let (pipeline, _, _) = checkpointed_at_ten().await;
+    let stale = source(|| Some(bounds(0, 3)), Some(bounds(0, 25)));
+    run_with(&pipeline, stale, Vec::new()).await.expect("the leader's answer wins");
 }
 
 /// Retention deleted records before they were processed: the task goes on
