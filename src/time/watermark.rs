@@ -60,7 +60,14 @@ impl WatermarkTracker {
         self.last_arrival = now;
     }
 
-    /// Advances the watermark of a quiet partition; returns the watermark.
+    /// Whether the partition has been quiet for the idle timeout at `now`,
+    /// having seen a record: an idle advance is due.
+    pub fn idle_due(&self, now: Millis) -> bool {
+        self.max_seen.is_some() && now - self.last_arrival >= self.idle_timeout
+    }
+
+    /// Advances the watermark of a partition known to be quiet at `now`;
+    /// returns the watermark.
     pub fn on_idle(&mut self, now: Millis) -> Millis {
         if let Some(max_seen) = self.max_seen {
             let quiet_for = now - self.last_arrival;

@@ -186,6 +186,10 @@ pub struct PartitionTask {
     restored_at: Option<i64>,
     /// When the leader was last asked to confirm the log's bounds.
     log_queried: Option<Instant>,
+    /// When (monotonic) the leader was last asked whether the task has
+    /// every record of its quiet partition, and when it last said yes.
+    quiet_asked_at: Option<crate::time::Millis>,
+    quiet_confirmed_at: Option<crate::time::Millis>,
 }
 
 impl PartitionTask {
@@ -211,6 +215,7 @@ impl PartitionTask {
                     _ = cancel.cancelled() => return Ok(Ownership::Owner),
                     _ = tick.tick() => {
                         self.check_restored_position().await?;
+                        self.confirm_quiet().await;
                         self.on_tick()?;
                         if self.last_checkpoint.elapsed() >= self.pipeline.policy.checkpoint_interval {
                             self.checkpoint().await?

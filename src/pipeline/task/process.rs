@@ -147,12 +147,40 @@ impl PartitionTask {
         }
     }
 
+    /// An idle watermark advances by how long the partition has been quiet,
+    /// and the statistics can only suggest that it is: a sample taken as a
+    /// frozen process wakes (SIGSTOP, a VM pause), or queued while the
+    /// dispatch loop was blocked, is delivered fresh but holds a high
+    /// watermark from before the records produced meanwhile (chaos seed
+    /// 730422: a connector frozen 11 s closed its sessions past them). So
+    /// once an idle advance is due, the partition's leader confirms that
+    /// the task has everything, at most once per [`QUIET_CONFIRMATION_MS`],
+    /// and the quiet time counts up to the latest confirmation only.
+    pub(super) async fn confirm_quiet(&mut self) {
+        let asked_at = self.pipeline.clock.monotonic();
+        if self.pipeline.policy.processing_time
+            || !self.watermark.idle_due(asked_at)
+            || !self.caught_up()
+            || self.quiet_asked_at.is_some_and(|at| asked_at - at < QUIET_CONFIRMATION_MS)
+        {
+            return;
+        }
+        self.quiet_asked_at = Some(asked_at);
+        let leader = (self.source.query_log)().await;
+        if consumer_lag(leader.map(|l| l.end), self.next_offset) == Some(0) {
+            self.quiet_confirmed_at = Some(asked_at);
+        }
+    }
+
     pub(super) fn on_tick(&mut self) -> Result<(), TaskError> {
         let (now, monotonic) = (self.pipeline.clock.wall(), self.pipeline.clock.monotonic());
         let watermark = if self.pipeline.policy.processing_time {
             self.watermark.observe(now, monotonic)
         } else if self.caught_up() {
-            self.watermark.on_idle(monotonic)
+            match self.quiet_confirmed_at {
+                Some(confirmed) => self.watermark.on_idle(confirmed),
+                None => self.watermark.current(),
+            }
         } else {
             // Records are waiting (in Kafka or in our queue): the partition is
             // not quiet, the pipeline is behind. Restart the idle clock.
@@ -193,13 +221,18 @@ impl PartitionTask {
     }
 }
 
-/// How old the partition's statistics may be for an idle decision: three
-/// statistics intervals (`statistics.interval.ms` = 500).
 /// How often a task asks the leader to confirm a log that seems to end
 /// before its checkpoint.
 const LOG_QUERY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// How old the partition's statistics may be for an idle decision: three
+/// statistics intervals (`statistics.interval.ms` = 500).
 const FRESH_STATISTICS: std::time::Duration = std::time::Duration::from_millis(1_500);
+
+/// How often the leader confirms a quiet partition while its idle
+/// watermark advances (milliseconds): the watermark trails the latest
+/// confirmation by up to this much.
+const QUIET_CONFIRMATION_MS: Millis = 1_000;
 
 /// Records the partition holds beyond the task's position: its high
 /// watermark (from the client's statistics) minus the next offset to

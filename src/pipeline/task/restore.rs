@@ -105,6 +105,8 @@ impl PartitionTask {
             assigned_at: Some(assigned_at),
             restored_at: seek_to,
             log_queried: None,
+            quiet_asked_at: None,
+            quiet_confirmed_at: None,
             pipeline,
         };
         Ok(Started { task, seek_to })

@@ -54,8 +54,7 @@ async fn a_wall_clock_step_does_not_make_records_late() {
     let clock = pipeline.clock.clone();
 
     let fetched = Arc::new(AtomicI64::new(0));
-    let high = fetched.clone();
-    let source = source(move || Some(bounds(0, high.load(Ordering::SeqCst))), None);
+    let source = source(log_ending_at(&fetched), log_ending_at(&fetched));
     let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
     let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
@@ -80,6 +79,42 @@ async fn a_wall_clock_step_does_not_make_records_late() {
     assert_eq!(entry.1.get("n").map(String::as_str), Some("2"), "both records counted: {entries:?}");
     let late = metrics.render();
     assert!(late.contains("regionflow_late_records_total{action=\"drop\",pipeline=\"p\"} 0"), "{late}");
+}
+
+/// Statistics delivered fresh but holding a high watermark from before a
+/// freeze (chaos seed 730422: a connector frozen 11 s, past the idle
+/// timeout, woke to statistics that called its partitions caught up, and
+/// its idle watermark closed sessions past the records produced
+/// meanwhile). The leader knows better: no idle advance until it confirms
+/// that the task has everything.
+#[tokio::test]
+async fn stale_statistics_do_not_advance_the_idle_watermark() {
+    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
+    let (sinks, regions) = crate::app::memory_sinks(&settings);
+    let metrics = Arc::new(Metrics::new());
+    let region = sinks.regions["p"].clone();
+    let pipeline =
+        Arc::new(Pipeline::compile("p", &settings, region, sinks.checkpoints, KafkaOutputs::default(), &metrics));
+    let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
+    let (statistics, leader) = (Arc::new(AtomicI64::new(1)), Arc::new(AtomicI64::new(5)));
+    let source = source(log_ending_at(&statistics), log_ending_at(&leader));
+    let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
+    let (records, receiver) = mpsc::channel(8);
+    let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
+    records.send(vec![record(0, "a", t0 + 100)]).await.expect("task runs");
+
+    // Quiet for 2.5 idle timeouts by the statistics; four records wait at the leader.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let key = format!("rf:r:a:{t0}");
+    let written = || regions[0].1.snapshot().into_iter().any(|(k, _)| k == key);
+    assert!(!written(), "the window stays open: the leader holds records the task has not seen");
+
+    // The leader agrees now: the idle watermark closes the window.
+    leader.store(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(written(), "the window closed once the leader confirmed the partition quiet");
+    drop(records);
+    task.await.expect("joined").expect("stops cleanly");
 }
 
 struct Panicking;
@@ -110,7 +145,7 @@ async fn a_panicking_task_fails_loudly() {
         &metrics,
     );
     pipeline.decoder = Box::new(Panicking);
-    let source = source(|| None, None);
+    let source = source(|| None, || None);
     let started = PartitionTask::start(Arc::new(pipeline), "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
     records.send(vec![record(0, "a", 1_000)]).await.expect("queued");
@@ -151,7 +186,7 @@ async fn a_fenced_task_fails_restartably() {
     };
     region.write(std::slice::from_ref(&newer)).await.expect("seeded");
 
-    let source = source(|| Some(bounds(0, 1)), None);
+    let source = source(|| Some(bounds(0, 1)), || Some(bounds(0, 1)));
     let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
     let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
@@ -174,20 +209,26 @@ fn bounds(start: i64, end: i64) -> LogBounds {
 /// answers `leader`.
 fn source(
     statistics: impl Fn() -> Option<LogBounds> + Send + Sync + 'static,
-    leader: Option<LogBounds>,
+    leader: impl Fn() -> Option<LogBounds> + Send + Sync + 'static,
 ) -> PartitionSource {
     PartitionSource {
         commit: Box::new(|_| {}),
         log: Box::new(statistics),
-        query_log: Box::new(move || futures::future::ready(leader).boxed()),
+        query_log: Box::new(move || futures::future::ready(leader()).boxed()),
     }
+}
+
+/// A log whose end is whatever `end` holds.
+fn log_ending_at(end: &Arc<AtomicI64>) -> impl Fn() -> Option<LogBounds> + Send + Sync + 'static {
+    let end = end.clone();
+    move || Some(bounds(0, end.load(Ordering::SeqCst)))
 }
 
 /// Runs a task over `records` (one batch) until its channel closes, with
 /// the partition's log at `log` (in the statistics and at the leader);
 /// returns how it ended.
 async fn run_once(pipeline: &Arc<Pipeline>, log: LogBounds, records: Vec<SourceRecord>) -> Result<(), TaskError> {
-    run_with(pipeline, source(move || Some(log), Some(log)), records).await
+    run_with(pipeline, source(move || Some(log), move || Some(log)), records).await
 }
 
 async fn run_with(
@@ -250,7 +291,7 @@ async fn a_log_behind_the_checkpoint_fails_the_task() {
 #[tokio::test]
 async fn statistics_from_an_earlier_assignment_do_not_fail_the_task() {
     let (pipeline, _, _) = checkpointed_at_ten().await;
-    let stale = source(|| Some(bounds(0, 3)), Some(bounds(0, 25)));
+    let stale = source(|| Some(bounds(0, 3)), || Some(bounds(0, 25)));
     run_with(&pipeline, stale, Vec::new()).await.expect("the leader's answer wins");
 }
 
