@@ -8,7 +8,8 @@
 //! A partition that goes quiet would otherwise hold its last windows open
 //! forever. After `idle_timeout` of silence (measured on the monotonic
 //! clock the caller passes as `now`, see `time::Clock`) while the task is
-//! caught up with the partition (the task checks that; see
+//! caught up with the partition (the task checks that, and passes as `now`
+//! the latest time the partition's leader confirmed it; see
 //! [`WatermarkTracker::touch`]), the tracker drops
 //! the out-of-orderness allowance and lets the watermark follow the wall
 //! passage of time from the highest event time seen:

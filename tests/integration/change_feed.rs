@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::change_feed;
-use common::chaos_plan::{Fault, Late, Plan, Step, WindowKind};
+use common::chaos_plan::{Draw, Fault, Late, Plan, Step, WindowKind};
 
 /// A plan of `window` with a change feed in `mode`, two connectors, and one
 /// kill while publishing at half the stream.
 fn plan(window: WindowKind, emit_updates: bool, changes_final: bool) -> Plan {
-    let mut plan = Plan::from_seed(1, false);
+    let mut plan = Plan::from_seed(1, Draw::Narrow);
     plan.window = window;
     plan.emit_updates = emit_updates;
     plan.changes_final = changes_final;
