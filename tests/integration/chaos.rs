@@ -618,7 +618,8 @@ fn ci_seeds_cover_every_window_kind() {
 /// woke up, found each partition "caught up" by the statistics it held
 /// from before the freeze, and advanced its idle watermark past the
 /// records produced meanwhile, which were then dropped as late for good.
-/// Fixed: idle decisions need statistics younger than 1.5 s.
+/// Fixed first by statistics younger than 1.5 s; that was not enough (seed
+/// 730422 below): the partition's leader now confirms the quiet time.
 #[test]
 fn seed_19_a_pause_past_the_idle_timeout_loses_nothing() {
     // Seed 19's pause, on tumbling windows, without the session-specific
@@ -688,6 +689,25 @@ fn seed_323466_a_forced_failover_stops_no_connector() {
 #[test]
 fn seed_929730_sessions_written_before_a_crash_are_retracted_by_the_replay() {
     let plan = Plan::from_seed(929_730, Draw::Narrow);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    eprintln!("chaos {plan}");
+    runtime.block_on(run(&plan));
+}
+
+/// Found by seed 730422 (session windows, one connector, redundancy 1; its
+/// schedule: that connector frozen for 11.1 s, past the 10 s idle timeout,
+/// then OffsetFetch errors, a scale-out and a SIGKILL): 43 sessions
+/// missing. On waking, the frozen connector was handed statistics that
+/// looked fresh but held its partitions' high watermarks from before the
+/// freeze, so they looked caught up, and the idle watermark of one jumped
+/// past the records produced meanwhile; it checkpointed that watermark,
+/// and its successor dropped 158 of them as late. Fixed: the partition's
+/// leader confirms the quiet time an idle watermark advances by. The
+/// freeze must meet a moment when the statistics trail, so a pass alone
+/// proves less than a failure would.
+#[test]
+fn seed_730422_a_frozen_connector_closes_no_window_early() {
+    let plan = Plan::from_seed(730_422, Draw::Full);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     eprintln!("chaos {plan}");
     runtime.block_on(run(&plan));
