@@ -605,6 +605,13 @@ fn chaos() {
     }
 }
 
+/// Runs one fixed seed's plan on a runtime of its own.
+fn run_alone(plan: &Plan) -> Outcome {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    eprintln!("chaos {plan}");
+    runtime.block_on(run(plan))
+}
+
 #[test]
 fn ci_seeds_cover_every_window_kind() {
     let plans: Vec<Plan> = CI_SEEDS.iter().map(|&s| Plan::from_seed(s, Draw::Narrow)).collect();
@@ -629,9 +636,7 @@ fn seed_19_a_pause_past_the_idle_timeout_loses_nothing() {
     let mut plan = Plan::from_seed(19, Draw::Full).only_steps(&[2]);
     plan.window = common::chaos_plan::WindowKind::Tumbling;
     plan.steps[0].fault = Fault::Pause(Duration::from_millis(common::chaos_plan::IDLE_TIMEOUT_MS + 2_000));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    eprintln!("chaos {plan}");
-    runtime.block_on(run(&plan));
+    run_alone(&plan);
 }
 
 /// Seed 19 as found, on session windows: after the frozen connector wakes
@@ -650,9 +655,7 @@ fn seed_19_a_pause_past_the_idle_timeout_loses_nothing() {
 fn seed_19_sessions_a_zombie_writes_no_entry_its_successor_does_not() {
     let mut plan = Plan::from_seed(19, Draw::Full).only_steps(&[2]);
     plan.steps[0].fault = Fault::Pause(Duration::from_millis(common::chaos_plan::IDLE_TIMEOUT_MS + 2_000));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    eprintln!("chaos {plan}");
-    runtime.block_on(run(&plan));
+    run_alone(&plan);
 }
 
 /// Found by seed 323466 (its step 3): during `CLUSTER FAILOVER FORCE`
@@ -665,9 +668,7 @@ fn seed_19_sessions_a_zombie_writes_no_entry_its_successor_does_not() {
 #[test]
 fn seed_323466_a_forced_failover_stops_no_connector() {
     let plan = Plan::from_seed(323_466, Draw::Narrow);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    eprintln!("chaos {plan}");
-    let outcome = runtime.block_on(run(&plan));
+    let outcome = run_alone(&plan);
     assert!(
         outcome.unexpected_exits.is_empty(),
         "chaos seed 323466: connectors stopped on their own: {:?}",
@@ -689,9 +690,7 @@ fn seed_323466_a_forced_failover_stops_no_connector() {
 #[test]
 fn seed_929730_sessions_written_before_a_crash_are_retracted_by_the_replay() {
     let plan = Plan::from_seed(929_730, Draw::Narrow);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    eprintln!("chaos {plan}");
-    runtime.block_on(run(&plan));
+    run_alone(&plan);
 }
 
 /// Found by seed 730422 (session windows, one connector, redundancy 1; its
@@ -708,7 +707,5 @@ fn seed_929730_sessions_written_before_a_crash_are_retracted_by_the_replay() {
 #[test]
 fn seed_730422_a_frozen_connector_closes_no_window_early() {
     let plan = Plan::from_seed(730_422, Draw::Full);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    eprintln!("chaos {plan}");
-    runtime.block_on(run(&plan));
+    run_alone(&plan);
 }

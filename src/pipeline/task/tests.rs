@@ -45,19 +45,12 @@ fn record(offset: i64, key: &str, ts: i64) -> SourceRecord {
 /// window still counts.
 #[tokio::test]
 async fn a_wall_clock_step_does_not_make_records_late() {
-    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
-    let (sinks, regions) = crate::app::memory_sinks(&settings);
-    let metrics = Arc::new(Metrics::new());
-    let region = sinks.regions["p"].clone();
-    let pipeline =
-        Arc::new(Pipeline::compile("p", &settings, region, sinks.checkpoints, KafkaOutputs::default(), &metrics));
+    let (pipeline, region, metrics) = memory_pipeline();
+    let pipeline = Arc::new(pipeline);
     let clock = pipeline.clock.clone();
 
     let fetched = Arc::new(AtomicI64::new(0));
-    let source = source(log_ending_at(&fetched), log_ending_at(&fetched));
-    let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
-    let (records, receiver) = mpsc::channel(8);
-    let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
+    let (records, task) = spawn_task(&pipeline, source(log_ending_at(&fetched), log_ending_at(&fetched))).await;
 
     let t0 = (clock.wall() - 60_000) / 1000 * 1000;
     fetched.store(1, Ordering::SeqCst);
@@ -73,7 +66,7 @@ async fn a_wall_clock_step_does_not_make_records_late() {
     drop(records);
     task.await.expect("joined").expect("stops cleanly");
 
-    let entries = regions[0].1.snapshot();
+    let entries = region.snapshot();
     let key = format!("rf:r:a:{t0}");
     let entry = entries.iter().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("no {key} in {entries:?}"));
     assert_eq!(entry.1.get("n").map(String::as_str), Some("2"), "both records counted: {entries:?}");
@@ -89,24 +82,17 @@ async fn a_wall_clock_step_does_not_make_records_late() {
 /// that the task has everything.
 #[tokio::test]
 async fn stale_statistics_do_not_advance_the_idle_watermark() {
-    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
-    let (sinks, regions) = crate::app::memory_sinks(&settings);
-    let metrics = Arc::new(Metrics::new());
-    let region = sinks.regions["p"].clone();
-    let pipeline =
-        Arc::new(Pipeline::compile("p", &settings, region, sinks.checkpoints, KafkaOutputs::default(), &metrics));
+    let (pipeline, region, _) = memory_pipeline();
+    let pipeline = Arc::new(pipeline);
     let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
     let (statistics, leader) = (Arc::new(AtomicI64::new(1)), Arc::new(AtomicI64::new(5)));
-    let source = source(log_ending_at(&statistics), log_ending_at(&leader));
-    let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
-    let (records, receiver) = mpsc::channel(8);
-    let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
+    let (records, task) = spawn_task(&pipeline, source(log_ending_at(&statistics), log_ending_at(&leader))).await;
     records.send(vec![record(0, "a", t0 + 100)]).await.expect("task runs");
 
     // Quiet for 2.5 idle timeouts by the statistics; four records wait at the leader.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let key = format!("rf:r:a:{t0}");
-    let written = || regions[0].1.snapshot().into_iter().any(|(k, _)| k == key);
+    let written = || region.snapshot().into_iter().any(|(k, _)| k == key);
     assert!(!written(), "the window stays open: the leader holds records the task has not seen");
 
     // The leader agrees now: the idle watermark closes the window.
@@ -133,17 +119,7 @@ impl crate::format::Decoder for Panicking {
 /// reports it and stops instead of leaving its partition unconsumed.
 #[tokio::test]
 async fn a_panicking_task_fails_loudly() {
-    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
-    let (sinks, _) = crate::app::memory_sinks(&settings);
-    let metrics = Arc::new(Metrics::new());
-    let mut pipeline = Pipeline::compile(
-        "p",
-        &settings,
-        sinks.regions["p"].clone(),
-        sinks.checkpoints,
-        KafkaOutputs::default(),
-        &metrics,
-    );
+    let (mut pipeline, _, _) = memory_pipeline();
     pipeline.decoder = Box::new(Panicking);
     let source = source(|| None, || None);
     let started = PartitionTask::start(Arc::new(pipeline), "t", 0, source).await.expect("starts");
@@ -158,18 +134,8 @@ async fn a_panicking_task_fails_loudly() {
 /// partition) fails with `Fenced`, which the connector restarts.
 #[tokio::test]
 async fn a_fenced_task_fails_restartably() {
-    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
-    let (sinks, _) = crate::app::memory_sinks(&settings);
-    let metrics = Arc::new(Metrics::new());
-    let region = sinks.regions["p"].clone();
-    let pipeline = Arc::new(Pipeline::compile(
-        "p",
-        &settings,
-        region.clone(),
-        sinks.checkpoints,
-        KafkaOutputs::default(),
-        &metrics,
-    ));
+    let (pipeline, region, metrics) = memory_pipeline();
+    let pipeline = Arc::new(pipeline);
     let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
     let window = crate::window::Window { start: t0, end: t0 + 1000 };
     let newer = crate::region::EntryWrite {
@@ -184,12 +150,9 @@ async fn a_fenced_task_fails_restartably() {
         expiry: crate::region::Expiry::Never,
         capture: crate::region::Capture::None,
     };
-    region.write(std::slice::from_ref(&newer)).await.expect("seeded");
+    crate::region::Region::write(&*region, std::slice::from_ref(&newer)).await.expect("seeded");
 
-    let source = source(|| Some(bounds(0, 1)), || Some(bounds(0, 1)));
-    let started = PartitionTask::start(pipeline, "t", 0, source).await.expect("starts");
-    let (records, receiver) = mpsc::channel(8);
-    let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
+    let (records, task) = spawn_task(&pipeline, source(|| Some(bounds(0, 1)), || Some(bounds(0, 1)))).await;
     records.send(vec![record(0, "a", t0 + 100)]).await.expect("queued");
     let error = tokio::time::timeout(Duration::from_secs(10), task)
         .await
@@ -199,6 +162,28 @@ async fn a_fenced_task_fails_restartably() {
     assert!(matches!(error, TaskError::Fenced { epoch: 1, .. }), "{error}");
     assert!(error.restartable());
     assert!(metrics.render().contains("regionflow_fenced_writes_total{pipeline=\"p\"} 1"));
+}
+
+/// [`SETTINGS`]' pipeline on in-memory sinks (not yet shared, so a test
+/// can swap its decoder), its region, and the metrics.
+fn memory_pipeline() -> (Pipeline, Arc<crate::region::MemoryRegion>, Arc<Metrics>) {
+    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
+    let (sinks, regions) = crate::app::memory_sinks(&settings);
+    let metrics = Arc::new(Metrics::new());
+    let region = sinks.regions["p"].clone();
+    let pipeline = Pipeline::compile("p", &settings, region, sinks.checkpoints, KafkaOutputs::default(), &metrics);
+    (pipeline, regions[0].1.clone(), metrics)
+}
+
+/// Starts partition 0's task over `source` and runs it; records go in
+/// through the returned sender.
+async fn spawn_task(
+    pipeline: &Arc<Pipeline>,
+    source: PartitionSource,
+) -> (mpsc::Sender<Vec<SourceRecord>>, tokio::task::JoinHandle<Result<(), TaskError>>) {
+    let started = PartitionTask::start(pipeline.clone(), "t", 0, source).await.expect("starts");
+    let (records, receiver) = mpsc::channel(8);
+    (records, tokio::spawn(started.task.run(receiver, CancellationToken::new())))
 }
 
 fn bounds(start: i64, end: i64) -> LogBounds {
@@ -236,9 +221,7 @@ async fn run_with(
     source: PartitionSource,
     records: Vec<SourceRecord>,
 ) -> Result<(), TaskError> {
-    let started = PartitionTask::start(pipeline.clone(), "t", 0, source).await.expect("starts");
-    let (sender, receiver) = mpsc::channel(8);
-    let task = tokio::spawn(started.task.run(receiver, CancellationToken::new()));
+    let (sender, task) = spawn_task(pipeline, source).await;
     sender.send(records).await.expect("queued");
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(sender);
@@ -248,17 +231,8 @@ async fn run_with(
 /// A pipeline whose partition 0 was checkpointed at offset 10 (ten records
 /// of key `a` in the window starting at the returned `t0`).
 async fn checkpointed_at_ten() -> (Arc<Pipeline>, Arc<Metrics>, crate::time::Millis) {
-    let settings = Settings::from_toml_str(SETTINGS).expect("valid");
-    let (sinks, _) = crate::app::memory_sinks(&settings);
-    let metrics = Arc::new(Metrics::new());
-    let pipeline = Arc::new(Pipeline::compile(
-        "p",
-        &settings,
-        sinks.regions["p"].clone(),
-        sinks.checkpoints,
-        KafkaOutputs::default(),
-        &metrics,
-    ));
+    let (pipeline, _, metrics) = memory_pipeline();
+    let pipeline = Arc::new(pipeline);
     let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
     let first: Vec<SourceRecord> = (0..10).map(|i| record(i, "a", t0 + i)).collect();
     run_once(&pipeline, bounds(0, 10), first).await.expect("checkpointed at offset 10");
