@@ -17,6 +17,7 @@
 //! revoke it lets the tasks flush and checkpoint before the partitions are
 //! released. Only the partitions that move are touched.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,8 @@ pub struct SourceContext {
     on_assign: AssignHandler,
     on_revoke: RevokeHandler,
     high_watermarks: HighWatermarks,
+    /// Where a partition with no committed offset starts (`auto.offset.reset`).
+    reset: Offset,
 }
 
 pub type SourceConsumer = StreamConsumer<SourceContext>;
@@ -100,7 +103,7 @@ impl ConsumerContext for SourceContext {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let partitions = partitions_of(tpl);
                 tracing::info!(?partitions, "partitions assigned");
-                let assigned = start_positions(&(self.on_assign)(&partitions));
+                let assigned = start_positions(consumer, &(self.on_assign)(&partitions));
                 if cooperative {
                     consumer.incremental_assign(&assigned)
                 } else {
@@ -142,16 +145,97 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-/// The partitions at their start offsets (`None`: the committed offset).
-fn start_positions(offsets: &[(Partition, Option<i64>)]) -> TopicPartitionList {
+/// How long an assignment waits for the group's committed offsets while
+/// the coordinator is loading or moving.
+const COMMITTED_LOOKUP: Duration = Duration::from_secs(30);
+
+/// The partitions at their start offsets: the checkpoint's, or for `None`
+/// the group's committed offset, looked up here, or with nothing committed
+/// where `auto.offset.reset` says. Never left to librdkafka's own lookup
+/// during the assignment: a partition whose lookup fails there (a
+/// partition-level error, or any error once the assignment changed while
+/// the request was out, as restarting partitions one by one does) stays
+/// assigned and is never fetched, silently (librdkafka's
+/// rdkafka_assignment.c; chaos seed 833981: partitions restarted while
+/// OffsetFetch failed stopped for good).
+fn start_positions<C: Consumer<SourceContext>>(
+    consumer: &C,
+    offsets: &[(Partition, Option<i64>)],
+) -> TopicPartitionList {
+    let unknown: Vec<&Partition> = offsets.iter().filter(|(_, o)| o.is_none()).map(|(p, _)| p).collect();
+    let committed = committed_offsets(consumer, &unknown);
     let mut positions = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
-        let offset = offset.map_or(Offset::Stored, Offset::Offset);
+        let offset = match offset {
+            Some(offset) => Offset::Offset(*offset),
+            None => committed.get(&(topic.clone(), *partition)).copied().unwrap_or(Offset::Stored),
+        };
         if let Err(e) = positions.add_partition_offset(topic, *partition, offset) {
             tracing::error!(topic, partition, error = %e, "cannot set start offset");
         }
     }
     positions
+}
+
+/// The group's committed offset of each partition (`auto.offset.reset`'s
+/// offset where none is committed), asking again while the coordinator
+/// answers with errors, for up to [`COMMITTED_LOOKUP`]. A partition still
+/// unknown then is left out: it starts at librdkafka's lookup after all.
+fn committed_offsets<C: Consumer<SourceContext>>(
+    consumer: &C,
+    partitions: &[&Partition],
+) -> HashMap<Partition, Offset> {
+    let mut found = HashMap::new();
+    let deadline = Instant::now() + COMMITTED_LOOKUP;
+    let mut wanted: Vec<&Partition> = partitions.to_vec();
+    while !wanted.is_empty() {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &wanted {
+            tpl.add_partition(topic, *partition);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match consumer.committed_offsets(tpl, remaining.min(Duration::from_secs(5))) {
+            Ok(answer) => {
+                for element in answer.elements() {
+                    let key = (element.topic().to_string(), element.partition());
+                    match (element.error(), element.offset()) {
+                        (Ok(()), Offset::Offset(offset)) => found.insert(key, Offset::Offset(offset)),
+                        (Ok(()), _) => found.insert(key, consumer.context().reset),
+                        (Err(e), _) => {
+                            tracing::warn!(partition = ?key, error = %e, "committed offset not known yet; asking again");
+                            None
+                        }
+                    };
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "committed offsets not known yet; asking again"),
+        }
+        wanted.retain(|p| !found.contains_key(*p));
+        if wanted.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::error!(
+                partitions = ?wanted,
+                waited = ?COMMITTED_LOOKUP,
+                "the group's committed offsets could not be read; librdkafka looks them up as it assigns"
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    found
+}
+
+/// `auto.offset.reset` as an offset to assign: where a partition with no
+/// committed offset starts.
+fn reset_offset(kafka: &KafkaConfig) -> Offset {
+    match kafka.properties.get("auto.offset.reset").map(String::as_str) {
+        Some("latest" | "largest" | "end") => Offset::End,
+        // `error`: librdkafka's lookup, which raises it.
+        Some("error") => Offset::Stored,
+        _ => Offset::Beginning,
+    }
 }
 
 /// Stops fetching `partition` outside a rebalance (the group still assigns
@@ -169,7 +253,7 @@ pub fn resume_assignment(
     consumer: &SourceConsumer,
     offsets: &[(Partition, Option<i64>)],
 ) -> rdkafka::error::KafkaResult<()> {
-    consumer.incremental_assign(&start_positions(offsets))
+    consumer.incremental_assign(&start_positions(consumer, offsets))
 }
 
 fn partitions_of(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
@@ -196,8 +280,12 @@ pub fn consumer(
         .set("fetch.queue.backoff.ms", "10")
         .set("statistics.interval.ms", "500");
     apply_user_config(&mut config, kafka, &[]);
-    let consumer: SourceConsumer =
-        config.create_with_context(SourceContext { on_assign, on_revoke, high_watermarks })?;
+    let consumer: SourceConsumer = config.create_with_context(SourceContext {
+        on_assign,
+        on_revoke,
+        high_watermarks,
+        reset: reset_offset(kafka),
+    })?;
     Ok(Arc::new(consumer))
 }
 
