@@ -196,7 +196,9 @@ impl Assignments {
             return Ok(());
         }
         let offsets = starter.start(std::slice::from_ref(&partition)).await;
-        if let Err(e) = consumer::resume_assignment(consumer, &offsets) {
+        // Looks up committed offsets (a blocking call) for a partition
+        // without a checkpoint.
+        if let Err(e) = tokio::task::block_in_place(|| consumer::resume_assignment(consumer, &offsets)) {
             // Revoked while the task restored: the group moved it on.
             tracing::info!(?partition, error = %e, "the restarted partition is no longer assigned here");
         }
