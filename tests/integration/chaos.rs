@@ -123,6 +123,18 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// With `REGIONFLOW_KEEP_LOGS=<dir>`: every connector's whole log, and
+    /// every difference from the reference, under the seed's name (a
+    /// search's failing seeds would otherwise overwrite each other's).
+    fn keep_evidence(&self, seed: u64, problems: &[String]) {
+        let Ok(dir) = std::env::var("REGIONFLOW_KEEP_LOGS") else { return };
+        let dir = Path::new(&dir);
+        for c in self.running.iter().chain(&self.stopped) {
+            let _ = std::fs::copy(&c.log, dir.join(format!("chaos-{seed}-{}.log", c.name)));
+        }
+        let _ = std::fs::write(dir.join(format!("chaos-{seed}-differences.txt")), problems.join("\n"));
+    }
+
     fn start_one(&mut self) {
         let name = format!("c{}", self.started);
         self.started += 1;
@@ -439,6 +451,7 @@ pub(crate) async fn run(plan: &Plan) -> Outcome {
                     )
                 })
                 .collect();
+            fleet.keep_evidence(seed, &problems);
             panic!(
                 "chaos seed {seed}: the region differs from the reference 60 s after the stream ended: {} of {} \
                  entries, e.g. {:?}\nplan: {plan}\nconnectors: {states:?}\nrerun: {}",
