@@ -57,10 +57,10 @@ enum Event {
 /// climb past increments that a Redis failover lost; more mean another
 /// writer keeps taking the partition.
 const FENCED_RESTARTS: usize = 10;
+const FENCED_WINDOW: Duration = Duration::from_secs(300);
 
 /// How long a task waits for a partition leader's answer about its log.
 const LOG_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
-const FENCED_WINDOW: Duration = Duration::from_secs(300);
 
 pub struct Assignments {
     starter: Arc<TaskStarter>,

@@ -13,7 +13,9 @@
 //! default callback so the connector can act *inside* the rebalance: on
 //! assign it starts the tasks (each takes an epoch and restores its
 //! checkpoint) and sets each partition's start offset to its checkpoint's
-//! before the partitions are assigned, so fetching starts exactly there; on
+//! (without one, to the group's committed offset, looked up here: see
+//! `start_positions`) before the partitions are assigned, so fetching
+//! starts exactly there; on
 //! revoke it lets the tasks flush and checkpoint before the partitions are
 //! released. Only the partitions that move are touched.
 
