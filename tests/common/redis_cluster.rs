@@ -205,6 +205,35 @@ impl RedisCluster {
         port
     }
 
+    /// SIGSTOPs the replica of the primary owning `key`'s slot: the primary
+    /// goes on acknowledging writes that no replica holds. Returns the
+    /// primary's port and a guard that continues the replica when dropped
+    /// (or at [`StoppedReplica::resume`]).
+    pub fn stop_replica_for_key(&self, key: &str) -> (u16, StoppedReplica) {
+        let slot = match self.cmd_on_any(&["CLUSTER", "KEYSLOT", key]) {
+            redis::Value::Int(slot) => slot,
+            other => panic!("CLUSTER KEYSLOT {key:?} returned {other:?}"),
+        };
+        let entries = self.cluster_nodes_from_any();
+        let owner = entries
+            .iter()
+            .find(|e| e.is_serving_primary() && e.owns_slot(slot))
+            .unwrap_or_else(|| panic!("no live primary owns slot {slot} (key {key:?})"));
+        let replica = entries
+            .iter()
+            .find(|e| e.master_id.as_deref() == Some(owner.id.as_str()) && !e.is_failed() && self.is_live(e.port))
+            .unwrap_or_else(|| panic!("primary {} (key {key:?}) has no live replica", owner.port));
+        let pid = self
+            .live_nodes()
+            .find(|node| node.port == replica.port)
+            .and_then(|node| node.child.as_ref())
+            .expect("the replica is one of our nodes")
+            .id();
+        let stopped = StoppedReplica { pid: Some(pid) };
+        stopped.signal("-STOP");
+        (owner.port, stopped)
+    }
+
     /// Runs one command on one node (a new connection each time) and returns
     /// the raw reply, e.g. `node_cmd(port, &["DBSIZE"])`. Panics on a
     /// connection error or an error reply.
@@ -573,6 +602,34 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A replica stopped by [`RedisCluster::stop_replica_for_key`].
+pub struct StoppedReplica {
+    pid: Option<u32>,
+}
+
+impl StoppedReplica {
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid {
+            let status = Command::new("kill").args([signal, &pid.to_string()]).status().expect("kill runs");
+            assert!(status.success(), "kill {signal} {pid} failed");
+        }
+    }
+
+    /// Lets the replica catch up.
+    pub fn resume(mut self) {
+        self.signal("-CONT");
+        self.pid = None;
+    }
+}
+
+impl Drop for StoppedReplica {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = Command::new("kill").args(["-CONT", &pid.to_string()]).status();
+        }
     }
 }
 

@@ -20,18 +20,6 @@ use regionflow::config::Settings;
 const T0: i64 = 1_700_000_000_000;
 const CHECKPOINT: &str = "rf:_ckpt:{events:events:0}";
 
-fn info_field(info: &str, name: &str) -> Option<String> {
-    info.lines().find_map(|l| l.trim_end().strip_prefix(name)?.strip_prefix(':').map(str::to_string))
-}
-
-fn info(cluster: &RedisCluster, port: u16, section: &str) -> String {
-    match cluster.node_cmd(port, &["INFO", section]) {
-        redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        redis::Value::VerbatimString { text, .. } => text,
-        other => panic!("INFO answered {other:?}"),
-    }
-}
-
 async fn checkpoint_offset(con: &mut redis::cluster_async::ClusterConnection) -> Option<i64> {
     let offset: Option<String> = con.hget(CHECKPOINT, "offset").await.expect("HGET");
     offset.and_then(|o| o.parse().ok())
@@ -90,30 +78,7 @@ region = {{ name = "events", redundancy = 1 }}
 
     // 2. The replica of the primary that will hold the next entry stops.
     let entry = format!("rf:events:b:{}", T0 + 10_000);
-    let slot = regionflow::redis::key_slot(entry.as_bytes());
-    let primary = cluster
-        .primary_ports()
-        .into_iter()
-        .find(|port| {
-            let reply = cluster.node_cmd(*port, &["CLUSTER", "KEYSLOT", &entry]);
-            reply == redis::Value::Int(slot as i64)
-                && matches!(
-                    cluster.node_cmd(*port, &["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]),
-                    redis::Value::Int(_)
-                )
-                && info(&cluster, *port, "replication").contains("role:master")
-                && owns(&cluster, *port, slot)
-        })
-        .expect("the primary owning the entry");
-    let replication = info(&cluster, primary, "replication");
-    let replica_port: u16 = info_field(&replication, "slave0")
-        .and_then(|s| s.split(',').find_map(|kv| kv.strip_prefix("port=").and_then(|p| p.parse().ok())))
-        .expect("the primary has a replica");
-    let replica_pid = info_field(&info(&cluster, replica_port, "server"), "process_id").expect("pid");
-    let signal = |sig: &str| {
-        std::process::Command::new("kill").args([sig, &replica_pid]).status().expect("kill runs");
-    };
-    signal("-STOP");
+    let (primary, replica) = cluster.stop_replica_for_key(&entry);
 
     // 3. The next entry is written to that primary, which acknowledges it.
     kafka.produce("events", &records("b", 20, 10, T0 + 10_000)).await;
@@ -134,14 +99,13 @@ region = {{ name = "events", redundancy = 1 }}
     while watch.elapsed() < Duration::from_secs(4) {
         let offset = checkpoint_offset(&mut con).await;
         if offset != Some(20) {
-            signal("-CONT");
             panic!("the checkpoint moved to {offset:?} while the write at offsets 20..30 was unreplicated");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // 6. Once the replica catches up, the checkpoint follows.
-    signal("-CONT");
+    replica.resume();
     let deadline = Instant::now() + Duration::from_secs(30);
     while checkpoint_offset(&mut con).await != Some(30) {
         assert!(Instant::now() < deadline, "the checkpoint did not follow the replica");
@@ -150,23 +114,6 @@ region = {{ name = "events", redundancy = 1 }}
     let n: Option<String> = con.hget(&entry, "n").await.expect("HGET");
     assert_eq!(n.as_deref(), Some("10"));
     connector.stop().await.expect("clean shutdown");
-}
-
-/// Whether the node at `port` serves `slot` as a primary.
-fn owns(cluster: &RedisCluster, port: u16, slot: u16) -> bool {
-    let redis::Value::Array(ranges) = cluster.node_cmd(port, &["CLUSTER", "SLOTS"]) else { return false };
-    ranges.iter().any(|range| {
-        let redis::Value::Array(parts) = range else { return false };
-        let int = |v: &redis::Value| if let redis::Value::Int(i) = v { *i } else { -1 };
-        let port_of = |v: &redis::Value| {
-            let redis::Value::Array(node) = v else { return -1 };
-            node.get(1).map(int).unwrap_or(-1)
-        };
-        parts.len() >= 3
-            && int(&parts[0]) <= slot as i64
-            && slot as i64 <= int(&parts[1])
-            && port_of(&parts[2]) == port as i64
-    })
 }
 
 /// The same sequence one level down, where it is deterministic: a write
@@ -216,17 +163,7 @@ region = {{ name = "events", redundancy = 1 }}
     let epoch = store.acquire(&task).await.expect("epoch");
 
     let key = format!("rf:events:x:{T0}");
-    let slot = regionflow::redis::key_slot(key.as_bytes());
-    let primary = cluster.primary_ports().into_iter().find(|p| owns(&cluster, *p, slot)).expect("owner");
-    let replication = info(&cluster, primary, "replication");
-    let replica_port: u16 = info_field(&replication, "slave0")
-        .and_then(|s| s.split(',').find_map(|kv| kv.strip_prefix("port=").and_then(|p| p.parse().ok())))
-        .expect("a replica");
-    let replica_pid = info_field(&info(&cluster, replica_port, "server"), "process_id").expect("pid");
-    let signal = |sig: &str| {
-        std::process::Command::new("kill").args([sig, &replica_pid]).status().expect("kill runs");
-    };
-    signal("-STOP");
+    let (primary, replica) = cluster.stop_replica_for_key(&key);
 
     let write = EntryWrite {
         key: key.clone(),
@@ -259,7 +196,7 @@ region = {{ name = "events", redundancy = 1 }}
     let checkpoint =
         Checkpoint { epoch, offset: 2, watermark: 0, state: vec![1, 2, 3], written_at: T0, carried: Vec::new() };
     let refused = store.commit(&task, &checkpoint, Replication { replicas: 1 }).await;
-    signal("-CONT");
+    replica.resume();
     assert!(
         matches!(refused, Err(CheckpointError::NotReplicated { acked: 0, wanted: 1, .. })),
         "a checkpoint vouched for a write its replica does not hold: {refused:?}"
@@ -272,4 +209,81 @@ region = {{ name = "events", redundancy = 1 }}
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Session entries wait until replicas hold their ledger records (seed
+/// 645363's path): a forced failover of the shard holding the records,
+/// after the entries were written on other shards, would otherwise hide
+/// those entries from the partition's next owner, which then never
+/// retracts them. Here the ledger's replica is stopped: the records are
+/// acknowledged by its primary, and no entry may appear until the replica
+/// holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_entries_wait_until_replicas_hold_their_ledger_records() {
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let kafka = Kafka::start(&[("sessions", 1)]);
+    let settings = Settings::from_toml_str(&format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "ledger-replication"
+[redis]
+nodes = {nodes}
+replica_timeout = "500ms"
+[connector]
+flush_interval = "50ms"
+checkpoint_interval = "300ms"
+[pipelines.sessions]
+topics = ["sessions"]
+key = {{ from = "kafka_key" }}
+event_time = {{ from = "field", pointer = "/ts" }}
+window = {{ kind = "session", gap = "1s" }}
+emit = {{ mode = "updates", interval = "100ms" }}
+aggregates.n = {{ function = "count" }}
+region = {{ name = "sessions", key = "{{key}}:{{window_start}}:{{window_end}}", redundancy = 1 }}
+"#,
+        brokers = kafka.brokers,
+        nodes = common::toml_nodes(&cluster.urls())
+    ))
+    .expect("valid");
+    let ledger = "rf:_written:{sessions:sessions:0}";
+    let connector = common::InProcess::start(settings).await;
+    let (primary, replica) = cluster.stop_replica_for_key(ledger);
+    let keyed: Vec<Produce> =
+        records("a", 0, 10, T0).into_iter().map(|p| Produce { key: Some("a".into()), ..p }).collect();
+    kafka.produce("sessions", &keyed).await;
+
+    // The records reach the primary...
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.node_cmd(primary, &["HLEN", ledger]) == redis::Value::Int(0) {
+        assert!(Instant::now() < deadline, "the session was never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...but no entry is written while its replica lacks them.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(3) {
+        let written = cluster.keys("rf:sessions:a:*");
+        assert!(written.is_empty(), "{written:?} written while the replica lacks its ledger record");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Once it catches up, the session is written: ten records.
+    replica.resume();
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).expect("client");
+    let mut con = client.get_async_connection().await.expect("connection");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let written = cluster.keys("rf:sessions:a:*");
+        let n: Option<String> = match written.as_slice() {
+            [entry] => con.hget(entry, "n").await.expect("HGET"),
+            _ => None,
+        };
+        if n.as_deref() == Some("10") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the session was not written once the replica caught up: {written:?} {n:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    connector.stop().await.expect("clean shutdown");
 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use futures::future::try_join_all;
 
+use super::ledger::Recording;
 use super::{Ownership, PartitionTask, TaskError};
 use crate::checkpoint::{state, Checkpoint, CheckpointError, CommitOutcome, Replication};
 use crate::kafka::changes;
@@ -26,9 +27,14 @@ impl PartitionTask {
         if !self.pending.is_empty() {
             self.changed_since_checkpoint = true;
             let writes = self.entry_writes();
-            if self.record(&writes).await? == Ownership::Fenced {
-                tracing::warn!(epoch = self.epoch, "recording writes fenced: a newer owner holds this partition");
-                return Ok(Ownership::Fenced);
+            match self.record(&writes).await? {
+                Recording::Recorded => {}
+                Recording::Fenced => {
+                    tracing::warn!(epoch = self.epoch, "recording writes fenced: a newer owner holds this partition");
+                    return Ok(Ownership::Fenced);
+                }
+                // Still pending: the checkpoint waits for them.
+                Recording::Unreplicated => return Ok(Ownership::Owner),
             }
             let outcome = self.pipeline.region.write(&writes).await.map_err(|source| TaskError::Region {
                 topic: self.topic.to_string(),
@@ -65,6 +71,12 @@ impl PartitionTask {
     pub(super) async fn checkpoint(&mut self) -> Result<Ownership, TaskError> {
         if self.flush().await? == Ownership::Fenced {
             return Ok(Ownership::Fenced);
+        }
+        if !self.pending.is_empty() {
+            // The flush left results unwritten (their ledger records are not
+            // replicated yet): no checkpoint may move past them.
+            self.pipeline.metrics.checkpoint(CheckpointOutcome::Failed);
+            return Ok(Ownership::Owner);
         }
         let replication = Replication { replicas: self.pipeline.policy.redundancy };
         if !self.held_changes.is_empty() {

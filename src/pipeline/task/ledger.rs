@@ -14,7 +14,11 @@
 //! last checkpoint ([`CheckpointStore::record_writes`], fenced by the
 //! partition's epoch, so a zombie that lost the partition records nothing
 //! and writes nothing); a checkpoint resets the records, since its state
-//! knows every session written before it. A successor loads the records
+//! knows every session written before it. With `region.redundancy`, the
+//! entries wait until replicas hold their records: a failover that lost
+//! the records but not the entries (they live on other shards) would hide
+//! those entries from the successor for good. Until then the results stay
+//! pending, and no checkpoint moves past them. A successor loads the records
 //! and resolves each once its replay has passed the record's position: a
 //! session it writes itself, or holds in state (which it then marks as
 //! written, so a merge retracts it), is its own; any other is retracted.
@@ -25,8 +29,8 @@
 
 use std::collections::HashSet;
 
-use super::{Ownership, PartitionTask, TaskError};
-use crate::checkpoint::{CommitOutcome, RecordedWrite};
+use super::{PartitionTask, TaskError};
+use crate::checkpoint::{CheckpointError, CommitOutcome, RecordedWrite, Replication};
 use crate::region::EntryWrite;
 use crate::window::{ResultKind, Window, WindowResult};
 
@@ -52,6 +56,18 @@ impl Ledger {
     pub(super) fn checkpointed(&mut self) {
         self.recorded.clear();
     }
+}
+
+/// Whether a flush's entries may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recording {
+    /// Recorded (and, with redundancy, replicated): write them.
+    Recorded,
+    /// A newer epoch owns the partition: write nothing.
+    Fenced,
+    /// Recorded, but replicas do not hold the records yet: keep the results
+    /// pending and try again at the next flush.
+    Unreplicated,
 }
 
 impl PartitionTask {
@@ -97,9 +113,10 @@ impl PartitionTask {
     }
 
     /// Records the entries of `writes` not recorded since the last
-    /// checkpoint; `Fenced` when a newer epoch owns the partition.
-    pub(super) async fn record(&mut self, writes: &[EntryWrite]) -> Result<Ownership, TaskError> {
-        let Some(ledger) = &mut self.ledger else { return Ok(Ownership::Owner) };
+    /// checkpoint, and waits for replicas to hold the records when the
+    /// region asks for redundancy.
+    pub(super) async fn record(&mut self, writes: &[EntryWrite]) -> Result<Recording, TaskError> {
+        let Some(ledger) = &mut self.ledger else { return Ok(Recording::Recorded) };
         let new: Vec<RecordedWrite> = writes
             .iter()
             .filter(|w| !ledger.recorded.contains(&w.key))
@@ -112,15 +129,28 @@ impl PartitionTask {
             })
             .collect();
         if new.is_empty() {
-            return Ok(Ownership::Owner);
+            return Ok(Recording::Recorded);
         }
-        let outcome = self.pipeline.checkpoints.record_writes(&self.id, self.epoch, &new).await;
-        match outcome.map_err(|source| TaskError::Checkpoint { task: self.id.clone(), source })? {
-            CommitOutcome::Fenced => Ok(Ownership::Fenced),
-            CommitOutcome::Stored => {
-                ledger.recorded.extend(new.into_iter().map(|r| r.entry));
-                Ok(Ownership::Owner)
+        let checkpoints = &self.pipeline.checkpoints;
+        let failed = |source| TaskError::Checkpoint { task: self.id.clone(), source };
+        if checkpoints.record_writes(&self.id, self.epoch, &new).await.map_err(failed)? == CommitOutcome::Fenced {
+            return Ok(Recording::Fenced);
+        }
+        let replication = Replication { replicas: self.pipeline.policy.redundancy };
+        if replication.replicas > 0 {
+            match checkpoints.confirm_replication(&self.id, replication).await {
+                Ok(()) => {}
+                Err(CheckpointError::ReplicationUnverifiable) => {
+                    return Err(TaskError::ReplicationUnverifiable { task: self.id.clone() })
+                }
+                Err(e @ (CheckpointError::NotReplicated { .. } | CheckpointError::ReplicationUnknown { .. })) => {
+                    tracing::warn!(error = %e, "session entries wait for their records' replication");
+                    return Ok(Recording::Unreplicated);
+                }
+                Err(source) => return Err(failed(source)),
             }
         }
+        ledger.recorded.extend(new.into_iter().map(|r| r.entry));
+        Ok(Recording::Recorded)
     }
 }
