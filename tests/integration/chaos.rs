@@ -738,3 +738,19 @@ fn seed_730422_a_frozen_connector_closes_no_window_early() {
 fn seed_833981_a_failed_committed_offset_lookup_stops_no_partition() {
     run_alone(&Plan::from_seed(833_981, Draw::Full));
 }
+
+/// Found by seed 645363 (session windows, emit updates, three connectors,
+/// redundancy 1; its schedule: a connector frozen 7.6 s, past the session
+/// timeout, then `CLUSTER FAILOVER FORCE` as it wakes): two single-record
+/// sessions stayed in the region that the reference merges into larger
+/// ones. The woken connector still held the newest epoch and wrote session
+/// entries; the forced failover lost their ledger records (one shard) but
+/// not the entries (others), so the successors never retracted them.
+/// Fixed: with redundancy, entries wait until replicas hold their records;
+/// `replication::session_entries_wait_until_replicas_hold_their_ledger_records`
+/// proves it deterministically. The failover must meet the records in
+/// flight, so a pass alone proves less than a failure would.
+#[test]
+fn seed_645363_a_forced_failover_hides_no_session_from_the_successor() {
+    run_alone(&Plan::from_seed(645_363, Draw::Full));
+}
