@@ -26,7 +26,7 @@ pub(super) enum FieldValue<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct TopLevelNames {
     pointers: Vec<String>,
-    names: Vec<String>,
+    pub(super) names: Vec<String>,
 }
 
 impl TopLevelNames {
@@ -48,8 +48,20 @@ impl TopLevelNames {
 
     /// The wanted fields of `payload`; `Ok(None)` when it is valid JSON but
     /// not an object (the caller then reads it as a tree, where a pointer
-    /// may index an array).
+    /// may index an array). A flat object with plain values takes the
+    /// hand-written pass of `scan`; anything else `serde_json`'s.
     pub(super) fn read<'a>(&self, payload: &'a str) -> Result<Option<Vec<Option<Field<'a>>>>, serde_json::Error> {
+        match super::scan::read(&self.names, payload) {
+            Some(values) => Ok(Some(values)),
+            None => self.read_with_serde(payload),
+        }
+    }
+
+    /// [`Self::read`] by `serde_json` alone.
+    pub(super) fn read_with_serde<'a>(
+        &self,
+        payload: &'a str,
+    ) -> Result<Option<Vec<Option<Field<'a>>>>, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(payload);
         let fields = de.deserialize_any(ObjectVisitor { names: &self.names })?;
         de.end()?;
@@ -58,7 +70,7 @@ impl TopLevelNames {
 }
 
 /// A wanted field as read from the payload.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub(super) enum Field<'a> {
     Str(Cow<'a, str>),
     Other(Json),

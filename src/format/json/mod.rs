@@ -2,12 +2,15 @@
 //!
 //! Fields are read in one of two ways (see `fields`): when every
 //! configured pointer names a top-level field (`/user`), one pass over the
-//! object materialises only those fields and skips the rest; otherwise the
+//! object materialises only those fields and skips the rest (a
+//! hand-written pass, `scan`, for flat objects of plain values, else
+//! `serde_json`'s); otherwise the
 //! whole value is parsed into a `serde_json::Value` and the pointers are
 //! looked up in it. Both give the same events and the same errors, except
 //! that a skipped field is not subject to the parser's nesting limit.
 
 mod fields;
+mod scan;
 
 use std::sync::Arc;
 

@@ -236,3 +236,109 @@ fn deeper_pointers_parse_the_whole_value() {
     let e = d.decode(&record(r#"{"user":{"id":"u9"},"ts":3,"amount":1}"#), 0).expect("valid");
     assert_eq!((&*e.key, e.time), ("u9", 3));
 }
+
+mod scan {
+    //! The hand-written pass against `serde_json`'s reader: where it
+    //! answers, it answers the same; it never accepts what `serde_json`
+    //! refuses.
+
+    use proptest::prelude::*;
+
+    use super::super::fields::TopLevelNames;
+    use super::super::scan;
+
+    fn names() -> TopLevelNames {
+        TopLevelNames::of(["/page", "/ts", "/amount", "/user"]).expect("top level")
+    }
+
+    /// One value, valid or nearly so.
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            Just("nul".to_string()),
+            Just("truex".to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|n| n.to_string()),
+            "-?(0|[1-9][0-9]{0,25})(\\.[0-9]{0,4})?([eE][+-]?[0-9]{0,4})?",
+            "[-+.0-9eE]{1,8}",
+            "\"[a-z/ é\u{1F600}]{0,6}\"",
+            "\"[a-z\\\\\"\t\u{1}]{0,6}\"",
+            "\"\\\\u[0-9a-fA-FxX]{4}\"",
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(|items| format!("[{}]", items.join(","))),
+                prop::collection::vec(("[a-z]{1,3}", inner), 0..3).prop_map(|fields| {
+                    let fields: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", fields.join(","))
+                }),
+            ]
+        })
+    }
+
+    /// A top-level object of wanted and other fields, then perhaps a
+    /// byte changed, dropped or added anywhere.
+    fn payload() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            Just("page"),
+            Just("ts"),
+            Just("amount"),
+            Just("user"),
+            Just("other"),
+            Just("pa\\u0067e"),
+            Just("t\ts")
+        ];
+        let fields = prop::collection::vec((name, value(), "[ \t\n]{0,2}"), 0..6);
+        let edit = prop::option::of((any::<prop::sample::Index>(), 0..3u8, any::<char>()));
+        (fields, edit).prop_map(|(fields, edit)| {
+            let fields: Vec<String> = fields.iter().map(|(k, v, ws)| format!("{ws}\"{k}\"{ws}:{ws}{v}{ws}")).collect();
+            let mut text = format!(" {{{}}} ", fields.join(","));
+            if let Some((at, kind, c)) = edit {
+                let mut chars: Vec<char> = text.chars().collect();
+                let i = at.index(chars.len());
+                match kind {
+                    0 => chars[i] = c,
+                    1 => {
+                        chars.remove(i);
+                    }
+                    _ => chars.insert(i, c),
+                }
+                text = chars.into_iter().collect();
+            }
+            text
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        #[test]
+        fn the_fast_pass_reads_what_serde_json_reads(text in payload()) {
+            let names = names();
+            if let Some(values) = scan::read(&names.names, &text) {
+                let reference = names.read_with_serde(&text);
+                prop_assert!(matches!(&reference, Ok(Some(_))), "accepted what serde_json reads as {reference:?}: {text}");
+                prop_assert_eq!(Some(values), reference.unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn the_fast_pass_takes_the_common_records() {
+        let names = names();
+        for text in [
+            r#"{"page":"/a","ts":1700000000123,"amount":12.5,"user":"u1","x":[1,{"y":null}]}"#,
+            r#" { "ts" : -7 , "amount" : 1e2 , "user" : true , "page" : null } "#,
+            r#"{}"#,
+        ] {
+            let values = scan::read(&names.names, text);
+            assert!(values.is_some(), "{text}");
+            assert_eq!(values, names.read_with_serde(text).expect("valid"), "{text}");
+        }
+        for text in [r#"{"page":"\n"}"#, r#"{"page":{"a":1}}"#, r#"[1]"#, r#"{"page":"a",}"#, r#"{"ts":01}"#] {
+            assert_eq!(scan::read(&names.names, text), None, "{text}");
+        }
+    }
+}
