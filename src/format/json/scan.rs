@@ -21,6 +21,20 @@ use super::fields::Field;
 /// Deeper skipped values go to `serde_json`'s reader.
 const MAX_DEPTH: usize = 64;
 
+/// The bytes a plain string's scan stops at: its closing quote, or what
+/// makes it not plain (an escape, a control character).
+static STOPS_A_STRING: [bool; 256] = {
+    let mut stops = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        stops[byte] = true;
+        byte += 1;
+    }
+    stops[b'"' as usize] = true;
+    stops[b'\\' as usize] = true;
+    stops
+};
+
 /// The wanted fields (by slot in `names`) of `text`, a JSON object; `None`
 /// when the caller must decide with `serde_json` instead.
 pub(super) fn read<'a>(names: &[String], text: &'a str) -> Option<Vec<Option<Field<'a>>>> {
@@ -56,6 +70,26 @@ pub(super) fn read<'a>(names: &[String], text: &'a str) -> Option<Vec<Option<Fie
     (scan.at == scan.bytes.len()).then_some(values)
 }
 
+/// A number's text (checked against the grammar) as serde_json reads it:
+/// an integer that fits as `u64` or `i64`, `-0` and everything else as
+/// `f64` (correctly rounded, as serde_json's `float_roundtrip` parses).
+/// `None` for a number serde_json refuses (out of `f64`'s range).
+fn number(text: &str) -> Option<Number> {
+    let integral = !text.contains(['.', 'e', 'E']);
+    match (integral, text.starts_with('-')) {
+        (true, false) => match text.parse::<u64>() {
+            Ok(n) => Some(Number::from(n)),
+            Err(_) => Number::from_str(text).ok(),
+        },
+        (true, true) => match text.parse::<i64>() {
+            Ok(0) => Number::from_f64(-0.0),
+            Ok(n) => Some(Number::from(n)),
+            Err(_) => Number::from_str(text).ok(),
+        },
+        (false, _) => text.parse::<f64>().ok().filter(|v| v.is_finite()).and_then(Number::from_f64),
+    }
+}
+
 struct Scan<'a> {
     bytes: &'a [u8],
     text: &'a str,
@@ -87,13 +121,9 @@ impl<'a> Scan<'a> {
     /// escape and no control character.
     fn plain_string(&mut self) -> Option<&'a str> {
         let start = self.at;
-        loop {
-            match self.next()? {
-                b'"' => return Some(&self.text[start..self.at - 1]),
-                b'\\' | 0..0x20 => return None,
-                _ => {}
-            }
-        }
+        let length = self.bytes[start..].iter().position(|&b| STOPS_A_STRING[b as usize])?;
+        self.at = start + length + 1;
+        (self.bytes[start + length] == b'"').then(|| &self.text[start..start + length])
     }
 
     /// A JSON number's text, checked against the grammar.
@@ -159,13 +189,7 @@ impl<'a> Scan<'a> {
             }
             b'-' | b'0'..=b'9' => {
                 let text = self.number()?;
-                // Plain digits that fit are what serde_json reads as u64;
-                // every other number is parsed by serde_json itself.
-                let number = match text.parse::<u64>() {
-                    Ok(n) if text.bytes().all(|b| b.is_ascii_digit()) => Number::from(n),
-                    _ => Number::from_str(text).ok()?,
-                };
-                Some(Field::Other(Json::Number(number)))
+                Some(Field::Other(Json::Number(number(text)?)))
             }
             _ => return None,
         })

@@ -332,12 +332,21 @@ mod scan {
             r#"{"page":"/a","ts":1700000000123,"amount":12.5,"user":"u1","x":[1,{"y":null}]}"#,
             r#" { "ts" : -7 , "amount" : 1e2 , "user" : true , "page" : null } "#,
             r#"{}"#,
+            r#"{"ts":-0,"amount":-0.0,"page":-9223372036854775809,"user":18446744073709551616}"#,
+            r#"{"ts":-9223372036854775808,"amount":1e-400,"page":0.1e1,"user":123456789012345678901234567890}"#,
         ] {
             let values = scan::read(&names.names, text);
             assert!(values.is_some(), "{text}");
             assert_eq!(values, names.read_with_serde(text).expect("valid"), "{text}");
         }
-        for text in [r#"{"page":"\n"}"#, r#"{"page":{"a":1}}"#, r#"[1]"#, r#"{"page":"a",}"#, r#"{"ts":01}"#] {
+        for text in [
+            r#"{"amount":1e400}"#,
+            r#"{"page":"\n"}"#,
+            r#"{"page":{"a":1}}"#,
+            r#"[1]"#,
+            r#"{"page":"a",}"#,
+            r#"{"ts":01}"#,
+        ] {
             assert_eq!(scan::read(&names.names, text), None, "{text}");
         }
     }
