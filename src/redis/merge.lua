@@ -92,7 +92,9 @@ as it is and sets the public fields to the values ARGV[13..] (the merge of
 one partial is that partial, so they are what rules 4 and 5 would compute;
 `tests/integration/merge_script.rs` holds the two paths to the same entries).
 Rules 1 and 2 apply as before. Nothing is decoded, merged or rendered, which
-is most of the function's time for an entry written by one partition.
+is most of the function's time for an entry written by one partition. Into
+a new entry (no hash at all: the common write of `emit = final`) it goes
+straight from the argument checks to the HSET.
 
 Fences: a retraction (`d`) leaves the epoch it was made under in the hidden
 field `_f:<topic>:<partition>` (the partial's field with `_f` for `_p`), and
@@ -676,6 +678,39 @@ local function finish(key, tombstone, ttl_mode, ttl, capture, version, set)
   return 1
 end
 
+-- A partial the short cut stores undecoded: at least its frame and its
+-- epoch and offset, which later writes are fenced and skipped by, must be
+-- the arguments'.
+local function check_sole_frame(text, argv)
+  local tail = '],"e":' .. argv[2] .. ',"o":' .. argv[3] .. '}'
+  if string.sub(text, 1, 6) ~= '{"a":[' or string.sub(text, -#tail) ~= tail then
+    fail('the partial (ARGV[5]) is not {"a":[...],"e":' .. argv[2] .. ',"o":' .. argv[3] .. '}: '
+      .. string.sub(text, 1, 200))
+  end
+end
+
+-- The sole writer's short cut into a new entry (no hash at all: no
+-- partial, fence, version or tombstone, so rules 1 and 2 have nothing to
+-- compare with): the entry is the partial and the fields it renders, as the
+-- short cut in `main` stores them, field for field and reply for reply.
+local function new_sole_entry(key, field, text, argv, spec, ttl_mode, ttl, capture)
+  check_sole_frame(text, argv)
+  local values = sole_values(spec, argv)
+  local set = { key, 'window_start', argv[6], 'window_end', argv[7], field, text }
+  local version = 0
+  if capture ~= '' then
+    version = 1
+    set[#set + 1], set[#set + 2] = VERSION_FIELD, '1'
+  end
+  for i, aggregate in ipairs(spec) do
+    if values[i] then
+      set[#set + 1], set[#set + 2] = aggregate.name, values[i]
+    end
+  end
+  redis.call('HSET', unpack(set))
+  return finish(key, false, ttl_mode, ttl, capture, version, set)
+end
+
 local function main(KEYS, ARGV)
   local key = KEYS[1]
   local field = ARGV[1]
@@ -696,13 +731,17 @@ local function main(KEYS, ARGV)
     fail('unknown change capture (ARGV[11]) ' .. tostring(capture))
   end
 
+  local hash = redis.call('HGETALL', key)
+  if #hash == 0 and ARGV[12] ~= nil and mode == 'r' and type(text) == 'string' then
+    return new_sole_entry(key, field, text, ARGV, spec, ttl_mode, ttl, capture)
+  end
+
   -- Every partial of the entry, as text and (lazily) decoded; its fences;
   -- whether it is an entry or a version (`existed`), or a tombstone (no
   -- partial, no public field).
   local texts, decoded, fences = {}, {}, {}
   local version = 0
   local existed = false
-  local hash = redis.call('HGETALL', key)
   for i = 1, #hash, 2 do
     local name = hash[i]
     if string.sub(name, 1, #PARTIAL_PREFIX) == PARTIAL_PREFIX then
@@ -762,13 +801,7 @@ local function main(KEYS, ARGV)
     end
     texts[field], decoded[field] = text, nil
     if sole then
-      -- Stored undecoded, so at least its frame and its epoch and offset,
-      -- which later writes are fenced and skipped by, must be the arguments'.
-      local tail = '],"e":' .. ARGV[2] .. ',"o":' .. ARGV[3] .. '}'
-      if string.sub(text, 1, 6) ~= '{"a":[' or string.sub(text, -#tail) ~= tail then
-        fail('the partial (ARGV[5]) is not {"a":[...],"e":' .. ARGV[2] .. ',"o":' .. ARGV[3] .. '}: '
-          .. string.sub(text, 1, 200))
-      end
+      check_sole_frame(text, ARGV)
     else
       partial(field) -- validates it before anything is written
     end
