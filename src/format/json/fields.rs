@@ -78,24 +78,31 @@ pub(super) enum Field<'a> {
 
 pub(super) enum Fields<'a> {
     Tree(Json),
-    TopLevel { wanted: &'a TopLevelNames, values: Vec<Option<Field<'a>>> },
+    TopLevel(Vec<Option<Field<'a>>>),
+}
+
+impl TopLevelNames {
+    /// Where [`Self::read`] puts the field of `pointer` (one of those it
+    /// was made of).
+    pub(super) fn slot(&self, pointer: &str) -> Option<usize> {
+        self.pointers.iter().position(|p| p == pointer)
+    }
 }
 
 impl Fields<'_> {
-    pub(super) fn get(&self, pointer: &str) -> Option<FieldValue<'_>> {
+    /// The field of `pointer`, whose slot (from [`TopLevelNames::slot`],
+    /// resolved once per decoder) a top-level read finds it at.
+    pub(super) fn get(&self, pointer: &str, slot: Option<usize>) -> Option<FieldValue<'_>> {
         match self {
             Fields::Tree(value) => match value.pointer(pointer)? {
                 Json::Null => None,
                 Json::String(s) => Some(FieldValue::Str(s)),
                 other => Some(FieldValue::Other(other)),
             },
-            Fields::TopLevel { wanted, values } => {
-                let slot = wanted.pointers.iter().position(|p| p == pointer)?;
-                match values[slot].as_ref()? {
-                    Field::Str(s) => Some(FieldValue::Str(s)),
-                    Field::Other(v) => Some(FieldValue::Other(v)),
-                }
-            }
+            Fields::TopLevel(values) => match values[slot?].as_ref()? {
+                Field::Str(s) => Some(FieldValue::Str(s)),
+                Field::Other(v) => Some(FieldValue::Other(v)),
+            },
         }
     }
 }

@@ -33,6 +33,16 @@ pub struct JsonDecoder {
     time_bounds: EventTimeBounds,
     /// Set when every pointer is a single segment.
     top_level: Option<TopLevelNames>,
+    /// Where a top-level read puts the key's, the event time's and each
+    /// input's field.
+    slots: Slots,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    key: Option<usize>,
+    time: Option<usize>,
+    inputs: Vec<Option<usize>>,
 }
 
 impl JsonDecoder {
@@ -47,10 +57,18 @@ impl JsonDecoder {
         };
         let pointers =
             key_pointer.into_iter().chain(time_pointer).chain(spec.inputs.iter().filter_map(|(_, f)| f.as_deref()));
+        let top_level = TopLevelNames::of(pointers);
+        let slot = |pointer: Option<&str>| top_level.as_ref()?.slot(pointer?);
+        let slots = Slots {
+            key: slot(key_pointer),
+            time: slot(time_pointer),
+            inputs: spec.inputs.iter().map(|(_, field)| slot(field.as_deref())).collect(),
+        };
         JsonDecoder {
             key: spec.key.clone(),
             event_time: spec.event_time.clone(),
-            top_level: TopLevelNames::of(pointers),
+            top_level,
+            slots,
             inputs: spec.inputs.clone(),
             max_record_bytes: spec.max_record_bytes,
             time_bounds: spec.time_bounds,
@@ -66,7 +84,7 @@ impl JsonDecoder {
         if let Some(wanted) = &self.top_level {
             if let Ok(text) = std::str::from_utf8(payload) {
                 if let Some(values) = wanted.read(text).map_err(parse_error)? {
-                    return Ok(Fields::TopLevel { wanted, values });
+                    return Ok(Fields::TopLevel(values));
                 }
             }
         }
@@ -84,7 +102,7 @@ impl JsonDecoder {
                 let key = std::str::from_utf8(key).map_err(|_| fail(Stage::Key, "Kafka key is not UTF-8"))?;
                 Arc::from(key)
             }
-            KeySource::Field { pointer } => match fields.get(pointer) {
+            KeySource::Field { pointer } => match fields.get(pointer, self.slots.key) {
                 None => return Err(fail(Stage::Key, format!("missing key field {pointer}"))),
                 Some(FieldValue::Str(s)) => Arc::from(s),
                 Some(FieldValue::Other(v @ (Json::Number(_) | Json::Bool(_)))) => Arc::from(v.to_string()),
@@ -109,7 +127,7 @@ impl JsonDecoder {
                 record.timestamp.ok_or_else(|| fail(Stage::EventTime, "record has no Kafka timestamp"))?
             }
             EventTimeSource::Field { pointer, format } => {
-                let v = match fields.get(pointer) {
+                let v = match fields.get(pointer, self.slots.time) {
                     None => return Err(fail(Stage::EventTime, format!("missing event time field {pointer}"))),
                     Some(v) => v,
                 };
@@ -137,9 +155,14 @@ impl JsonDecoder {
         self.time_bounds.check(time, now).map_err(|reason| fail(Stage::EventTime, reason))
     }
 
-    fn input(function: AggregateFunction, field: &Option<String>, fields: &Fields) -> Result<Input, DecodeError> {
+    fn input(
+        function: AggregateFunction,
+        field: &Option<String>,
+        slot: Option<usize>,
+        fields: &Fields,
+    ) -> Result<Input, DecodeError> {
         let Some(pointer) = field else { return Ok(Input::Unit) };
-        let v = fields.get(pointer);
+        let v = fields.get(pointer, slot);
         if function == AggregateFunction::Count {
             return Ok(if v.is_some() { Input::Unit } else { Input::Absent });
         }
@@ -199,7 +222,8 @@ impl Decoder for JsonDecoder {
         let inputs = self
             .inputs
             .iter()
-            .map(|(function, field)| Self::input(*function, field, &fields))
+            .zip(&self.slots.inputs)
+            .map(|((function, field), slot)| Self::input(*function, field, *slot, &fields))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Event { key, time, inputs, offset: record.offset })
     }
