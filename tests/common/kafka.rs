@@ -49,6 +49,21 @@ impl Kafka {
 
     /// Reads `topic` from the beginning until `expected` records arrived or
     /// `timeout` passed; returns what it read.
+    /// The group's committed offset of one partition (`None`: nothing
+    /// committed), read the way a lag monitor reads it.
+    pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
+        let mut wanted = TopicPartitionList::new();
+        wanted.add_partition(topic, partition);
+        let answer = consumer.committed_offsets(wanted, Duration::from_secs(10)).expect("OffsetFetch answers");
+        let offset = answer.find_partition(topic, partition).expect("asked for it").offset();
+        offset.to_raw().filter(|o| *o >= 0)
+    }
+
     pub fn read_topic(&self, topic: &str, partitions: i32, expected: usize, timeout: Duration) -> Vec<OwnedMessage> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)

@@ -174,21 +174,14 @@ impl RedisCluster {
     /// everything written so far: replication is asynchronous, and tests want
     /// "the data survives a failover", not a race against replication lag.
     pub fn kill_primary_for_key(&mut self, key: &str) -> u16 {
-        let slot = match self.cmd_on_any(&["CLUSTER", "KEYSLOT", key]) {
-            redis::Value::Int(slot) => slot,
-            other => panic!("CLUSTER KEYSLOT {key:?} returned {other:?}"),
-        };
         let entries = self.cluster_nodes_from_any();
-        let owner = entries
-            .iter()
-            .find(|e| e.is_serving_primary() && e.owns_slot(slot))
-            .unwrap_or_else(|| panic!("no live primary owns slot {slot} (key {key:?})"));
+        let owner = self.owner_of(&entries, key);
         let has_live_replica = entries
             .iter()
             .any(|e| e.master_id.as_deref() == Some(owner.id.as_str()) && !e.is_failed() && self.is_live(e.port));
         if !has_live_replica {
             panic!(
-                "primary {} (slot {slot}, key {key:?}) has no live replica to fail over to; \
+                "primary {} (key {key:?}) has no live replica to fail over to; \
                  a cluster from RedisCluster::start survives one kill per shard",
                 owner.port
             );
@@ -205,20 +198,29 @@ impl RedisCluster {
         port
     }
 
+    /// The port of the primary owning `key`'s slot.
+    pub fn primary_for_key(&self, key: &str) -> u16 {
+        self.owner_of(&self.cluster_nodes_from_any(), key).port
+    }
+
+    fn owner_of<'e>(&self, entries: &'e [NodeEntry], key: &str) -> &'e NodeEntry {
+        let slot = match self.cmd_on_any(&["CLUSTER", "KEYSLOT", key]) {
+            redis::Value::Int(slot) => slot,
+            other => panic!("CLUSTER KEYSLOT {key:?} returned {other:?}"),
+        };
+        entries
+            .iter()
+            .find(|e| e.is_serving_primary() && e.owns_slot(slot))
+            .unwrap_or_else(|| panic!("no live primary owns slot {slot} (key {key:?})"))
+    }
+
     /// SIGSTOPs the replica of the primary owning `key`'s slot: the primary
     /// goes on acknowledging writes that no replica holds. Returns the
     /// primary's port and a guard that continues the replica when dropped
     /// (or at [`StoppedReplica::resume`]).
     pub fn stop_replica_for_key(&self, key: &str) -> (u16, StoppedReplica) {
-        let slot = match self.cmd_on_any(&["CLUSTER", "KEYSLOT", key]) {
-            redis::Value::Int(slot) => slot,
-            other => panic!("CLUSTER KEYSLOT {key:?} returned {other:?}"),
-        };
         let entries = self.cluster_nodes_from_any();
-        let owner = entries
-            .iter()
-            .find(|e| e.is_serving_primary() && e.owns_slot(slot))
-            .unwrap_or_else(|| panic!("no live primary owns slot {slot} (key {key:?})"));
+        let owner = self.owner_of(&entries, key);
         let replica = entries
             .iter()
             .find(|e| e.master_id.as_deref() == Some(owner.id.as_str()) && !e.is_failed() && self.is_live(e.port))

@@ -754,3 +754,20 @@ fn seed_833981_a_failed_committed_offset_lookup_stops_no_partition() {
 fn seed_645363_a_forced_failover_hides_no_session_from_the_successor() {
     run_alone(&Plan::from_seed(645_363, Draw::Full));
 }
+
+/// Found by seed 556995 (tumbling windows, emit updates, amend, one
+/// connector, redundancy 1; `CLUSTER FAILOVER FORCE` 3 s in): one entry 6
+/// records short. The forced failover struck just after the partitions'
+/// first checkpoints: it lost a checkpoint that the group's committed
+/// offset had already moved to, so the restarted task found no checkpoint,
+/// started at the committed offset with empty window state, and its next
+/// write of a window open across that offset replaced the entry with the
+/// records after it alone. Fixed: with redundancy, the committed offset
+/// waits until replicas hold the checkpoint;
+/// `replication::the_committed_offset_never_passes_an_unreplicated_checkpoint`
+/// proves it deterministically. The failover must meet the checkpoint in
+/// flight, so a pass alone proves less than a failure would.
+#[test]
+fn seed_556995_a_lost_first_checkpoint_loses_no_record() {
+    run_alone(&Plan::from_seed(556_995, Draw::Full));
+}

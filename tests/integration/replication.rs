@@ -287,3 +287,121 @@ region = {{ name = "sessions", key = "{{key}}:{{window_start}}:{{window_end}}", 
     }
     connector.stop().await.expect("clean shutdown");
 }
+
+/// The group's committed offset is where a partition without a checkpoint
+/// starts, so it must never pass a checkpoint that replicas may not hold
+/// (chaos seed 556995: `CLUSTER FAILOVER FORCE` lost a partition's first
+/// checkpoint after the committed offset had moved to it; the partition
+/// restarted there with empty window state, and an entry lost the records
+/// before). Here the replica of the checkpoint's shard is stopped, so the
+/// next checkpoint is held by its primary alone: the committed offset must
+/// wait for the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_committed_offset_never_passes_an_unreplicated_checkpoint() {
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let kafka = Kafka::start(&[("events", 1)]);
+    let group = "committed-offset";
+    let settings = Settings::from_toml_str(&format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+[redis]
+nodes = {nodes}
+replica_timeout = "500ms"
+[connector]
+flush_interval = "50ms"
+checkpoint_interval = "300ms"
+[pipelines.events]
+topics = ["events"]
+key = {{ from = "field", pointer = "/k" }}
+event_time = {{ from = "field", pointer = "/ts" }}
+window = {{ kind = "tumbling", size = "1s" }}
+watermark = {{ max_out_of_orderness = "0s", idle_timeout = "300ms" }}
+aggregates.n = {{ function = "count" }}
+region = {{ name = "events", redundancy = 1 }}
+"#,
+        brokers = kafka.brokers,
+        nodes = common::toml_nodes(&cluster.urls())
+    ))
+    .expect("valid");
+    // Entries on another shard than the checkpoint, so that only the
+    // checkpoint's write waits for the stopped replica.
+    let checkpoint_primary = cluster.primary_for_key(CHECKPOINT);
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| {
+            [T0, T0 + 10_000]
+                .iter()
+                .all(|w| cluster.primary_for_key(&format!("rf:events:{k}:{w}")) != checkpoint_primary)
+        })
+        .expect("a key on another shard");
+    let client = redis::cluster::ClusterClient::new(cluster.urls()).expect("client");
+    let mut con = client.get_async_connection().await.expect("connection");
+    let committed = || kafka.committed(group, "events", 0);
+
+    // 1. A first batch, its window closed (by the idle timeout), then
+    // checkpointed with its replicas and committed: nothing more to write.
+    kafka.produce("events", &records(&key, 0, 20, T0)).await;
+    let connector = common::InProcess::start(settings).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let watermark: Option<String> = con.hget(CHECKPOINT, "watermark").await.expect("HGET");
+        let closed = watermark.and_then(|w| w.parse::<i64>().ok()).is_some_and(|w| w >= T0 + 1000);
+        if closed && checkpoint_offset(&mut con).await == Some(20) && committed() == Some(20) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first batch was not closed, checkpointed and committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 2. The checkpoint's replica stops once it holds everything (and the
+    // primary sends no replication pings meanwhile).
+    cluster.node_cmd(checkpoint_primary, &["CONFIG", "SET", "repl-ping-replica-period", "3600"]);
+    let info = || match cluster.node_cmd(checkpoint_primary, &["INFO", "replication"]) {
+        redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => panic!("INFO answered {other:?}"),
+    };
+    let caught_up = |info: &str| {
+        let field = |name: &str| info.lines().find_map(|l| l.trim_end().strip_prefix(name)).map(str::to_string);
+        let primary = field("master_repl_offset:");
+        let replica =
+            field("slave0:").and_then(|s| s.split(',').find_map(|kv| kv.strip_prefix("offset=").map(str::to_string)));
+        primary.is_some() && primary == replica
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !caught_up(&info()) {
+        assert!(Instant::now() < deadline, "the replica did not catch up: {}", info());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, replica) = cluster.stop_replica_for_key(CHECKPOINT);
+
+    // 3. The next checkpoint reaches the primary only...
+    kafka.produce("events", &records(&key, 20, 10, T0 + 10_000)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.node_cmd(checkpoint_primary, &["HGET", CHECKPOINT, "offset"])
+        != redis::Value::BulkString(b"30".to_vec())
+    {
+        assert!(Instant::now() < deadline, "the second checkpoint was not written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...and the committed offset stays behind it while a failover could
+    // lose it (librdkafka commits stored offsets every second).
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(3) {
+        let offset = committed();
+        assert_eq!(offset, Some(20), "the committed offset passed a checkpoint only the primary holds");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // 4. Once the replica holds it, the committed offset follows.
+    replica.resume();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed() != Some(30) {
+        assert!(Instant::now() < deadline, "the committed offset did not follow the replicated checkpoint");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    connector.stop().await.expect("clean shutdown");
+}

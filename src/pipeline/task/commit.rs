@@ -93,6 +93,9 @@ impl PartitionTask {
         self.last_checkpoint = Instant::now();
         if !self.changed_since_checkpoint {
             self.metrics.checkpoint_age.set(0.0);
+            if let Some(offset) = self.uncommitted {
+                self.commit_offset(offset).await;
+            }
             return Ok(Ownership::Owner);
         }
         let started = Instant::now();
@@ -118,7 +121,7 @@ impl PartitionTask {
                 if let Some(ledger) = &mut self.ledger {
                     ledger.checkpointed();
                 }
-                (self.source.commit)(offset);
+                self.commit_offset(offset).await;
                 Ok(Ownership::Owner)
             }
             Ok(CommitOutcome::Fenced) => {
@@ -127,6 +130,26 @@ impl PartitionTask {
             }
             Err(e) => self.checkpoint_failed(e),
         }
+    }
+
+    /// Moves the group's committed offset to a stored checkpoint's
+    /// `offset`, with redundancy once replicas hold the checkpoint (else at
+    /// a later checkpoint). A partition without a checkpoint starts at the
+    /// committed offset, so it must never pass a checkpoint that a failover
+    /// can lose: the partition would restart there with empty window state,
+    /// and its windows' earlier records would be gone from the region
+    /// (chaos seed 556995).
+    async fn commit_offset(&mut self, offset: i64) {
+        let replication = Replication { replicas: self.pipeline.policy.redundancy };
+        if replication.replicas > 0 {
+            if let Err(e) = self.pipeline.checkpoints.confirm_replication(&self.id, replication).await {
+                tracing::debug!(offset, error = %e, "committed offset waits for the checkpoint's replication");
+                self.uncommitted = Some(offset);
+                return;
+            }
+        }
+        self.uncommitted = None;
+        (self.source.commit)(offset);
     }
 
     /// A checkpoint that could not be stored: postponed when replicas are

@@ -190,6 +190,9 @@ pub struct PartitionTask {
     /// every record of its quiet partition, and when it last said yes.
     quiet_asked_at: Option<crate::time::Millis>,
     quiet_confirmed_at: Option<crate::time::Millis>,
+    /// A stored checkpoint's offset the group's committed offset waits to
+    /// move to until replicas hold the checkpoint.
+    uncommitted: Option<i64>,
 }
 
 impl PartitionTask {

@@ -107,6 +107,7 @@ impl PartitionTask {
             log_queried: None,
             quiet_asked_at: None,
             quiet_confirmed_at: None,
+            uncommitted: None,
             pipeline,
         };
         Ok(Started { task, seek_to })
