@@ -156,8 +156,11 @@ pub struct RegionConfig {
     pub ttl: Option<Duration>,
     #[serde(default)]
     pub ttl_from: TtlFrom,
-    /// Replicas that must acknowledge a task's writes (Redis `WAIT`) before
-    /// its checkpoint is stored; 0 trusts asynchronous replication.
+    /// Replicas of every primary that must hold a task's writes (by their
+    /// acknowledged replication offsets) before its checkpoint is stored
+    /// and the committed offset moves to it, and, for session windows,
+    /// before new session entries are written; 0 trusts asynchronous
+    /// replication.
     #[serde(default)]
     pub redundancy: usize,
     /// The change feed: every change of an entry, published to a Kafka
