@@ -12,9 +12,11 @@
 #   scripts/bench.sh --criterion-only
 #   scripts/bench.sh --merge-only the merge function alone on one idle
 #                                 redis-server: Redis µs per FCALL of a W1
-#                                 entry write (as sent, without the sole
-#                                 writer's fields, capturing its change),
-#                                 vs a plain HSET of its fields
+#                                 entry write (as sent, into new entries,
+#                                 without the sole writer's fields,
+#                                 capturing its change), vs the floors of
+#                                 any function (an empty one; HGETALL +
+#                                 HSET, no checks) and a plain HSET
 #   scripts/bench.sh -h           this help, with the knobs below
 #
 # Builds in release (the `bench` profile) and runs benches/end_to_end.rs,
@@ -90,43 +92,65 @@ echo "== commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git 
 # the same fields: Redis's own time per call from INFO commandstats.
 merge_function() {
     command -v redis-benchmark >/dev/null || { echo "bench.sh: redis-benchmark not on PATH: run scripts/setup-test-deps.sh" >&2; exit 1; }
-    local port dir name key partial
-    port=$(shuf -i 20000-60000 -n 1)
+    local port dir name key partial attempt tries
     dir=$(mktemp -d)
-    redis-server --port "$port" --save '' --appendonly no --daemonize yes --dir "$dir" --logfile "$dir/redis.log"
     trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"' RETURN
-    local tries=0
-    until redis-cli -p "$port" ping >/dev/null 2>&1; do
-        tries=$((tries + 1))
-        if [ "$tries" -gt 100 ]; then
-            echo "bench.sh: redis-server on port $port did not start:" >&2; cat "$dir/redis.log" >&2; exit 1
+    # A port below Linux's ephemeral range (32768-), and another one if
+    # something holds it.
+    for attempt in 1 2 3 4 5; do
+        port=$(shuf -i 23000-32000 -n 1)
+        redis-server --port "$port" --save '' --appendonly no --daemonize yes --dir "$dir" --logfile "$dir/redis.log"
+        tries=0
+        until redis-cli -p "$port" ping >/dev/null 2>&1 || [ "$tries" -gt 100 ]; do
+            tries=$((tries + 1))
+            sleep 0.1
+        done
+        [ "$tries" -le 100 ] && break
+        if [ "$attempt" = 5 ]; then
+            echo "bench.sh: redis-server did not start:" >&2; cat "$dir/redis.log" >&2; exit 1
         fi
-        sleep 0.1
     done
     name="regionflow_merge_$(sha1sum src/redis/merge.lua | cut -c1-16)"
     { printf '#!lua name=%s\nlocal FUNCTION_NAME = %s\n' "$name" "'$name'"; cat src/redis/merge.lua; } |
         redis-cli -p "$port" -x FUNCTION LOAD REPLACE >/dev/null
+    # Floors for any function: an FCALL that does nothing, and one that
+    # only reads the entry and writes its fields (no checks at all).
+    redis-cli -p "$port" -x FUNCTION LOAD REPLACE >/dev/null <<'LUA'
+#!lua name=regionflow_floor
+redis.register_function('floor_noop', function(keys, args) return 1 end)
+redis.register_function('floor_hgetall_hset', function(keys, args)
+  redis.call('HGETALL', keys[1])
+  redis.call('HSET', keys[1], args[1], args[5], 'window_start', args[6], 'window_end', args[7], 'count', args[13], 'sum', args[14])
+  return 1
+end)
+LUA
     key='u__rand_int__:1700000010000'
     partial='{"a":[3,1627.5],"e":1,"o":12345}'
-    echo "== merge function on one idle redis-server ($(redis-server --version | cut -d' ' -f3)), 200000 writes over 100000 keys, 100 per pipeline"
+    echo "== merge function on one idle redis-server ($(redis-server --version | cut -d' ' -f3)), 200000 writes, 100 per pipeline"
+    # Over 100000 keys (about half the writes replace an entry), except
+    # FCALL-new: every write a new entry, as `emit = final` writes them.
     # FCALL: the write as the region sends it, with the sole writer's
     # fields (ARGV[12..]); FCALL-merge: without them, so the function
     # decodes, merges and renders; FCALL+c: capturing the entry's change
-    # (ARGV[11] = c), as a region with a change feed sends it.
+    # (ARGV[11] = c), as a region with a change feed sends it; floor-*: the
+    # same arguments to the floors above, new keys.
     for round in 1 2 3; do
-        for variant in FCALL FCALL-merge FCALL+c HSET; do
-            local command=${variant%[+-]*} capture= sole=(11 3 1627.5)
+        for variant in FCALL FCALL-new FCALL-merge FCALL+c floor-noop floor-hgetall-hset HSET; do
+            local command=FCALL function=$name capture= sole=(11 3 1627.5) keys=100000
             case "$variant" in
                 *+c) capture=c ;;
                 *-merge) sole=() ;;
+                *-new) keys=1000000000 ;;
+                floor-*) function=${variant//-/_}; keys=1000000000 ;;
+                HSET) command=HSET ;;
             esac
             redis-cli -p "$port" flushall >/dev/null
             redis-cli -p "$port" config resetstat >/dev/null
             if [ "$command" = FCALL ]; then
-                redis-benchmark -p "$port" -n 200000 -r 100000 -P 100 -q FCALL "$name" 1 "$key" _p:bench:0 1 12345 r \
+                redis-benchmark -p "$port" -n 200000 -r "$keys" -P 100 -q FCALL "$function" 1 "$key" _p:bench:0 1 12345 r \
                     "$partial" 1700000010000 1700000020000 n 0 count:count,sum:sum "$capture" "${sole[@]}" >/dev/null
             else
-                redis-benchmark -p "$port" -n 200000 -r 100000 -P 100 -q HSET "$key" _p:bench:0 "$partial" \
+                redis-benchmark -p "$port" -n 200000 -r "$keys" -P 100 -q HSET "$key" _p:bench:0 "$partial" \
                     window_start 1700000010000 window_end 1700000020000 count 3 sum 1627.5 >/dev/null
             fi
             local stat
