@@ -25,29 +25,17 @@ async fn checkpoint_offset(con: &mut redis::cluster_async::ClusterConnection) ->
     offset.and_then(|o| o.parse().ok())
 }
 
-fn records(key: &str, from: usize, n: usize, window_start: i64) -> Vec<Produce> {
-    (from..from + n)
-        .map(|i| Produce {
-            partition: 0,
-            key: None,
-            value: format!(r#"{{"k":"{key}","ts":{}}}"#, window_start + i as i64 % 900).into_bytes(),
-        })
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reset_connection_does_not_let_a_checkpoint_vouch_for_unreplicated_writes() {
-    common::init_logging();
-    let cluster = tokio::task::block_in_place(RedisCluster::start);
-    let kafka = Kafka::start(&[("events", 1)]);
-    let settings = Settings::from_toml_str(&format!(
+/// One partition of `events`, tumbling 1 s windows counted per `/k`, with
+/// one replica required.
+fn events_settings(kafka: &Kafka, cluster: &RedisCluster, group: &str, replica_timeout: &str) -> Settings {
+    Settings::from_toml_str(&format!(
         r#"
 [kafka]
 brokers = "{brokers}"
-group_id = "replication"
+group_id = "{group}"
 [redis]
 nodes = {nodes}
-replica_timeout = "1s"
+replica_timeout = "{replica_timeout}"
 [connector]
 flush_interval = "50ms"
 checkpoint_interval = "300ms"
@@ -63,7 +51,25 @@ region = {{ name = "events", redundancy = 1 }}
         brokers = kafka.brokers,
         nodes = common::toml_nodes(&cluster.urls())
     ))
-    .expect("valid");
+    .expect("valid")
+}
+
+fn records(key: &str, from: usize, n: usize, window_start: i64) -> Vec<Produce> {
+    (from..from + n)
+        .map(|i| Produce {
+            partition: 0,
+            key: None,
+            value: format!(r#"{{"k":"{key}","ts":{}}}"#, window_start + i as i64 % 900).into_bytes(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_connection_does_not_let_a_checkpoint_vouch_for_unreplicated_writes() {
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let kafka = Kafka::start(&[("events", 1)]);
+    let settings = events_settings(&kafka, &cluster, "replication", "1s");
     let client = redis::cluster::ClusterClient::new(cluster.urls()).expect("client");
     let mut con = client.get_async_connection().await.expect("connection");
 
@@ -302,30 +308,7 @@ async fn the_committed_offset_never_passes_an_unreplicated_checkpoint() {
     let cluster = tokio::task::block_in_place(RedisCluster::start);
     let kafka = Kafka::start(&[("events", 1)]);
     let group = "committed-offset";
-    let settings = Settings::from_toml_str(&format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-group_id = "{group}"
-[redis]
-nodes = {nodes}
-replica_timeout = "500ms"
-[connector]
-flush_interval = "50ms"
-checkpoint_interval = "300ms"
-[pipelines.events]
-topics = ["events"]
-key = {{ from = "field", pointer = "/k" }}
-event_time = {{ from = "field", pointer = "/ts" }}
-window = {{ kind = "tumbling", size = "1s" }}
-watermark = {{ max_out_of_orderness = "0s", idle_timeout = "300ms" }}
-aggregates.n = {{ function = "count" }}
-region = {{ name = "events", redundancy = 1 }}
-"#,
-        brokers = kafka.brokers,
-        nodes = common::toml_nodes(&cluster.urls())
-    ))
-    .expect("valid");
+    let settings = events_settings(&kafka, &cluster, group, "500ms");
     // Entries on another shard than the checkpoint, so that only the
     // checkpoint's write waits for the stopped replica.
     let checkpoint_primary = cluster.primary_for_key(CHECKPOINT);
