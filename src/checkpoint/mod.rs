@@ -15,6 +15,8 @@
 mod memory;
 pub mod state;
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 
 pub use memory::MemoryCheckpointStore;
@@ -132,6 +134,14 @@ pub trait CheckpointStore: Send + Sync {
 
     /// The writes recorded since the last checkpoint, and those it carried.
     fn recorded_writes<'a>(&'a self, task: &'a TaskId) -> BoxFuture<'a, Result<Vec<RecordedWrite>, CheckpointError>>;
+
+    /// The replication ids of the primaries as the task's last checkpoint
+    /// (or its start) found them, comma-separated: the histories its merges
+    /// may build on (see `merge.lua`). `None` where the store tracks no
+    /// replication (in memory).
+    fn vouched(&self, _task: &TaskId) -> Option<Arc<str>> {
+        None
+    }
 
     /// Waits until `replication.replicas` replicas acknowledged the writes
     /// made so far, with the errors of [`CheckpointStore::commit`], without

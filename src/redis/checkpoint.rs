@@ -197,6 +197,15 @@ impl RedisCheckpointStore {
 }
 
 impl CheckpointStore for RedisCheckpointStore {
+    fn vouched(&self, task: &TaskId) -> Option<Arc<str>> {
+        // Without a snapshot nothing is vouched for: every merge is refused
+        // (and the task restarts, taking one).
+        let snapshots = self.snapshots.lock().expect("snapshots lock");
+        let ids: Vec<&str> =
+            snapshots.get(task).map(|s| s.0.values().map(|p| p.replid.as_str()).collect()).unwrap_or_default();
+        Some(ids.join(",").into())
+    }
+
     fn confirm_replication<'a>(
         &'a self,
         task: &'a TaskId,

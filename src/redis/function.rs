@@ -75,7 +75,8 @@ impl MergeFunction {
 /// already encoded, for the aggregates of `spec`
 /// ([`partial::aggregate_spec`]). A replace also carries the public fields
 /// its partial alone renders (`ARGV[12..]`), which `merge.lua` stores as
-/// they are when no other source partition wrote into the entry.
+/// they are when no other source partition wrote into the entry; a merge,
+/// the replication ids it may build on (`ARGV[12]`).
 pub fn merge_call(write: &EntryWrite, partial: &str, spec: &str) -> redis::Cmd {
     let (ttl_mode, ttl) = match write.expiry {
         Expiry::Never => ("n", 0),
@@ -96,7 +97,8 @@ pub fn merge_call(write: &EntryWrite, partial: &str, spec: &str) -> redis::Cmd {
         write.capture.as_arg(),
     );
     let sole = (write.mode == WriteMode::Replace).then(|| SoleFields::of(&write.accumulators));
-    MERGE_FUNCTION.call(&write.key, (args, sole))
+    let vouched = write.vouched.as_deref().filter(|_| write.mode == WriteMode::Merge);
+    MERGE_FUNCTION.call(&write.key, (args, sole, vouched))
 }
 
 /// `ARGV[12..]` of `merge.lua`: per aggregate `1` when the accumulator

@@ -52,6 +52,9 @@ ARGV[10]  aggregate spec: comma-separated `function:name` in the order of the
           distinct_count, first, last
 ARGV[11]  change capture (optional): absent or `` none; `v` keep the entry's
           version; `c` keep it and return the change (see Replies)
+ARGV[12]  for mode `m` (optional): the replication ids (`master_replid`),
+          comma-separated, of the primaries whose data the merge may build
+          on; a node whose own is not among them refuses it (see Replies)
 ARGV[12]  the sole writer's fields (optional, mode `r` only): one character
           per aggregate of the spec, `1` when this partial alone renders a
           value for it, `0` when it renders none; ARGV[13], ... are those
@@ -117,7 +120,17 @@ the tombstone republishes the deletion under the next version). A
 retraction from nothing (no entry, no version) returns 2 and is no change
 (it leaves only a fence).
 
-Replies: -1, 0, 1 or 2 as above. With `c`, a write that returns 1 or 2, and
+A merge builds on the stored partial, so it must not build on a partial
+that lost writes: a merge that carries replication ids (ARGV[12]) is
+refused with -2, before anything is read or written, by a node whose
+replication history is not among them (a replica promoted, or a primary
+restarted, since the writer last made sure replicas held its writes).
+Without this, a replace acknowledged by a primary that then failed over
+unreplicated, and a merge applied on the promoted replica, would leave a
+partial holding the merge alone under the merge's offset, which the
+writer's replay (at lower offsets) could never correct.
+
+Replies: -2 as above; -1, 0, 1 or 2 as above. With `c`, a write that returns 1 or 2, and
 a stale replay (0, so that a change whose publication was lost is published
 again by whoever replays it), reply with an array instead:
 {status, version, field, value, ...}: the public fields as the entry now
@@ -729,6 +742,12 @@ local function main(KEYS, ARGV)
   local capture = ARGV[11] or ''
   if not CAPTURES[capture] then
     fail('unknown change capture (ARGV[11]) ' .. tostring(capture))
+  end
+  if mode == 'm' and ARGV[12] ~= nil then
+    local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+    if replid == nil or string.find(',' .. ARGV[12] .. ',', ',' .. replid .. ',', 1, true) == nil then
+      return -2
+    end
   end
 
   local hash = redis.call('HGETALL', key)

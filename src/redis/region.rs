@@ -60,8 +60,8 @@ const PIPELINES_IN_FLIGHT: usize = 8;
 /// they took.
 type EntryReplies = Result<(Vec<Reply>, u64), RegionError>;
 
-/// One merge function reply: its status (-1 fenced, 0 stale, 1 written, 2
-/// deleted) and, under [`Capture::Publish`], the entry's version and public
+/// One merge function reply: its status (-2 unverified, -1 fenced, 0
+/// stale, 1 written, 2 deleted) and, under [`Capture::Publish`], the entry's version and public
 /// fields.
 #[derive(Debug)]
 struct Reply {
@@ -250,6 +250,7 @@ fn is_script_refusal(e: &RedisError) -> bool {
 /// change it returned.
 fn count(outcome: &mut WriteOutcome, write: &EntryWrite, reply: Reply) -> Result<(), RegionError> {
     match reply.status {
+        -2 => outcome.unverified += 1,
         -1 => outcome.fenced += 1,
         0 => outcome.stale += 1,
         1 | 2 => outcome.applied += 1,

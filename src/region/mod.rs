@@ -99,6 +99,10 @@ pub struct EntryWrite {
     pub window: Window,
     pub expiry: Expiry,
     pub capture: Capture,
+    /// For a merge: the replication ids of the primaries whose data it may
+    /// build on (the writer's, as of its last checkpoint); a node with
+    /// another replication history refuses it ([`WriteOutcome::unverified`]).
+    pub vouched: Option<Arc<str>>,
 }
 
 impl EntryWrite {
@@ -125,6 +129,10 @@ pub struct WriteOutcome {
     pub fenced: u64,
     /// Skipped: the entry already holds a later state of this source.
     pub stale: u64,
+    /// Refused merges: the node's replication history is not one the
+    /// writer vouched for (a failover since its last checkpoint may have
+    /// lost what the merge would build on).
+    pub unverified: u64,
     /// Commands that failed transiently and were retried.
     pub retried: u64,
     /// The variable-size payload sent: keys, partial fields and encoded
@@ -219,6 +227,7 @@ impl RegionLayout {
             window: result.window,
             expiry,
             capture: self.capture(result.kind),
+            vouched: None,
         }
     }
 }

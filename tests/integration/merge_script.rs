@@ -747,6 +747,41 @@ fn amending_without_a_stored_partial_replaces() {
     assert_eq!(entry.hgetall(con), expected);
 }
 
+/// A merge that names the replication histories it may build on is
+/// refused (-2, nothing written) by a node with another one: a replica
+/// promoted since the writer's last checkpoint may lack the partial the
+/// merge would add to (chaos seed 556995).
+#[test]
+fn a_merge_builds_only_on_a_replication_history_it_names() {
+    let server = server();
+    let con = &mut server.connection();
+    let entry = Entry::new("vouched", ALL);
+    let base = accumulate(&entry.spec, &[rec(1, 2.5, "a", 1)]);
+    let late = accumulate(&entry.spec, &[rec(2, 4.0, "b", 2)]);
+    assert_eq!(entry.write(con, &Write::replace("_p:orders:0", 1, 5, &entry.partial(1, 5, &base))), 1);
+    let before = entry.hgetall(con);
+    let info: String = redis::cmd("INFO").arg("replication").query(con).expect("INFO");
+    let replid = info.lines().find_map(|l| l.trim_end().strip_prefix("master_replid:")).expect("a replication id");
+    let amend = Write::amend("_p:orders:0", 1, 7, &entry.partial(1, 7, &late));
+    let args = (&amend.field, amend.epoch, amend.offset, amend.mode, &amend.partial, WINDOW.0, WINDOW.1);
+
+    let other = format!("{},{}", "0".repeat(40), "f".repeat(40));
+    let refused: i64 = merge(con, &entry.key, (args, "n", 0, entry.spec_arg(), "", &other)).expect("a reply");
+    assert_eq!(refused, -2, "a merge on an unnamed history must be refused");
+    assert_eq!(entry.hgetall(con), before, "a refused merge writes nothing");
+
+    let named = format!("{},{replid}", "0".repeat(40));
+    let applied: i64 = merge(con, &entry.key, (args, "n", 0, entry.spec_arg(), "", &named)).expect("a reply");
+    assert_eq!(applied, 1);
+    let mut merged = base.clone();
+    for (a, b) in merged.iter_mut().zip(&late) {
+        a.merge(b);
+    }
+    let mut expected = entry.expected_public(&BTreeMap::from([("_p:orders:0".into(), merged)]));
+    expected.insert("_p:orders:0".into(), entry.hgetall(con)["_p:orders:0"].clone());
+    assert_eq!(entry.hgetall(con), expected, "a merge on a named history applies");
+}
+
 #[test]
 fn older_epochs_are_fenced_and_older_offsets_skipped() {
     let server = server();

@@ -641,6 +641,7 @@ async fn write_moving_entries(cluster: &RedisCluster) -> (Arc<ClusterHandle>, BT
             window: Window { start: 1000, end: 2000 },
             expiry: Expiry::Never,
             capture: Capture::Version,
+            vouched: None,
         })
         .collect();
     region.write(&writes).await.expect("written");

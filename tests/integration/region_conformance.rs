@@ -55,6 +55,7 @@ fn random_write(rng: &mut StdRng, round: usize, capture: Capture) -> EntryWrite 
         window: WINDOW,
         expiry: Expiry::Never,
         capture,
+        vouched: None,
     }
 }
 

@@ -39,6 +39,7 @@ fn write(key: &str, epoch: u64, offset: i64, mode: WriteMode, count: u64, sum: f
         window: WINDOW,
         expiry: Expiry::Never,
         capture: Capture::None,
+        vouched: None,
     }
 }
 

@@ -182,6 +182,7 @@ region = {{ name = "events", redundancy = 1 }}
         window: Window { start: T0, end: T0 + 1000 },
         expiry: Expiry::Never,
         capture: Capture::None,
+        vouched: None,
     };
     let outcome = region.write(std::slice::from_ref(&write)).await.expect("acknowledged by the primary");
     assert_eq!(outcome.applied, 1);

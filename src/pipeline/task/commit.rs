@@ -26,7 +26,15 @@ impl PartitionTask {
         let mut ownership = Ownership::Owner;
         if !self.pending.is_empty() {
             self.changed_since_checkpoint = true;
-            let writes = self.entry_writes();
+            let mut writes = self.entry_writes();
+            if self.pipeline.policy.redundancy > 0 && writes.iter().any(|w| w.mode == WriteMode::Merge) {
+                // A merge must not build on a partial that a failover since
+                // the last checkpoint may have cut short (chaos seed 556995).
+                let vouched = self.pipeline.checkpoints.vouched(&self.id);
+                for write in writes.iter_mut().filter(|w| w.mode == WriteMode::Merge) {
+                    write.vouched = vouched.clone();
+                }
+            }
             match self.record(&writes).await? {
                 Recording::Recorded => {}
                 Recording::Fenced => {
@@ -42,6 +50,11 @@ impl PartitionTask {
                 source,
             })?;
             self.pipeline.metrics.region_writes(outcome.applied, outcome.fenced, outcome.stale, outcome.bytes);
+            if outcome.unverified > 0 {
+                // A primary failed over since the last checkpoint: replay
+                // from it, under a new epoch that vouches for the new one.
+                return Err(TaskError::ReplicationUnverifiable { task: self.id.clone() });
+            }
             // Even when fenced: what was applied is in Redis, and a change
             // published twice carries the same version. With redundancy, a
             // change waits until replicas hold its write: a primary lost

@@ -149,6 +149,7 @@ async fn a_fenced_task_fails_restartably() {
         window,
         expiry: crate::region::Expiry::Never,
         capture: crate::region::Capture::None,
+        vouched: None,
     };
     crate::region::Region::write(&*region, std::slice::from_ref(&newer)).await.expect("seeded");
 
