@@ -296,13 +296,14 @@ region = {{ name = "sessions", key = "{{key}}:{{window_start}}:{{window_end}}", 
 }
 
 /// The group's committed offset is where a partition without a checkpoint
-/// starts, so it must never pass a checkpoint that replicas may not hold
-/// (chaos seed 556995: `CLUSTER FAILOVER FORCE` lost a partition's first
-/// checkpoint after the committed offset had moved to it; the partition
-/// restarted there with empty window state, and an entry lost the records
-/// before). Here the replica of the checkpoint's shard is stopped, so the
-/// next checkpoint is held by its primary alone: the committed offset must
-/// wait for the replica.
+/// starts, so it must never pass a checkpoint that replicas may not hold:
+/// were a partition's first checkpoint lost in a failover after the
+/// committed offset moved to it, the partition would restart there with
+/// empty window state, and its open windows would lose their earlier
+/// records (found reading the code while chasing chaos seed 556995). Here
+/// the replica of the checkpoint's shard is stopped, so the next
+/// checkpoint is held by its primary alone: the committed offset must wait
+/// for the replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_committed_offset_never_passes_an_unreplicated_checkpoint() {
     common::init_logging();
