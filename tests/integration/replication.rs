@@ -3,9 +3,9 @@
 //! 4: an entry write is acknowledged by a primary whose replica lags (here:
 //! stopped); `CLIENT KILL` resets the connector's connections to that
 //! primary, and redis-rs reconnects by itself. A `WAIT` on the new socket
-//! would return at once and the checkpoint would move past the entry,
-//! which the primary's death would then lose. The checkpoint must instead
-//! wait until the replica holds the write.
+//! would return at once and a checkpoint would cover the entry, which the
+//! primary's death would then lose. No checkpoint may cover it until the
+//! replica holds the write.
 
 use crate::common;
 
@@ -20,9 +20,17 @@ use regionflow::config::Settings;
 const T0: i64 = 1_700_000_000_000;
 const CHECKPOINT: &str = "rf:_ckpt:{events:events:0}";
 
+async fn checkpoint_field(con: &mut redis::cluster_async::ClusterConnection, field: &str) -> Option<i64> {
+    let value: Option<String> = con.hget(CHECKPOINT, field).await.expect("HGET");
+    value.and_then(|v| v.parse().ok())
+}
+
 async fn checkpoint_offset(con: &mut redis::cluster_async::ClusterConnection) -> Option<i64> {
-    let offset: Option<String> = con.hget(CHECKPOINT, "offset").await.expect("HGET");
-    offset.and_then(|o| o.parse().ok())
+    checkpoint_field(con, "offset").await
+}
+
+async fn checkpoint_watermark(con: &mut redis::cluster_async::ClusterConnection) -> Option<i64> {
+    checkpoint_field(con, "watermark").await
 }
 
 /// One partition of `events`, tumbling 1 s windows counted per `/k`, with
@@ -100,12 +108,16 @@ async fn a_reset_connection_does_not_let_a_checkpoint_vouch_for_unreplicated_wri
     // 4. The connector's connections to it are reset; redis-rs reconnects.
     cluster.node_cmd(primary, &["CLIENT", "KILL", "TYPE", "normal"]);
 
-    // 5. No checkpoint may move past the entry while its replica lags.
+    // 5. No checkpoint may cover the entry while its replica lags. One at
+    // offset 30 taken before the window closed holds the window in its
+    // state and covers no write; one that covers the entry's write has a
+    // watermark past the window's end.
+    let window_end = T0 + 11_000;
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_secs(4) {
-        let offset = checkpoint_offset(&mut con).await;
-        if offset != Some(20) {
-            panic!("the checkpoint moved to {offset:?} while the write at offsets 20..30 was unreplicated");
+        let watermark = checkpoint_watermark(&mut con).await;
+        if watermark.is_some_and(|w| w >= window_end) {
+            panic!("a checkpoint (watermark {watermark:?}) covered the write of window {window_end} while it was unreplicated");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -113,7 +125,9 @@ async fn a_reset_connection_does_not_let_a_checkpoint_vouch_for_unreplicated_wri
     // 6. Once the replica catches up, the checkpoint follows.
     replica.resume();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while checkpoint_offset(&mut con).await != Some(30) {
+    while checkpoint_offset(&mut con).await != Some(30)
+        || checkpoint_watermark(&mut con).await.is_none_or(|w| w < window_end)
+    {
         assert!(Instant::now() < deadline, "the checkpoint did not follow the replica");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -332,8 +346,7 @@ async fn the_committed_offset_never_passes_an_unreplicated_checkpoint() {
     let connector = common::InProcess::start(settings).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let watermark: Option<String> = con.hget(CHECKPOINT, "watermark").await.expect("HGET");
-        let closed = watermark.and_then(|w| w.parse::<i64>().ok()).is_some_and(|w| w >= T0 + 1000);
+        let closed = checkpoint_watermark(&mut con).await.is_some_and(|w| w >= T0 + 1000);
         if closed && checkpoint_offset(&mut con).await == Some(20) && committed() == Some(20) {
             break;
         }
