@@ -36,7 +36,7 @@ fn decode(c: &mut Criterion) {
         let now = regionflow::time::now_millis();
         let what = if workload == Workload::W1 { "key_field" } else { "kafka_key" };
         group.bench_function(format!("{}_{what}", workload.name()), |b| {
-            b.iter(|| records.iter().map(|r| decoder.decode(r, now).expect("valid").time).sum::<i64>())
+            b.iter(|| records.iter().map(|r| decoder.decode(r.view(), now).expect("valid").time).sum::<i64>())
         });
     }
     group.bench_function("parse_value_only", |b| {
@@ -58,7 +58,7 @@ fn decode(c: &mut Criterion) {
     let decoder = JsonDecoder::new(&compile::record_spec(&support::pipeline_config(Workload::W1)));
     let now = regionflow::time::now_millis();
     group.bench_function("W1_key_field", |b| {
-        b.iter(|| records.iter().map(|r| decoder.decode(r, now).expect("valid").time).sum::<i64>())
+        b.iter(|| records.iter().map(|r| decoder.decode(r.view(), now).expect("valid").time).sum::<i64>())
     });
     group.finish();
 }

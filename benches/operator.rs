@@ -20,7 +20,7 @@ use support::{Driver, Workload, BASE_TS};
 /// so firing and purging are in the steady state.
 const EVENTS: usize = 200_000;
 
-fn events(keys: u32) -> Vec<Event> {
+fn events(keys: u32) -> Vec<Event<'static>> {
     support::generate(EVENTS, keys, BASE_TS, 42).iter().enumerate().map(|(i, r)| r.event(i as i64)).collect()
 }
 
@@ -70,7 +70,7 @@ fn decode_and_operator(c: &mut Criterion) {
                 || Driver::new(&spec, false),
                 |mut driver| {
                     for r in &records {
-                        let event = decoder.decode(r, now).expect("valid record");
+                        let event = decoder.decode(r.view(), now).expect("valid record");
                         driver.feed(&event);
                     }
                     driver

@@ -25,7 +25,7 @@ pub fn drivers(workload: Workload, partitions: i32, keep: bool) -> Vec<Driver> {
 }
 
 pub fn compute_ceiling(workload: Workload, data: &DataSet, partitions: i32) -> Compute {
-    let events: Vec<(usize, Event)> =
+    let events: Vec<(usize, Event<'static>)> =
         data.raws.iter().enumerate().map(|(i, r)| (data.partition[i] as usize, r.event(data.offset[i]))).collect();
     // Operator core alone, best of two passes (the first also warms up).
     let mut best = f64::MAX;
@@ -50,7 +50,7 @@ pub fn compute_ceiling(workload: Workload, data: &DataSet, partitions: i32) -> C
     let mut ds = drivers(workload, partitions, false);
     let started = Instant::now();
     for (i, r) in records.iter().enumerate() {
-        let event = decoder.decode(r, now).expect("valid record");
+        let event = decoder.decode(r.view(), now).expect("valid record");
         ds[data.partition[i] as usize].feed(&event);
     }
     let decode_operator_events_per_s = data.len() as f64 / started.elapsed().as_secs_f64();

@@ -16,7 +16,6 @@
 //! lives in one partition in every workload.
 #![allow(dead_code)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -230,13 +229,13 @@ impl Raw {
         )
     }
 
-    /// The event the decoder makes of this record (a fresh key allocation,
-    /// as decoding does).
-    pub fn event(&self, offset: i64) -> Event {
+    /// The event the decoder makes of this record (owning its key, where
+    /// decoding borrows it from the record).
+    pub fn event(&self, offset: i64) -> Event<'static> {
         Event {
-            key: Arc::from(self.key()),
+            key: self.key().into(),
             time: self.ts,
-            inputs: vec![Input::Unit, Input::Number(self.amount())],
+            inputs: smallvec::smallvec![Input::Unit, Input::Number(self.amount())],
             offset,
         }
     }

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Sinks;
 use crate::config::Settings;
-use crate::format::SourceRecord;
+use crate::format::RecordBatch;
 use crate::kafka::{self, ChangeFeed, DeadLetters, Partition};
 use crate::metrics::{Health, Metrics};
 use crate::pipeline::{KafkaOutputs, Pipeline, TaskError, TaskHandle};
@@ -122,7 +122,7 @@ pub async fn run(
     let poll_batch = settings.connector.poll_batch;
     // A handful of partitions per connector: a linear scan by borrowed
     // topic beats allocating a key String per record for a hash map.
-    let mut buffers: Vec<(Partition, Vec<SourceRecord>)> = Vec::new();
+    let mut buffers: Vec<(Partition, RecordBatch)> = Vec::new();
     // One stream for the whole loop: `recv` makes a stream per message,
     // which registers and unregisters a waker under a lock each time.
     let mut messages = consumer.stream();
@@ -140,17 +140,15 @@ pub async fn run(
                 while let Some(message) = next.take() {
                     match message {
                         Ok(m) => {
-                            let record = SourceRecord {
-                                offset: m.offset(),
-                                timestamp: m.timestamp().to_millis(),
-                                key: m.key().map(<[u8]>::to_vec),
-                                payload: m.payload().map(<[u8]>::to_vec),
-                            };
                             let (topic, partition) = (m.topic(), m.partition());
-                            match buffers.iter_mut().find(|((t, p), _)| *p == partition && t == topic) {
-                                Some((_, records)) => records.push(record),
-                                None => buffers.push(((topic.to_string(), partition), vec![record])),
-                            }
+                            let at = match buffers.iter().position(|((t, p), _)| *p == partition && t == topic) {
+                                Some(at) => at,
+                                None => {
+                                    buffers.push(((topic.to_string(), partition), RecordBatch::default()));
+                                    buffers.len() - 1
+                                }
+                            };
+                            buffers[at].1.push(m.offset(), m.timestamp().to_millis(), m.key(), m.payload());
                         }
                         Err(e) => {
                             metrics.kafka_errors.with_label_values(&["consumer"]).inc();
@@ -195,10 +193,12 @@ pub async fn run(
 /// during such a wait: the records not handed over were never processed,
 /// so no checkpoint covers them and the partition's next owner replays
 /// them; a Redis stall must not hold a shutdown past its timeout.
-async fn dispatch(buffers: &mut [(Partition, Vec<SourceRecord>)], tasks: &Tasks, shutdown: &CancellationToken) -> bool {
+async fn dispatch(buffers: &mut [(Partition, RecordBatch)], tasks: &Tasks, shutdown: &CancellationToken) -> bool {
     for (partition, records) in buffers.iter_mut().filter(|(_, r)| !r.is_empty()) {
         let sender = tasks.lock().expect("task table lock").get(partition).map(|h| h.records.clone());
-        let records = std::mem::take(records);
+        // The next batch of the partition starts with room for one like this.
+        let next = RecordBatch::with_capacity(records.len(), records.bytes());
+        let records = std::mem::replace(records, next);
         match sender {
             // A closed channel means the task just stopped; its successor replays.
             Some(sender) => {

@@ -5,6 +5,7 @@
 //! record that cannot become an event yields a [`DecodeError`] naming the
 //! stage that failed and why; the task sends it to the dead-letter topic.
 
+mod batch;
 pub mod json;
 
 use serde::{Deserialize, Serialize};
@@ -13,9 +14,12 @@ use crate::time::{EventTimeBounds, Millis};
 use crate::window::AggregateFunction;
 use crate::window::Event;
 
+pub use batch::RecordBatch;
 pub use json::JsonDecoder;
 
-/// A record as it comes off a partition.
+/// A record as it comes off a partition, owning its bytes: what a dead
+/// letter carries. The hot path reads records as [`RecordRef`]s borrowed
+/// from their [`RecordBatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceRecord {
     pub offset: i64,
@@ -27,7 +31,43 @@ pub struct SourceRecord {
 
 impl SourceRecord {
     pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+        self.view().size()
+    }
+
+    /// The record as decoders read it.
+    pub fn view(&self) -> RecordRef<'_> {
+        RecordRef {
+            offset: self.offset,
+            timestamp: self.timestamp,
+            key: self.key.as_deref(),
+            payload: self.payload.as_deref(),
+        }
+    }
+}
+
+/// A record borrowed from the buffer that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordRef<'a> {
+    pub offset: i64,
+    /// Kafka timestamp (create or log-append time), when the record has one.
+    pub timestamp: Option<Millis>,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+}
+
+impl RecordRef<'_> {
+    /// Key and payload bytes.
+    pub fn size(&self) -> usize {
+        self.key.map_or(0, <[u8]>::len) + self.payload.map_or(0, <[u8]>::len)
+    }
+
+    pub fn to_owned(&self) -> SourceRecord {
+        SourceRecord {
+            offset: self.offset,
+            timestamp: self.timestamp,
+            key: self.key.map(<[u8]>::to_vec),
+            payload: self.payload.map(<[u8]>::to_vec),
+        }
     }
 }
 
@@ -67,7 +107,7 @@ pub(crate) fn fail(stage: Stage, reason: impl Into<String>) -> DecodeError {
 pub trait Decoder: Send + Sync {
     /// Decodes one record; `now` is the processing time for
     /// processing-time pipelines.
-    fn decode(&self, record: &SourceRecord, now: Millis) -> Result<Event, DecodeError>;
+    fn decode<'a>(&self, record: RecordRef<'a>, now: Millis) -> Result<Event<'a>, DecodeError>;
 }
 
 /// What a decoder extracts from a record, compiled from a pipeline's

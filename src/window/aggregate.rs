@@ -73,6 +73,10 @@ pub enum Input {
     Text(Box<str>),
 }
 
+/// An event's inputs, one per aggregate: a pipeline has a handful, kept
+/// inline rather than allocated per record.
+pub type Inputs = smallvec::SmallVec<[Input; 4]>;
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Accumulator {
     Count(u64),

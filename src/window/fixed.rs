@@ -114,7 +114,7 @@ impl FixedWindows {
             if end.saturating_add(lateness) > watermark {
                 let window = Window { start: end - self.size, end };
                 let accumulators = self.merged(&event.key, window);
-                out.push(WindowResult { key: event.key.clone(), window, accumulators, kind: ResultKind::Final });
+                out.push(WindowResult { key: Arc::from(&*event.key), window, accumulators, kind: ResultKind::Final });
             }
             end += self.slide;
         }
@@ -273,8 +273,8 @@ mod tests {
         assert_eq!(WindowKind::Session { gap: 5 }.windows_containing(3), None);
     }
 
-    fn event(key: &str, time: Millis) -> Event {
-        Event { key: Arc::from(key), time, inputs: vec![Input::Unit], offset: 0 }
+    fn event(key: &str, time: Millis) -> Event<'_> {
+        Event { key: key.into(), time, inputs: smallvec::smallvec![Input::Unit], offset: 0 }
     }
 
     fn summary(out: &mut Vec<WindowResult>) -> Vec<(ResultKind, &'static str, Millis, Millis, Accumulator)> {

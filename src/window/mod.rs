@@ -19,10 +19,11 @@ mod pane;
 mod session;
 mod snapshot;
 
-pub use aggregate::{render_number, Accumulator, AggregateFunction, Input};
+pub use aggregate::{render_number, Accumulator, AggregateFunction, Input, Inputs};
 pub use operator::{Accepted, WindowOperator, WindowSpec};
 pub use snapshot::{FixedSnapshot, KeySessions, OperatorSnapshot, PaneSnapshot, SessionSnapshot};
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::time::Millis;
@@ -95,15 +96,24 @@ impl LateAction {
     }
 }
 
-/// One decoded record, as the operator sees it.
+/// One decoded record, as the operator sees it: its key borrowed from the
+/// record where it can be (the operator makes its own `Arc<str>` only for
+/// a key it has not held yet), its inputs inline.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Event {
-    pub key: Arc<str>,
+pub struct Event<'a> {
+    pub key: Cow<'a, str>,
     pub time: Millis,
     /// One input per aggregate, in the pipeline's aggregate order.
-    pub inputs: Vec<Input>,
+    pub inputs: Inputs,
     /// The record's Kafka offset (amendments are stamped with it).
     pub offset: i64,
+}
+
+impl Event<'_> {
+    /// The event, owning its key.
+    pub fn into_owned(self) -> Event<'static> {
+        Event { key: Cow::Owned(self.key.into_owned()), time: self.time, inputs: self.inputs, offset: self.offset }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,8 @@
 //! [`WindowOperator::advance`] with the watermark after it. Results collect
 //! in an output buffer that the caller drains when it flushes to the region.
 
+use std::sync::Arc;
+
 use crate::time::Millis;
 
 use super::fixed::FixedWindows;
@@ -102,7 +104,7 @@ impl WindowOperator {
                 for (acc, input) in accumulators.iter_mut().zip(&event.inputs) {
                     acc.add(input, event.time);
                 }
-                WindowResult { key: event.key.clone(), window, accumulators, kind: ResultKind::Amend }
+                WindowResult { key: Arc::from(&*event.key), window, accumulators, kind: ResultKind::Amend }
             })
             .collect()
     }

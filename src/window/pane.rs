@@ -116,12 +116,12 @@ impl Pane {
     }
 
     /// The key's row, added (empty) if the pane has none; and whether it was added.
-    pub(super) fn row_or_insert(&mut self, key: &Arc<str>) -> (usize, bool) {
+    pub(super) fn row_or_insert(&mut self, key: &str) -> (usize, bool) {
         if let Some(row) = self.row(key) {
             return (row, false);
         }
         let row = self.len();
-        self.rows.insert(key.clone(), u32::try_from(row).expect("a pane holds fewer than 2^32 keys"));
+        self.rows.insert(Arc::from(key), u32::try_from(row).expect("a pane holds fewer than 2^32 keys"));
         for column in &mut self.columns {
             column.push_empty();
         }

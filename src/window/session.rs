@@ -69,7 +69,13 @@ impl SessionWindows {
         let mut merged = Window { start: event.time, end: event.time.saturating_add(self.gap) };
         // Most keys have one session at a time: room for exactly one (a
         // first push would make room for four).
-        let sessions = self.sessions.entry(event.key.clone()).or_insert_with(|| Vec::with_capacity(1));
+        // The key's own `Arc` where the key has sessions already: the
+        // event's key is borrowed from its record.
+        let key: Arc<str> = match self.sessions.get_key_value(&*event.key) {
+            Some((key, _)) => key.clone(),
+            None => Arc::from(&*event.key),
+        };
+        let sessions = self.sessions.entry(key.clone()).or_insert_with(|| Vec::with_capacity(1));
         let intersects = |s: &Session, w: &Window| s.window.start <= w.end && s.window.end >= w.start;
         // Sessions of one key never intersect each other, so one pass finds
         // the extent of the merge.
@@ -80,7 +86,7 @@ impl SessionWindows {
         }
         if merged.end.saturating_add(lateness) <= watermark {
             if sessions.is_empty() {
-                self.sessions.remove(&event.key);
+                self.sessions.remove(&key);
             }
             return false;
         }
@@ -103,7 +109,7 @@ impl SessionWindows {
                     session.emitted |= old.emitted;
                 } else if old.emitted {
                     out.push(WindowResult {
-                        key: event.key.clone(),
+                        key: key.clone(),
                         window: old.window,
                         accumulators: old.accumulators,
                         kind: ResultKind::Retract,
@@ -122,14 +128,14 @@ impl SessionWindows {
             session.emitted = true;
             session.dirty = false;
             out.push(WindowResult {
-                key: event.key.clone(),
+                key: key.clone(),
                 window: merged,
                 accumulators: session.accumulators.clone(),
                 kind: ResultKind::Final,
             });
-            self.timers.insert((merged.end.saturating_add(lateness), event.key.clone()));
+            self.timers.insert((merged.end.saturating_add(lateness), key));
         } else {
-            self.timers.insert((merged.end, event.key.clone()));
+            self.timers.insert((merged.end, key));
         }
         sessions.push(session);
         self.open_slots += 1;

@@ -50,7 +50,7 @@ impl TopLevelNames {
     /// not an object (the caller then reads it as a tree, where a pointer
     /// may index an array). A flat object with plain values takes the
     /// hand-written pass of `scan`; anything else `serde_json`'s.
-    pub(super) fn read<'a>(&self, payload: &'a str) -> Result<Option<Vec<Option<Field<'a>>>>, serde_json::Error> {
+    pub(super) fn read<'a>(&self, payload: &'a str) -> Result<Option<Values<'a>>, serde_json::Error> {
         match super::scan::read(&self.names, payload) {
             Some(values) => Ok(Some(values)),
             None => self.read_with_serde(payload),
@@ -61,13 +61,16 @@ impl TopLevelNames {
     pub(super) fn read_with_serde<'a>(
         &self,
         payload: &'a str,
-    ) -> Result<Option<Vec<Option<Field<'a>>>>, serde_json::Error> {
+    ) -> Result<Option<Values<'a>>, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(payload);
         let fields = de.deserialize_any(ObjectVisitor { names: &self.names })?;
         de.end()?;
         Ok(fields)
     }
 }
+
+/// The wanted fields of a record, by slot: a handful, inline.
+pub(super) type Values<'a> = smallvec::SmallVec<[Option<Field<'a>>; 4]>;
 
 /// A wanted field as read from the payload.
 #[derive(Debug, PartialEq)]
@@ -78,7 +81,7 @@ pub(super) enum Field<'a> {
 
 pub(super) enum Fields<'a> {
     Tree(Json),
-    TopLevel(Vec<Option<Field<'a>>>),
+    TopLevel(Values<'a>),
 }
 
 impl TopLevelNames {
@@ -89,7 +92,19 @@ impl TopLevelNames {
     }
 }
 
-impl Fields<'_> {
+impl<'a> Fields<'a> {
+    /// The string at a top-level `slot` when the payload holds it as is
+    /// (no escapes): borrowed from the payload, not from the fields.
+    pub(super) fn payload_str(&self, slot: Option<usize>) -> Option<&'a str> {
+        match self {
+            Fields::TopLevel(values) => match values[slot?].as_ref()? {
+                Field::Str(Cow::Borrowed(text)) => Some(text),
+                _ => None,
+            },
+            Fields::Tree(_) => None,
+        }
+    }
+
     /// The field of `pointer`, whose slot (from [`TopLevelNames::slot`],
     /// resolved once per decoder) a top-level read finds it at.
     pub(super) fn get(&self, pointer: &str, slot: Option<usize>) -> Option<FieldValue<'_>> {
@@ -113,14 +128,14 @@ struct ObjectVisitor<'n> {
 }
 
 impl<'de> Visitor<'de> for ObjectVisitor<'_> {
-    type Value = Option<Vec<Option<Field<'de>>>>;
+    type Value = Option<Values<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut values: Vec<Option<Field<'de>>> = Vec::with_capacity(self.names.len());
+        let mut values: Values<'de> = Values::new();
         values.resize_with(self.names.len(), || None);
         while let Some(slot) = map.next_key_seed(NameSeed { names: self.names })? {
             match slot {

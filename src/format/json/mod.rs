@@ -12,17 +12,17 @@
 mod fields;
 mod scan;
 
-use std::sync::Arc;
+use std::borrow::Cow;
 
 use serde_json::Value as Json;
 
 use fields::{FieldValue, Fields, TopLevelNames};
 
-use super::{fail, DecodeError, Decoder, EventTimeSource, KeySource, RecordSpec, SourceRecord, Stage, TimeFormat};
+use super::{fail, DecodeError, Decoder, EventTimeSource, KeySource, RecordRef, RecordSpec, Stage, TimeFormat};
 use crate::time::{millis_from_f64, parse_rfc3339, EventTimeBounds, Millis};
 use crate::window::hll::stable_hash;
 use crate::window::AggregateFunction;
-use crate::window::{Event, Input};
+use crate::window::{Event, Input, Inputs};
 
 /// JSON values: key, time and aggregate inputs by JSON pointer.
 pub struct JsonDecoder {
@@ -76,7 +76,7 @@ impl JsonDecoder {
     }
 
     /// The record's fields, or why its value is not JSON.
-    fn fields<'a>(&'a self, payload: &'a [u8]) -> Result<Fields<'a>, DecodeError> {
+    fn fields<'a>(&self, payload: &'a [u8]) -> Result<Fields<'a>, DecodeError> {
         let parse_error = |e: serde_json::Error| fail(Stage::Parse, format!("invalid JSON: {e}"));
         // Payloads that are not UTF-8 take the tree path, whose parser
         // names the offending position (the single-pass reader would not
@@ -95,17 +95,20 @@ impl JsonDecoder {
     /// string is its text; a number or bool its JSON text (so `1` and `"1"`
     /// are one key, `1.0` another). An empty key is refused: every entry
     /// of every empty-keyed record would share one entry by accident.
-    fn key(&self, record: &SourceRecord, fields: &Fields) -> Result<Arc<str>, DecodeError> {
-        let key: Arc<str> = match &self.key {
+    fn key<'a>(&self, record: RecordRef<'a>, fields: &Fields<'a>) -> Result<Cow<'a, str>, DecodeError> {
+        let key: Cow<'a, str> = match &self.key {
             KeySource::KafkaKey => {
-                let key = record.key.as_deref().ok_or_else(|| fail(Stage::Key, "record has no Kafka key"))?;
+                let key = record.key.ok_or_else(|| fail(Stage::Key, "record has no Kafka key"))?;
                 let key = std::str::from_utf8(key).map_err(|_| fail(Stage::Key, "Kafka key is not UTF-8"))?;
-                Arc::from(key)
+                Cow::Borrowed(key)
             }
             KeySource::Field { pointer } => match fields.get(pointer, self.slots.key) {
                 None => return Err(fail(Stage::Key, format!("missing key field {pointer}"))),
-                Some(FieldValue::Str(s)) => Arc::from(s),
-                Some(FieldValue::Other(v @ (Json::Number(_) | Json::Bool(_)))) => Arc::from(v.to_string()),
+                Some(FieldValue::Str(s)) => match fields.payload_str(self.slots.key) {
+                    Some(text) => Cow::Borrowed(text),
+                    None => Cow::Owned(s.to_owned()),
+                },
+                Some(FieldValue::Other(v @ (Json::Number(_) | Json::Bool(_)))) => Cow::Owned(v.to_string()),
                 Some(_) => {
                     return Err(fail(Stage::Key, format!("key field {pointer} is not a string, number or bool")))
                 }
@@ -120,7 +123,7 @@ impl JsonDecoder {
     /// The record's event time, refused when it is not a plausible time
     /// at `now` (see `time::bounds`): such a record must not move the
     /// watermark.
-    fn event_time(&self, record: &SourceRecord, fields: &Fields, now: Millis) -> Result<Millis, DecodeError> {
+    fn event_time(&self, record: RecordRef, fields: &Fields, now: Millis) -> Result<Millis, DecodeError> {
         let time = match &self.event_time {
             EventTimeSource::ProcessingTime => return Ok(now),
             EventTimeSource::KafkaTimestamp => {
@@ -207,7 +210,7 @@ fn number(v: FieldValue) -> Option<f64> {
 }
 
 impl Decoder for JsonDecoder {
-    fn decode(&self, record: &SourceRecord, now: Millis) -> Result<Event, DecodeError> {
+    fn decode<'a>(&self, record: RecordRef<'a>, now: Millis) -> Result<Event<'a>, DecodeError> {
         let size = record.size();
         if size > self.max_record_bytes {
             return Err(fail(
@@ -215,7 +218,7 @@ impl Decoder for JsonDecoder {
                 format!("record is {size} bytes, more than max_record_bytes ({})", self.max_record_bytes),
             ));
         }
-        let payload = record.payload.as_deref().ok_or_else(|| fail(Stage::Parse, "record has no value"))?;
+        let payload = record.payload.ok_or_else(|| fail(Stage::Parse, "record has no value"))?;
         let fields = self.fields(payload)?;
         let key = self.key(record, &fields)?;
         let time = self.event_time(record, &fields, now)?;
@@ -224,7 +227,7 @@ impl Decoder for JsonDecoder {
             .iter()
             .zip(&self.slots.inputs)
             .map(|((function, field), slot)| Self::input(*function, field, *slot, &fields))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Inputs, _>>()?;
         Ok(Event { key, time, inputs, offset: record.offset })
     }
 }

@@ -16,7 +16,7 @@ use std::str::FromStr;
 
 use serde_json::{Number, Value as Json};
 
-use super::fields::Field;
+use super::fields::{Field, Values};
 
 /// Deeper skipped values go to `serde_json`'s reader.
 const MAX_DEPTH: usize = 64;
@@ -37,9 +37,9 @@ static STOPS_A_STRING: [bool; 256] = {
 
 /// The wanted fields (by slot in `names`) of `text`, a JSON object; `None`
 /// when the caller must decide with `serde_json` instead.
-pub(super) fn read<'a>(names: &[String], text: &'a str) -> Option<Vec<Option<Field<'a>>>> {
+pub(super) fn read<'a>(names: &[String], text: &'a str) -> Option<Values<'a>> {
     let mut scan = Scan { bytes: text.as_bytes(), text, at: 0 };
-    let mut values: Vec<Option<Field<'a>>> = Vec::with_capacity(names.len());
+    let mut values: Values<'a> = Values::new();
     values.resize_with(names.len(), || None);
     scan.whitespace();
     scan.expect(b'{')?;

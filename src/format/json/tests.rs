@@ -2,6 +2,12 @@
 
 use super::*;
 use crate::config::Settings;
+use crate::format::SourceRecord;
+
+/// `decoder`'s event of `record`, owning its key.
+fn decode(decoder: &JsonDecoder, record: &SourceRecord, now: Millis) -> Result<Event<'static>, DecodeError> {
+    decoder.decode(record.view(), now).map(Event::into_owned)
+}
 
 fn pipeline(key: &str, time: &str) -> RecordSpec {
     let toml = format!(
@@ -43,7 +49,7 @@ fn json_decoder() -> JsonDecoder {
 #[test]
 fn decodes_key_time_and_inputs() {
     let event =
-        json_decoder().decode(&record(r#"{"page":"/a","ts":1234,"amount":2.5,"user":"u1"}"#), 0).expect("valid");
+        decode(&json_decoder(), &record(r#"{"page":"/a","ts":1234,"amount":2.5,"user":"u1"}"#), 0).expect("valid");
     assert_eq!(&*event.key, "/a");
     assert_eq!(event.time, 1234);
     assert_eq!(event.offset, 7);
@@ -53,6 +59,25 @@ fn decodes_key_time_and_inputs() {
     assert_eq!(event.inputs[2], Input::Number(2.5));
     assert_eq!(event.inputs[3], Input::Hash(stable_hash(b"u1")));
     assert_eq!(event.inputs[4], Input::Absent, "count over a missing optional field does not count");
+}
+
+/// A key the payload holds as is is borrowed from the record, not
+/// allocated per record; one that must be unescaped or rendered is owned,
+/// and both read the same.
+#[test]
+fn a_plain_key_is_borrowed_from_the_record() {
+    let d = json_decoder();
+    let plain = record(r#"{"page":"/a","ts":1,"amount":1,"user":"u"}"#);
+    let escaped = record(r#"{"page":"\/a","ts":1,"amount":1,"user":"u"}"#);
+    let number = record(r#"{"page":12,"ts":1,"amount":1,"user":"u"}"#);
+    fn key<'a>(d: &JsonDecoder, r: &'a SourceRecord) -> Cow<'a, str> {
+        d.decode(r.view(), 0).expect("valid").key
+    }
+    assert!(matches!(key(&d, &plain), Cow::Borrowed("/a")), "{:?}", key(&d, &plain));
+    assert!(matches!(key(&d, &escaped), Cow::Owned(ref k) if k == "/a"), "{:?}", key(&d, &escaped));
+    assert!(matches!(key(&d, &number), Cow::Owned(ref k) if k == "12"), "{:?}", key(&d, &number));
+    let kafka_key = JsonDecoder::new(&pipeline(r#"{ from = "kafka_key" }"#, r#"{ from = "field", pointer = "/ts" }"#));
+    assert!(matches!(kafka_key.decode(plain.view(), 0).expect("valid").key, Cow::Borrowed("k1")));
 }
 
 #[test]
@@ -69,14 +94,14 @@ fn each_bad_record_fails_at_its_stage() {
         (r#"{"page":"/a","ts":1,"user":"u"}"#, Stage::Aggregate, "missing field /amount"),
     ];
     for (payload, stage, reason) in cases {
-        let error = d.decode(&record(payload), 0).expect_err(payload);
+        let error = decode(&d, &record(payload), 0).expect_err(payload);
         assert_eq!(error.stage, stage, "{payload}");
         assert!(error.reason.contains(reason), "{payload}: {}", error.reason);
     }
     let big = format!(r#"{{"page":"{}","ts":1,"amount":1,"user":"u"}}"#, "x".repeat(300));
-    assert_eq!(d.decode(&record(&big), 0).expect_err("oversize").stage, Stage::Size);
+    assert_eq!(decode(&d, &record(&big), 0).expect_err("oversize").stage, Stage::Size);
     let empty = SourceRecord { payload: None, ..record("") };
-    assert_eq!(d.decode(&empty, 0).expect_err("tombstone").stage, Stage::Parse);
+    assert_eq!(decode(&d, &empty, 0).expect_err("tombstone").stage, Stage::Parse);
 }
 
 #[test]
@@ -85,23 +110,23 @@ fn time_formats_and_kafka_sources() {
         r#"{ from = "kafka_key" }"#,
         r#"{ from = "field", pointer = "/t", format = "epoch_seconds" }"#,
     ));
-    let e = seconds.decode(&record(r#"{"t":"12.5","amount":1,"user":"u"}"#), 0).expect("valid");
+    let e = decode(&seconds, &record(r#"{"t":"12.5","amount":1,"user":"u"}"#), 0).expect("valid");
     assert_eq!((e.time, &*e.key), (12_500, "k1"));
     let rfc = JsonDecoder::new(&pipeline(
         r#"{ from = "kafka_key" }"#,
         r#"{ from = "field", pointer = "/t", format = "rfc3339" }"#,
     ));
     let now = 1_704_067_201_500;
-    let e = rfc.decode(&record(r#"{"t":"2024-01-01T00:00:01.5Z","amount":1,"user":"u"}"#), now).expect("valid");
+    let e = decode(&rfc, &record(r#"{"t":"2024-01-01T00:00:01.5Z","amount":1,"user":"u"}"#), now).expect("valid");
     assert_eq!(e.time, 1_704_067_201_500);
     let kafka_ts = JsonDecoder::new(&pipeline(r#"{ from = "kafka_key" }"#, r#"{ from = "kafka_timestamp" }"#));
-    assert_eq!(kafka_ts.decode(&record(r#"{"amount":1,"user":"u"}"#), 0).expect("valid").time, 5_000);
+    assert_eq!(decode(&kafka_ts, &record(r#"{"amount":1,"user":"u"}"#), 0).expect("valid").time, 5_000);
     let processing = JsonDecoder::new(&pipeline(r#"{ from = "kafka_key" }"#, r#"{ from = "processing_time" }"#));
-    assert_eq!(processing.decode(&record(r#"{"amount":1,"user":"u"}"#), 99).expect("valid").time, 99);
+    assert_eq!(decode(&processing, &record(r#"{"amount":1,"user":"u"}"#), 99).expect("valid").time, 99);
     let no_key = SourceRecord { key: None, ..record(r#"{"amount":1,"user":"u"}"#) };
-    assert_eq!(kafka_ts.decode(&no_key, 0).expect_err("no key").stage, Stage::Key);
+    assert_eq!(decode(&kafka_ts, &no_key, 0).expect_err("no key").stage, Stage::Key);
     let empty_key = SourceRecord { key: Some(Vec::new()), ..record(r#"{"amount":1,"user":"u"}"#) };
-    assert_eq!(kafka_ts.decode(&empty_key, 0).expect_err("empty key").reason, "empty key");
+    assert_eq!(decode(&kafka_ts, &empty_key, 0).expect_err("empty key").reason, "empty key");
 }
 
 /// Times that would blind the partition (far future) or overflow window
@@ -130,23 +155,23 @@ fn implausible_event_times_are_refused() {
         (&seconds, (year_3000 / 1000).to_string(), "ahead of the wall clock"),
     ] {
         let payload = format!(r#"{{"page":"/a","ts":{ts},"amount":1,"user":"u"}}"#);
-        let error = decoder.decode(&record(&payload), NOW).expect_err(&payload);
+        let error = decode(decoder, &record(&payload), NOW).expect_err(&payload);
         assert_eq!(error.stage, Stage::EventTime, "{payload}");
         assert!(error.reason.contains(reason), "{payload}: {}", error.reason);
     }
     let at_bound = format!(r#"{{"page":"/a","ts":{},"amount":1,"user":"u"}}"#, NOW + 3_600_000);
-    assert_eq!(millis.decode(&record(&at_bound), NOW).map(|e| e.time), Ok(NOW + 3_600_000));
+    assert_eq!(decode(&millis, &record(&at_bound), NOW).map(|e| e.time), Ok(NOW + 3_600_000));
     let long_ago = r#"{"page":"/a","ts":0,"amount":1,"user":"u"}"#;
-    assert_eq!(millis.decode(&record(long_ago), NOW).map(|e| e.time), Ok(0), "no lower bound by default");
+    assert_eq!(decode(&millis, &record(long_ago), NOW).map(|e| e.time), Ok(0), "no lower bound by default");
 
     let kafka_ts = JsonDecoder::new(&pipeline(r#"{ from = "kafka_key" }"#, r#"{ from = "kafka_timestamp" }"#));
     let future = SourceRecord { timestamp: Some(year_3000), ..record(r#"{"amount":1,"user":"u"}"#) };
-    assert_eq!(kafka_ts.decode(&future, NOW).expect_err("year 3000").stage, Stage::EventTime);
+    assert_eq!(decode(&kafka_ts, &future, NOW).expect_err("year 3000").stage, Stage::EventTime);
 
     let mut bounded = pipeline(r#"{ from = "field", pointer = "/page" }"#, r#"{ from = "field", pointer = "/ts" }"#);
     bounded.time_bounds =
         EventTimeBounds::new(std::time::Duration::from_secs(3600), Some(std::time::Duration::from_secs(60)));
-    let error = JsonDecoder::new(&bounded).decode(&record(long_ago), NOW).expect_err("too old");
+    let error = decode(&JsonDecoder::new(&bounded), &record(long_ago), NOW).expect_err("too old");
     assert!(error.reason.contains("behind the wall clock"), "{}", error.reason);
 }
 
@@ -200,8 +225,8 @@ fn top_level_fields_decode_exactly_like_the_tree() {
         for payload in &payloads {
             let record = SourceRecord { payload: Some(payload.clone()), ..record("") };
             assert_eq!(
-                top.decode(&record, 0),
-                tree.decode(&record, 0),
+                decode(&top, &record, 0),
+                decode(&tree, &record, 0),
                 "{key} {time} {:?}",
                 String::from_utf8_lossy(payload)
             );
@@ -219,11 +244,11 @@ fn deeply_nested_skipped_fields_do_not_hit_the_nesting_limit() {
     let top = JsonDecoder { max_record_bytes: 10_000, ..json_decoder() };
     let tree = JsonDecoder { top_level: None, max_record_bytes: 10_000, ..json_decoder() };
     let skipped = SourceRecord { payload: Some(skipped.into_bytes()), ..record("") };
-    assert_eq!(top.decode(&skipped, 0).map(|e| e.time), Ok(1));
-    let error = tree.decode(&skipped, 0).expect_err("too deep for the tree");
+    assert_eq!(decode(&top, &skipped, 0).map(|e| e.time), Ok(1));
+    let error = decode(&tree, &skipped, 0).expect_err("too deep for the tree");
     assert!(error.reason.contains("recursion limit"), "{}", error.reason);
     let wanted = SourceRecord { payload: Some(wanted.into_bytes()), ..record("") };
-    assert_eq!(top.decode(&wanted, 0), tree.decode(&wanted, 0), "a wanted field is built, limit included");
+    assert_eq!(decode(&top, &wanted, 0), decode(&tree, &wanted, 0), "a wanted field is built, limit included");
 }
 
 #[test]
@@ -233,7 +258,7 @@ fn deeper_pointers_parse_the_whole_value() {
         r#"{ from = "field", pointer = "/ts" }"#,
     ));
     assert!(d.top_level.is_none());
-    let e = d.decode(&record(r#"{"user":{"id":"u9"},"ts":3,"amount":1}"#), 0).expect("valid");
+    let e = decode(&d, &record(r#"{"user":{"id":"u9"},"ts":3,"amount":1}"#), 0).expect("valid");
     assert_eq!((&*e.key, e.time), ("u9", 3));
 }
 

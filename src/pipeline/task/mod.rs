@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Pipeline;
 use crate::checkpoint::{CheckpointError, TaskId};
-use crate::format::{DecodeError, SourceRecord};
+use crate::format::{DecodeError, RecordBatch, SourceRecord};
 use crate::kafka::changes::Delivery;
 use crate::kafka::consumer::LogBounds;
 use crate::metrics::PartitionMetrics;
@@ -143,7 +143,7 @@ enum Ownership {
 
 /// A running task, as the source sees it.
 pub struct TaskHandle {
-    pub records: mpsc::Sender<Vec<SourceRecord>>,
+    pub records: mpsc::Sender<RecordBatch>,
     pub join: tokio::task::JoinHandle<()>,
 }
 
@@ -203,7 +203,7 @@ impl PartitionTask {
     /// panic, so no partition is left assigned and unconsumed.
     pub async fn run(
         mut self,
-        mut records: mpsc::Receiver<Vec<SourceRecord>>,
+        mut records: mpsc::Receiver<RecordBatch>,
         cancel: CancellationToken,
     ) -> Result<(), TaskError> {
         let mut tick = tokio::time::interval(self.pipeline.policy.flush_interval);

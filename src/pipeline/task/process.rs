@@ -6,17 +6,16 @@
 use std::time::Instant;
 
 use super::{DeadLetter, PartitionTask, TaskError};
-use crate::format::{DecodeError, SourceRecord, Stage};
+use crate::format::{DecodeError, RecordBatch, RecordRef, Stage};
 use crate::time::Millis;
 use crate::window::{Accepted, Event, LateAction, ResultKind};
 
 impl PartitionTask {
-    pub(super) fn process(&mut self, batch: Vec<SourceRecord>) -> Result<(), TaskError> {
+    pub(super) fn process(&mut self, batch: RecordBatch) -> Result<(), TaskError> {
         let (now, arrival) = (self.pipeline.clock.wall(), self.pipeline.clock.monotonic());
-        let bytes: usize = batch.iter().map(SourceRecord::size).sum();
         self.metrics.records_in.inc_by(batch.len() as u64);
-        self.metrics.bytes_in.inc_by(bytes as u64);
-        for record in batch {
+        self.metrics.bytes_in.inc_by(batch.bytes() as u64);
+        for record in batch.iter() {
             self.process_record(record, now, arrival)?;
         }
         self.update_consumer_lag();
@@ -25,7 +24,7 @@ impl PartitionTask {
 
     /// One record, decoded at wall-clock `now` and arrived at monotonic
     /// `arrival`.
-    fn process_record(&mut self, record: SourceRecord, now: Millis, arrival: Millis) -> Result<(), TaskError> {
+    fn process_record(&mut self, record: RecordRef, now: Millis, arrival: Millis) -> Result<(), TaskError> {
         if self.next_offset.is_some_and(|next| record.offset < next) {
             // Already in the restored state (fetched before the seek).
             return Ok(());
@@ -40,7 +39,7 @@ impl PartitionTask {
         self.changed_since_checkpoint = true;
         let position = record.offset + 1;
         self.next_offset = Some(position);
-        let event = match self.pipeline.decoder.decode(&record, now) {
+        let event = match self.pipeline.decoder.decode(record, now) {
             Ok(event) => event,
             Err(error) => return self.reject(record, error),
         };
@@ -71,7 +70,7 @@ impl PartitionTask {
         self.pipeline.metrics.fired(ResultKind::Final, self.operator.take_unchanged_finals());
     }
 
-    fn reject(&mut self, record: SourceRecord, error: DecodeError) -> Result<(), TaskError> {
+    fn reject(&mut self, record: RecordRef, error: DecodeError) -> Result<(), TaskError> {
         self.pipeline.metrics.decode_failure(error.stage.as_str());
         if !self.pipeline.policy.tolerates_errors {
             return Err(TaskError::BadRecord {
@@ -84,12 +83,13 @@ impl PartitionTask {
         tracing::debug!(offset = record.offset, error = %error, "bad record to dead letters");
         // An oversize record would likely be refused by the dead-letter
         // topic too: keep its headers, drop its body.
-        let record = if error.stage == Stage::Size { SourceRecord { payload: None, ..record } } else { record };
+        let record = if error.stage == Stage::Size { RecordRef { payload: None, ..record } } else { record };
+        let record = record.to_owned();
         self.dead_letters.push(DeadLetter { record, stage: error.stage.as_str(), reason: error.reason });
         Ok(())
     }
 
-    fn on_late(&mut self, event: &Event, record: SourceRecord) {
+    fn on_late(&mut self, event: &Event, record: RecordRef) {
         let action = self.pipeline.policy.late_action;
         self.pipeline.metrics.late(action);
         match action {
@@ -100,7 +100,7 @@ impl PartitionTask {
                     event.time,
                     self.watermark.current()
                 ),
-                record,
+                record: record.to_owned(),
                 stage: "late",
             }),
         }

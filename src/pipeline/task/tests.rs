@@ -54,12 +54,12 @@ async fn a_wall_clock_step_does_not_make_records_late() {
 
     let t0 = (clock.wall() - 60_000) / 1000 * 1000;
     fetched.store(1, Ordering::SeqCst);
-    records.send(vec![record(0, "a", t0 + 100)]).await.expect("task runs");
+    records.send(vec![record(0, "a", t0 + 100)].into()).await.expect("task runs");
     tokio::time::sleep(Duration::from_millis(200)).await;
     clock.step_wall(3_600_000);
     tokio::time::sleep(Duration::from_millis(200)).await;
     fetched.store(2, Ordering::SeqCst);
-    records.send(vec![record(1, "a", t0 + 200)]).await.expect("task runs");
+    records.send(vec![record(1, "a", t0 + 200)].into()).await.expect("task runs");
     // Quiet long enough for the idle watermark (max seen + 1 + quiet time
     // past the timeout) to pass the window's end: it closes.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -87,7 +87,7 @@ async fn stale_statistics_do_not_advance_the_idle_watermark() {
     let t0 = (pipeline.clock.wall() - 60_000) / 1000 * 1000;
     let (statistics, leader) = (Arc::new(AtomicI64::new(1)), Arc::new(AtomicI64::new(5)));
     let (records, task) = spawn_task(&pipeline, source(log_ending_at(&statistics), log_ending_at(&leader))).await;
-    records.send(vec![record(0, "a", t0 + 100)]).await.expect("task runs");
+    records.send(vec![record(0, "a", t0 + 100)].into()).await.expect("task runs");
 
     // Quiet for 2.5 idle timeouts by the statistics; four records wait at the leader.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -106,11 +106,11 @@ async fn stale_statistics_do_not_advance_the_idle_watermark() {
 struct Panicking;
 
 impl crate::format::Decoder for Panicking {
-    fn decode(
+    fn decode<'a>(
         &self,
-        _: &SourceRecord,
+        _: crate::format::RecordRef<'a>,
         _: crate::time::Millis,
-    ) -> Result<crate::window::Event, crate::format::DecodeError> {
+    ) -> Result<crate::window::Event<'a>, crate::format::DecodeError> {
         panic!("boom in the decoder")
     }
 }
@@ -124,7 +124,7 @@ async fn a_panicking_task_fails_loudly() {
     let source = source(|| None, || None);
     let started = PartitionTask::start(Arc::new(pipeline), "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
-    records.send(vec![record(0, "a", 1_000)]).await.expect("queued");
+    records.send(vec![record(0, "a", 1_000)].into()).await.expect("queued");
     let error = started.task.run(receiver, CancellationToken::new()).await.expect_err("fails");
     assert!(matches!(&error, TaskError::Panicked { message, .. } if message == "boom in the decoder"), "{error}");
     assert!(!error.restartable(), "a panic stops the connector");
@@ -154,7 +154,7 @@ async fn a_fenced_task_fails_restartably() {
     crate::region::Region::write(&*region, std::slice::from_ref(&newer)).await.expect("seeded");
 
     let (records, task) = spawn_task(&pipeline, source(|| Some(bounds(0, 1)), || Some(bounds(0, 1)))).await;
-    records.send(vec![record(0, "a", t0 + 100)]).await.expect("queued");
+    records.send(vec![record(0, "a", t0 + 100)].into()).await.expect("queued");
     let error = tokio::time::timeout(Duration::from_secs(10), task)
         .await
         .expect("the fenced task stops by itself")
@@ -181,7 +181,7 @@ fn memory_pipeline() -> (Pipeline, Arc<crate::region::MemoryRegion>, Arc<Metrics
 async fn spawn_task(
     pipeline: &Arc<Pipeline>,
     source: PartitionSource,
-) -> (mpsc::Sender<Vec<SourceRecord>>, tokio::task::JoinHandle<Result<(), TaskError>>) {
+) -> (mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<Result<(), TaskError>>) {
     let started = PartitionTask::start(pipeline.clone(), "t", 0, source).await.expect("starts");
     let (records, receiver) = mpsc::channel(8);
     (records, tokio::spawn(started.task.run(receiver, CancellationToken::new())))
@@ -223,7 +223,7 @@ async fn run_with(
     records: Vec<SourceRecord>,
 ) -> Result<(), TaskError> {
     let (sender, task) = spawn_task(pipeline, source).await;
-    sender.send(records).await.expect("queued");
+    sender.send(records.into()).await.expect("queued");
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(sender);
     task.await.expect("joined")

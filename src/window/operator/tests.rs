@@ -2,7 +2,6 @@
 //! out-of-order streams.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use proptest::prelude::*;
 
@@ -25,11 +24,11 @@ type Table = BTreeMap<(String, Window), (u64, i64, i64)>;
 /// written per (key, window), with retracted entries removed.
 impl Rec {
     /// The operator's input for this record, at source position `offset`.
-    fn event(&self, offset: usize) -> Event {
+    fn event(&self, offset: usize) -> Event<'static> {
         Event {
-            key: Arc::from(format!("k{}", self.key)),
+            key: format!("k{}", self.key).into(),
             time: self.time,
-            inputs: vec![Input::Unit, Input::Number(self.value as f64), Input::Number(self.value as f64)],
+            inputs: smallvec::smallvec![Input::Unit, Input::Number(self.value as f64), Input::Number(self.value as f64)],
             offset: offset as i64,
         }
     }
@@ -288,7 +287,7 @@ fn late_record_within_lateness_refires_and_beyond_is_refused() {
         functions: vec![AggregateFunction::Count],
         fire_unchanged: false,
     });
-    let event = |time, offset| Event { key: Arc::from("a"), time, inputs: vec![Input::Unit], offset };
+    let event = |time, offset| Event { key: "a".into(), time, inputs: smallvec::smallvec![Input::Unit], offset };
     assert_eq!(op.process(&event(5, 0), Millis::MIN), Accepted::Yes);
     op.advance(15);
     let fired = op.take_results();
@@ -312,7 +311,7 @@ fn late_merge_of_fired_sessions_retracts_the_old_entries() {
         functions: vec![AggregateFunction::Count],
         fire_unchanged: false,
     });
-    let event = |time| Event { key: Arc::from("a"), time, inputs: vec![Input::Unit], offset: time };
+    let event = |time| Event { key: "a".into(), time, inputs: smallvec::smallvec![Input::Unit], offset: time };
     op.process(&event(0), Millis::MIN);
     op.process(&event(18), Millis::MIN);
     op.advance(50);
@@ -341,7 +340,7 @@ fn fire_unchanged_fires_finals_that_updates_already_wrote() {
             let spec =
                 WindowSpec { kind, allowed_lateness: 0, functions: vec![AggregateFunction::Count], fire_unchanged };
             let mut op = WindowOperator::new(spec);
-            op.process(&Event { key: Arc::from("a"), time: 2, inputs: vec![Input::Unit], offset: 0 }, Millis::MIN);
+            op.process(&Event { key: "a".into(), time: 2, inputs: smallvec::smallvec![Input::Unit], offset: 0 }, Millis::MIN);
             op.emit_updates();
             assert!(op.take_results().iter().all(|r| r.kind == ResultKind::Update), "{kind:?}");
             op.advance(100);
