@@ -58,10 +58,7 @@ impl TopLevelNames {
     }
 
     /// [`Self::read`] by `serde_json` alone.
-    pub(super) fn read_with_serde<'a>(
-        &self,
-        payload: &'a str,
-    ) -> Result<Option<Values<'a>>, serde_json::Error> {
+    pub(super) fn read_with_serde<'a>(&self, payload: &'a str) -> Result<Option<Values<'a>>, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(payload);
         let fields = de.deserialize_any(ObjectVisitor { names: &self.names })?;
         de.end()?;

@@ -28,7 +28,11 @@ impl Rec {
         Event {
             key: format!("k{}", self.key).into(),
             time: self.time,
-            inputs: smallvec::smallvec![Input::Unit, Input::Number(self.value as f64), Input::Number(self.value as f64)],
+            inputs: smallvec::smallvec![
+                Input::Unit,
+                Input::Number(self.value as f64),
+                Input::Number(self.value as f64)
+            ],
             offset: offset as i64,
         }
     }
@@ -340,7 +344,10 @@ fn fire_unchanged_fires_finals_that_updates_already_wrote() {
             let spec =
                 WindowSpec { kind, allowed_lateness: 0, functions: vec![AggregateFunction::Count], fire_unchanged };
             let mut op = WindowOperator::new(spec);
-            op.process(&Event { key: "a".into(), time: 2, inputs: smallvec::smallvec![Input::Unit], offset: 0 }, Millis::MIN);
+            op.process(
+                &Event { key: "a".into(), time: 2, inputs: smallvec::smallvec![Input::Unit], offset: 0 },
+                Millis::MIN,
+            );
             op.emit_updates();
             assert!(op.take_results().iter().all(|r| r.kind == ResultKind::Update), "{kind:?}");
             op.advance(100);
