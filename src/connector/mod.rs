@@ -196,9 +196,7 @@ pub async fn run(
 async fn dispatch(buffers: &mut [(Partition, RecordBatch)], tasks: &Tasks, shutdown: &CancellationToken) -> bool {
     for (partition, records) in buffers.iter_mut().filter(|(_, r)| !r.is_empty()) {
         let sender = tasks.lock().expect("task table lock").get(partition).map(|h| h.records.clone());
-        // The next batch of the partition starts with room for one like this.
-        let next = RecordBatch::with_capacity(records.len(), records.bytes());
-        let records = std::mem::replace(records, next);
+        let records = std::mem::take(records);
         match sender {
             // A closed channel means the task just stopped; its successor replays.
             Some(sender) => {

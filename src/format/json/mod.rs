@@ -222,12 +222,10 @@ impl Decoder for JsonDecoder {
         let fields = self.fields(payload)?;
         let key = self.key(record, &fields)?;
         let time = self.event_time(record, &fields, now)?;
-        let inputs = self
-            .inputs
-            .iter()
-            .zip(&self.slots.inputs)
-            .map(|((function, field), slot)| Self::input(*function, field, *slot, &fields))
-            .collect::<Result<Inputs, _>>()?;
+        let mut inputs = Inputs::new();
+        for ((function, field), slot) in self.inputs.iter().zip(&self.slots.inputs) {
+            inputs.push(Self::input(*function, field, *slot, &fields)?);
+        }
         Ok(Event { key, time, inputs, offset: record.offset })
     }
 }
