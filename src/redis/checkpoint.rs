@@ -26,6 +26,18 @@ use crate::checkpoint::{
     Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, RecordedWrite, Replication, TaskId,
 };
 
+/// Sets the (field, value) pairs of `ARGV[first..]` in hash `key`, a
+/// thousand arguments per `HSET`: Lua's `unpack` refuses more than about
+/// 8,000 values ("too many results to unpack"), and a flush of a session
+/// pipeline can record tens of thousands of entries.
+const HSET_FROM: &str = r#"
+local function hset_from(key, first)
+  for i = first, #ARGV, 1000 do
+    redis.call('HSET', key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+end
+"#;
+
 /// KEYS: epoch counter, checkpoint, recorded writes. ARGV: epoch, offset,
 /// watermark, state, written_at, then the carried records (entry, value)...
 const COMMIT_SCRIPT: &str = r#"
@@ -36,9 +48,7 @@ end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'epoch', ARGV[1], 'offset', ARGV[2], 'watermark', ARGV[3], 'state', ARGV[4], 'written_at', ARGV[5])
 redis.call('DEL', KEYS[3])
-if #ARGV > 5 then
-  redis.call('HSET', KEYS[3], unpack(ARGV, 6))
-end
+hset_from(KEYS[3], 6)
 return 1
 "#;
 
@@ -48,7 +58,7 @@ local owner = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) < owner then
   return 0
 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+hset_from(KEYS[2], 2)
 return 1
 "#;
 
@@ -74,8 +84,8 @@ impl RedisCheckpointStore {
             prefix: prefix.to_string(),
             deadline,
             replica_timeout,
-            script: Arc::new(Script::new(COMMIT_SCRIPT)),
-            record_script: Arc::new(Script::new(RECORD_SCRIPT)),
+            script: Arc::new(Script::new(&format!("{HSET_FROM}{COMMIT_SCRIPT}"))),
+            record_script: Arc::new(Script::new(&format!("{HSET_FROM}{RECORD_SCRIPT}"))),
             snapshots: Arc::default(),
         }
     }

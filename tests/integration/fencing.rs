@@ -169,3 +169,53 @@ async fn recorded_writes_are_fenced_by_the_epoch_and_reset_by_a_checkpoint() {
     );
     assert!(store.recorded_writes(&task).await.expect("read").is_empty());
 }
+
+/// A session pipeline's flush can record tens of thousands of new entries
+/// at once (W3 of the benchmark: ~26k open sessions), and a checkpoint can
+/// carry as many: both reach Redis whole. Lua's `unpack` refuses more than
+/// about 8,000 values, and a script that unpacked them all failed every
+/// retry until the connector stopped ("checkpoint store unavailable").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tens_of_thousands_of_recorded_writes_are_recorded_and_carried_whole() {
+    use regionflow::checkpoint::{Checkpoint, CheckpointStore, CommitOutcome, RecordedWrite, Replication, TaskId};
+    use regionflow::redis::{ClusterHandle, RedisCheckpointStore};
+
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let handle =
+        std::sync::Arc::new(ClusterHandle::connect(&common::redis_config(cluster.urls(), 4)).await.expect("cluster"));
+    let store = RedisCheckpointStore::new(handle, "rf", Duration::from_secs(10), Duration::from_secs(2));
+    let task = TaskId { pipeline: "p".into(), topic: "t".into(), partition: 0 };
+    let records = |n: usize, tag: &str| -> Vec<RecordedWrite> {
+        (0..n)
+            .map(|i| RecordedWrite {
+                entry: format!("rf:s:{tag}{i}:1"),
+                offset: i as i64,
+                window_start: T0 + i as i64,
+                window_end: T0 + i as i64 + 30_000,
+                key: format!("{tag}{i}"),
+            })
+            .collect()
+    };
+    let sorted = |mut writes: Vec<RecordedWrite>| {
+        writes.sort_by(|a, b| a.entry.cmp(&b.entry));
+        writes
+    };
+
+    let epoch = store.acquire(&task).await.expect("epoch");
+    let written = records(20_001, "a");
+    assert_eq!(store.record_writes(&task, epoch, &written).await.expect("recorded"), CommitOutcome::Stored);
+    assert_eq!(sorted(store.recorded_writes(&task).await.expect("read")), sorted(written));
+
+    let carried = records(15_000, "b");
+    let checkpoint = Checkpoint { epoch, offset: 10, watermark: T0, state: vec![1], written_at: T0, carried };
+    assert_eq!(
+        store.commit(&task, &checkpoint, Replication { replicas: 0 }).await.expect("stored"),
+        CommitOutcome::Stored
+    );
+    assert_eq!(
+        sorted(store.recorded_writes(&task).await.expect("read")),
+        sorted(checkpoint.carried.clone()),
+        "the checkpoint replaced the records with the ones it carries"
+    );
+}
