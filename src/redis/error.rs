@@ -37,6 +37,9 @@ pub enum Permanent {
     OutOfMemory,
     /// The function library could not be loaded (a Lua error in it).
     FunctionLoad,
+    /// One of regionflow's scripts raised a Lua error while running: the
+    /// same arguments raise it again.
+    ScriptError,
     /// A bad client configuration.
     Protocol,
 }
@@ -53,6 +56,7 @@ impl Permanent {
                  shorten region TTLs, or free keys"
             }
             Permanent::FunctionLoad => "the merge function library could not be loaded",
+            Permanent::ScriptError => "a regionflow script failed in Lua (a bug: please report it with this message)",
             Permanent::Protocol => "Redis answered something regionflow did not expect",
         }
     }
@@ -87,6 +91,11 @@ fn response_error(e: &RedisError) -> Option<Permanent> {
         Some(Permanent::UnknownCommand)
     } else if detail.starts_with("Error registering functions") || detail.starts_with("Error compiling function") {
         Some(Permanent::FunctionLoad)
+    } else if detail.starts_with("user_script:") || detail.starts_with("user_function:") {
+        // A Lua runtime error (Redis 7 names the script's line); an error
+        // of a command the script called keeps that command's own code
+        // (`READONLY`, `OOM`, ...) and is classified by it.
+        Some(Permanent::ScriptError)
     } else {
         None
     }
@@ -232,7 +241,15 @@ mod tests {
             (server("CLUSTERDOWN", "The cluster is down"), Retry::Transient),
             (server("READONLY", "You can't write against a read only replica."), Retry::Transient),
             (server("LOADING", "Redis is loading the dataset in memory"), Retry::Transient),
-            (server("ERR", "Error running script, user_function:1: some runtime error"), Retry::Transient),
+            (
+                server("ERR", "user_script:6: too many results to unpack script: 3e35, on @user_script:6."),
+                Retry::Permanent(Permanent::ScriptError),
+            ),
+            (
+                server("ERR", "user_function:12: attempt to index a nil value script: f, on @user_function:12."),
+                Retry::Permanent(Permanent::ScriptError),
+            ),
+            (server("READONLY", "You can't write against a read only replica. script: 3e35"), Retry::Transient),
         ];
         for (error, expected) in cases {
             assert_eq!(classify(&error), expected, "{error}");
