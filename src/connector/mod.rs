@@ -2,8 +2,9 @@
 //! configured pipeline.
 //!
 //! Its dispatch loop (this file) polls the consumer, groups records by
-//! partition and hands each group to that partition's task over a bounded
-//! channel (a full channel stops the loop from polling: backpressure
+//! partition (copying each one's key and payload once, into the
+//! partition's [`RecordBatch`]: no allocation per record) and hands each
+//! group to that partition's task over a bounded channel (a full channel stops the loop from polling: backpressure
 //! reaches Kafka; a shutdown request still ends the wait, and the records
 //! not handed over are replayed by the partition's next owner).
 //!
