@@ -225,12 +225,15 @@ fn main() {
             };
             let run = runtime.block_on(connector.run("", None));
             println!(
-                "    connector: {}/s ({:.1} s), {} entries written, peak RSS {:.0} MB, {:.2} CPU us/event {}",
+                "    connector: {}/s ({:.1} s), {} entries written, peak RSS {:.0} MB, {:.2} CPU us/event, \
+                 Redis us/event {:.2} in FCALL + {:.2} in scripts (checkpoints, session ledger) {}",
                 si(run.events_per_s),
                 run.seconds,
                 run.written,
                 run.peak_rss as f64 / 1048576.0,
                 run.cpu_us_per_event,
+                run.redis_us_per_event_fcall,
+                run.redis_us_per_event_scripts,
                 run.note
             );
             if let Some(sink_changes) = &sink.with_changes {

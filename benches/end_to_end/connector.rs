@@ -142,6 +142,10 @@ pub struct Run {
     pub script_inner_per_event: f64,
     /// Redis's own time per `FCALL` in this run (commandstats usec/calls).
     pub redis_us_per_merge: f64,
+    /// Redis's own time per event in the merge function, and in scripts
+    /// (`EVAL`/`EVALSHA`: checkpoints and the session ledger).
+    pub redis_us_per_event_fcall: f64,
+    pub redis_us_per_event_scripts: f64,
     pub peak_rss: u64,
     pub cpu_us_per_event: f64,
     /// Of the connector's CPU, its Kafka client threads' (see
@@ -308,6 +312,8 @@ impl ConnectorRun<'_> {
         run.script_inner_per_event = inner / n;
         run.commands_per_event = (all_calls(&counters) - inner) / n;
         run.redis_us_per_merge = get("usec_fcall") / merges.max(1.0);
+        run.redis_us_per_event_fcall = get("usec_fcall") / n;
+        run.redis_us_per_event_scripts = (get("usec_evalsha") + get("usec_eval")) / n;
         run.feed = feed.map(|(mut feed, appended_at)| {
             feed.tail_ms = appended_at - last_ack;
             if !feed.complete(run.written) {

@@ -183,10 +183,33 @@ pub async fn run(
     } else {
         abort.cancel();
     }
-    consumer.unsubscribe();
-    drop(consumer);
+    leave_group(consumer, LEAVE_GROUP_TIMEOUT).await;
     tracing::info!("connector stopped");
     result
+}
+
+/// How long stopping waits for the consumer to leave the group.
+const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Unsubscribes and closes the consumer (librdkafka's close: the last
+/// revoke, the final offset commit, LeaveGroup) on a blocking thread, waiting at most
+/// `limit`. With the brokers gone the close waits for requests that only
+/// time out after `socket.timeout.ms` (a minute by default); nothing of
+/// the pipeline's depends on it (tasks have checkpointed, committed
+/// offsets are informational, and the group drops a member that left
+/// without a word after its session timeout), so stopping does not wait
+/// for it longer.
+async fn leave_group(consumer: Arc<kafka::consumer::SourceConsumer>, limit: Duration) {
+    let closing = tokio::task::spawn_blocking(move || {
+        consumer.unsubscribe();
+        drop(consumer);
+    });
+    if tokio::time::timeout(limit, closing).await.is_err() {
+        tracing::warn!(
+            waited = ?limit,
+            "the consumer did not leave the group in time (Kafka unreachable?); stopping without waiting for it"
+        );
+    }
 }
 
 /// Hands each partition's records to its task, waiting while a task's queue
