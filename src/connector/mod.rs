@@ -188,8 +188,9 @@ pub async fn run(
     result
 }
 
-/// How long stopping waits for the consumer to leave the group.
-const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long stopping waits for the consumer to leave the group, after
+/// `connector.shutdown_timeout`: a deployment's grace period covers both.
+pub const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Unsubscribes and closes the consumer (librdkafka's close: the last
 /// revoke, the final offset commit, LeaveGroup) on a blocking thread, waiting at most

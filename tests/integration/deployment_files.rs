@@ -900,7 +900,8 @@ fn kubernetes_sidecar_example_is_consistent() {
     let annotations = &pod["metadata"]["annotations"];
     assert_eq!(annotations["prometheus.io/port"], config.metrics_port.to_string(), "scrape annotation port");
     let grace = spec["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
-    assert!(grace > config.shutdown_timeout.as_secs(), "grace period covers connector.shutdown_timeout");
+    let stopping = config.shutdown_timeout + regionflow::connector::LEAVE_GROUP_TIMEOUT;
+    assert!(grace > stopping.as_secs(), "grace period covers connector.shutdown_timeout and leaving the group");
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
 }
 
