@@ -4,9 +4,10 @@
 //! Its dispatch loop (this file) polls the consumer, groups records by
 //! partition (copying each one's key and payload once, into the
 //! partition's [`RecordBatch`]: no allocation per record) and hands each
-//! group to that partition's task over a bounded channel (a full channel stops the loop from polling: backpressure
-//! reaches Kafka; a shutdown request still ends the wait, and the records
-//! not handed over are replayed by the partition's next owner).
+//! group to that partition's task over a bounded channel (a full channel
+//! stops the loop from polling: backpressure reaches Kafka; a shutdown
+//! request still ends the wait, and the records not handed over are
+//! replayed by the partition's next owner).
 //!
 //! The rebalance callback only forwards each assignment and revocation to
 //! [`assignment`], an async task that starts a task for each assigned
@@ -193,8 +194,8 @@ pub async fn run(
 pub const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Unsubscribes and closes the consumer (librdkafka's close: the last
-/// revoke, the final offset commit, LeaveGroup) on a blocking thread, waiting at most
-/// `limit`. With the brokers gone the close waits for requests that only
+/// revoke, the final offset commit, LeaveGroup) on a blocking thread,
+/// waiting at most `limit`. With the brokers gone the close waits for requests that only
 /// time out after `socket.timeout.ms` (a minute by default); nothing of
 /// the pipeline's depends on it (tasks have checkpointed, committed
 /// offsets are informational, and the group drops a member that left

@@ -26,11 +26,6 @@ struct Stored {
 }
 
 impl RecordBatch {
-    /// An empty batch with room for `records` records of `bytes` bytes in all.
-    pub fn with_capacity(records: usize, bytes: usize) -> Self {
-        RecordBatch { bytes: Vec::with_capacity(bytes), records: Vec::with_capacity(records) }
-    }
-
     pub fn push(&mut self, offset: i64, timestamp: Option<Millis>, key: Option<&[u8]>, payload: Option<&[u8]>) {
         let start = self.bytes.len();
         let mut append = |part: Option<&[u8]>| {
@@ -82,15 +77,9 @@ impl<'a> FromIterator<RecordRef<'a>> for RecordBatch {
     }
 }
 
-impl From<&[SourceRecord]> for RecordBatch {
-    fn from(records: &[SourceRecord]) -> Self {
-        records.iter().map(SourceRecord::view).collect()
-    }
-}
-
 impl From<Vec<SourceRecord>> for RecordBatch {
     fn from(records: Vec<SourceRecord>) -> Self {
-        records.as_slice().into()
+        records.iter().map(SourceRecord::view).collect()
     }
 }
 
@@ -107,10 +96,10 @@ mod tests {
             SourceRecord { offset: 10, timestamp: None, key: None, payload: None },
             SourceRecord { offset: 11, timestamp: None, key: Some(b"\xff\x00".to_vec()), payload: Some(Vec::new()) },
         ];
-        let batch = RecordBatch::from(records.as_slice());
+        let batch: RecordBatch = records.iter().map(SourceRecord::view).collect();
         assert_eq!(batch.len(), records.len());
         assert_eq!(batch.bytes(), records.iter().map(SourceRecord::size).sum::<usize>());
-        let back: Vec<SourceRecord> = batch.iter().map(|r| r.to_owned()).collect();
+        let back: Vec<SourceRecord> = batch.iter().map(|r| r.to_record()).collect();
         assert_eq!(back, records, "an empty key or payload stays empty, a missing one missing");
     }
 }

@@ -61,7 +61,8 @@ impl RecordRef<'_> {
         self.key.map_or(0, <[u8]>::len) + self.payload.map_or(0, <[u8]>::len)
     }
 
-    pub fn to_owned(&self) -> SourceRecord {
+    /// The record owning its bytes (for a dead letter).
+    pub fn to_record(&self) -> SourceRecord {
         SourceRecord {
             offset: self.offset,
             timestamp: self.timestamp,

@@ -84,7 +84,7 @@ impl PartitionTask {
         // An oversize record would likely be refused by the dead-letter
         // topic too: keep its headers, drop its body.
         let record = if error.stage == Stage::Size { RecordRef { payload: None, ..record } } else { record };
-        let record = record.to_owned();
+        let record = record.to_record();
         self.dead_letters.push(DeadLetter { record, stage: error.stage.as_str(), reason: error.reason });
         Ok(())
     }
@@ -100,7 +100,7 @@ impl PartitionTask {
                     event.time,
                     self.watermark.current()
                 ),
-                record: record.to_owned(),
+                record: record.to_record(),
                 stage: "late",
             }),
         }
