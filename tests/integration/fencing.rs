@@ -114,13 +114,7 @@ region = {{ name = "events" }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_writes_are_fenced_by_the_epoch_and_reset_by_a_checkpoint() {
     use regionflow::checkpoint::{Checkpoint, CheckpointStore, CommitOutcome, RecordedWrite, Replication, TaskId};
-    use regionflow::redis::{ClusterHandle, RedisCheckpointStore};
-
-    common::init_logging();
-    let cluster = tokio::task::block_in_place(RedisCluster::start);
-    let handle =
-        std::sync::Arc::new(ClusterHandle::connect(&common::redis_config(cluster.urls(), 4)).await.expect("cluster"));
-    let store = RedisCheckpointStore::new(handle, "rf", Duration::from_secs(10), Duration::from_secs(2));
+    let (_cluster, store) = checkpoint_store().await;
     let task = TaskId { pipeline: "p".into(), topic: "t".into(), partition: 3 };
     let record = |entry: &str, offset: i64, key: &str| RecordedWrite {
         entry: entry.into(),
@@ -178,13 +172,7 @@ async fn recorded_writes_are_fenced_by_the_epoch_and_reset_by_a_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tens_of_thousands_of_recorded_writes_are_recorded_and_carried_whole() {
     use regionflow::checkpoint::{Checkpoint, CheckpointStore, CommitOutcome, RecordedWrite, Replication, TaskId};
-    use regionflow::redis::{ClusterHandle, RedisCheckpointStore};
-
-    common::init_logging();
-    let cluster = tokio::task::block_in_place(RedisCluster::start);
-    let handle =
-        std::sync::Arc::new(ClusterHandle::connect(&common::redis_config(cluster.urls(), 4)).await.expect("cluster"));
-    let store = RedisCheckpointStore::new(handle, "rf", Duration::from_secs(10), Duration::from_secs(2));
+    let (_cluster, store) = checkpoint_store().await;
     let task = TaskId { pipeline: "p".into(), topic: "t".into(), partition: 0 };
     let records = |n: usize, tag: &str| -> Vec<RecordedWrite> {
         (0..n)
@@ -218,4 +206,15 @@ async fn tens_of_thousands_of_recorded_writes_are_recorded_and_carried_whole() {
         sorted(checkpoint.carried.clone()),
         "the checkpoint replaced the records with the ones it carries"
     );
+}
+
+/// A checkpoint store on a fresh cluster (kept running by the returned handle).
+async fn checkpoint_store() -> (RedisCluster, regionflow::redis::RedisCheckpointStore) {
+    use regionflow::redis::{ClusterHandle, RedisCheckpointStore};
+
+    common::init_logging();
+    let cluster = tokio::task::block_in_place(RedisCluster::start);
+    let handle =
+        std::sync::Arc::new(ClusterHandle::connect(&common::redis_config(cluster.urls(), 4)).await.expect("cluster"));
+    (cluster, RedisCheckpointStore::new(handle, "rf", Duration::from_secs(10), Duration::from_secs(2)))
 }
