@@ -194,19 +194,42 @@ pub async fn run(
 pub const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Unsubscribes and closes the consumer (librdkafka's close: the last
-/// revoke, the final offset commit, LeaveGroup) on a blocking thread,
-/// waiting at most `limit`. With the brokers gone the close waits for requests that only
-/// time out after `socket.timeout.ms` (a minute by default); nothing of
-/// the pipeline's depends on it (tasks have checkpointed, committed
-/// offsets are informational, and the group drops a member that left
-/// without a word after its session timeout), so stopping does not wait
-/// for it longer.
+/// revoke, the final offset commit, LeaveGroup) on a thread of its own,
+/// waiting at most `limit`. With the brokers gone the close waits for
+/// requests that time out after `socket.timeout.ms` (a minute by default),
+/// and sometimes does not return at all (librdkafka #4519). Nothing of the
+/// pipeline's depends on it (tasks have checkpointed, committed offsets are
+/// informational, and the group drops a member that left without a word
+/// after its session timeout), so stopping does not wait for it longer.
+///
+/// A detached thread, not `spawn_blocking`: dropping a Tokio runtime waits
+/// for its blocking tasks without a bound, so a close that never returns
+/// would hold the process (or a test's runtime) forever after `run` had
+/// returned. A detached thread ends with the process.
 async fn leave_group(consumer: Arc<kafka::consumer::SourceConsumer>, limit: Duration) {
-    let closing = tokio::task::spawn_blocking(move || {
+    let (closed, done) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("leave-group".into()).spawn(move || {
         consumer.unsubscribe();
+        // The close runs wherever the last reference drops: wait out the
+        // brief holders (log-bound lookups, offset commits) so it runs here.
+        let mut shared = consumer;
+        let consumer = loop {
+            match Arc::try_unwrap(shared) {
+                Ok(consumer) => break consumer,
+                Err(still_shared) => {
+                    shared = still_shared;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
         drop(consumer);
+        let _ = closed.send(());
     });
-    if tokio::time::timeout(limit, closing).await.is_err() {
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no thread to leave the group on; stopping without leaving it");
+        return;
+    }
+    if tokio::time::timeout(limit, done).await.is_err() {
         tracing::warn!(
             waited = ?limit,
             "the consumer did not leave the group in time (Kafka unreachable?); stopping without waiting for it"
