@@ -68,12 +68,49 @@ pub struct RecordedWrite {
 }
 
 impl RecordedWrite {
-    /// `offset start end key`: the key last, as it may hold spaces.
-    pub fn encode(&self) -> String {
-        format!("{} {} {} {}", self.offset, self.window_start, self.window_end, self.key)
+    /// Appends the write to a packed list: `offset start end entry_len
+    /// key_len ` (decimal, each followed by a space), then the entry's and
+    /// the key's bytes. The lengths carry any entry or key whole, spaces
+    /// and newlines included.
+    pub fn pack(&self, into: &mut String) {
+        use std::fmt::Write;
+        let (offset, start, end) = (self.offset, self.window_start, self.window_end);
+        let (entry, key) = (self.entry.len(), self.key.len());
+        let _ = write!(into, "{offset} {start} {end} {entry} {key} ");
+        into.push_str(&self.entry);
+        into.push_str(&self.key);
     }
 
-    pub fn decode(entry: String, text: &str) -> Option<RecordedWrite> {
+    /// Reads back a list [`RecordedWrite::pack`] wrote; `None` when it is malformed.
+    pub fn unpack_all(mut packed: &str) -> Option<Vec<RecordedWrite>> {
+        let mut writes = Vec::new();
+        while !packed.is_empty() {
+            let mut number = || -> Option<i64> {
+                let (digits, rest) = packed.split_once(' ')?;
+                packed = rest;
+                digits.parse().ok()
+            };
+            let (offset, window_start, window_end) = (number()?, number()?, number()?);
+            let (entry_len, key_len) = (usize::try_from(number()?).ok()?, usize::try_from(number()?).ok()?);
+            let entry = packed.get(..entry_len)?;
+            let key = packed.get(entry_len..entry_len.checked_add(key_len)?)?;
+            packed = &packed[entry_len + key_len..];
+            writes.push(RecordedWrite {
+                entry: entry.to_string(),
+                offset,
+                window_start,
+                window_end,
+                key: key.to_string(),
+            });
+        }
+        Some(writes)
+    }
+
+    /// Reads one write of the layout before packed lists (regionflow
+    /// before 2026-12-07): the entry as the hash field, `offset start end
+    /// key` as its value; a successor of a connector of that version reads
+    /// its records.
+    pub fn decode_single(entry: String, text: &str) -> Option<RecordedWrite> {
         let mut parts = text.splitn(4, ' ');
         let mut number = || parts.next()?.parse::<i64>().ok();
         let (offset, window_start, window_end) = (number()?, number()?, number()?);
@@ -163,4 +200,58 @@ pub trait CheckpointStore: Send + Sync {
         checkpoint: &'a Checkpoint,
         replication: Replication,
     ) -> BoxFuture<'a, Result<CommitOutcome, CheckpointError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecordedWrite;
+    use proptest::prelude::*;
+
+    fn write() -> impl Strategy<Value = RecordedWrite> {
+        (".*", any::<i64>(), any::<i64>(), any::<i64>(), ".*").prop_map(
+            |(entry, offset, window_start, window_end, key)| RecordedWrite {
+                entry,
+                offset,
+                window_start,
+                window_end,
+                key,
+            },
+        )
+    }
+
+    proptest! {
+        /// Any entries and keys (spaces, newlines, digits, empty, any
+        /// Unicode) and any numbers come back exactly, in order.
+        #[test]
+        fn a_packed_list_reads_back_as_written(writes in proptest::collection::vec(write(), 0..20)) {
+            let mut packed = String::new();
+            for write in &writes {
+                write.pack(&mut packed);
+            }
+            prop_assert_eq!(RecordedWrite::unpack_all(&packed), Some(writes));
+        }
+
+        /// Cut anywhere inside its last write, a list is refused, never misread.
+        #[test]
+        fn a_truncated_list_is_refused(writes in proptest::collection::vec(write(), 1..5), cut in any::<prop::sample::Index>()) {
+            let mut packed = String::new();
+            for write in &writes[..writes.len() - 1] {
+                write.pack(&mut packed);
+            }
+            let whole = packed.len();
+            writes[writes.len() - 1].pack(&mut packed);
+            let at = whole + 1 + cut.index(packed.len() - whole - 1);
+            if let Some(prefix) = packed.get(..at) {
+                prop_assert_eq!(RecordedWrite::unpack_all(prefix), None);
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_lists_are_refused() {
+        for packed in ["x 0 0 0 0 ", "1 2 3 -1 0 ", "1 2 3 5 0 abc", "1 2 3 99999999999999999999 0 a", "1 2 3 1 1 é"] {
+            assert_eq!(RecordedWrite::unpack_all(packed), None, "{packed:?}");
+        }
+        assert_eq!(RecordedWrite::unpack_all(""), Some(Vec::new()));
+    }
 }

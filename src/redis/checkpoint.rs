@@ -6,11 +6,13 @@
 //! `INCR`ed on every takeover), `<prefix>:_ckpt:{...}` (a hash with
 //! `epoch`, `offset`, `watermark`, `state`, `written_at`) and
 //! `<prefix>:_written:{...}` (session entries written since the checkpoint,
-//! recorded before they are written; see `CheckpointStore::record_writes`).
-//! The commit script writes the whole checkpoint and resets the records in
-//! one step, or nothing when the counter has moved past the writer's epoch;
-//! the record script records nothing then either. A set per pipeline, `<prefix>:_ckpt_index:<pipeline>`,
-//! lists the tasks that have checkpoints, for the operations CLI.
+//! recorded before they are written, one packed list per flush; see
+//! `CheckpointStore::record_writes`). The commit script writes the whole
+//! checkpoint and resets the records in one step, or nothing when the
+//! counter has moved past the writer's epoch; the record script records
+//! nothing then either. A set per pipeline,
+//! `<prefix>:_ckpt_index:<pipeline>`, lists the tasks that have
+//! checkpoints, for the operations CLI.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,20 +28,8 @@ use crate::checkpoint::{
     Checkpoint, CheckpointError, CheckpointStore, CommitOutcome, RecordedWrite, Replication, TaskId,
 };
 
-/// Sets the (field, value) pairs of `ARGV[first..]` in hash `key`, a
-/// thousand arguments per `HSET`: Lua's `unpack` refuses more than about
-/// 8,000 values ("too many results to unpack"), and a flush of a session
-/// pipeline can record tens of thousands of entries.
-const HSET_FROM: &str = r#"
-local function hset_from(key, first)
-  for i = first, #ARGV, 1000 do
-    redis.call('HSET', key, unpack(ARGV, i, math.min(i + 999, #ARGV)))
-  end
-end
-"#;
-
 /// KEYS: epoch counter, checkpoint, recorded writes. ARGV: epoch, offset,
-/// watermark, state, written_at, then the carried records (entry, value)...
+/// watermark, state, written_at, the carried records packed (empty: none).
 const COMMIT_SCRIPT: &str = r#"
 local owner = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) < owner then
@@ -48,19 +38,65 @@ end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'epoch', ARGV[1], 'offset', ARGV[2], 'watermark', ARGV[3], 'state', ARGV[4], 'written_at', ARGV[5])
 redis.call('DEL', KEYS[3])
-hset_from(KEYS[3], 6)
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[3], '#', 1, '1', ARGV[6])
+end
 return 1
 "#;
 
-/// KEYS: epoch counter, recorded writes. ARGV: epoch, then (entry, value)...
+/// KEYS: epoch counter, recorded writes. ARGV: epoch, the records packed.
+/// Each call adds one field, numbered by the hash's counter `#`.
 const RECORD_SCRIPT: &str = r#"
 local owner = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) < owner then
   return 0
 end
-hset_from(KEYS[2], 2)
+local batch = redis.call('HINCRBY', KEYS[2], '#', 1)
+redis.call('HSET', KEYS[2], batch, ARGV[2])
 return 1
 "#;
+
+/// The records of a recorded-writes hash, in the order they were made:
+/// numbered fields hold packed lists ([`RecordedWrite::pack`]), counted by
+/// `#`; any other field is one record of the layout before packed lists
+/// (field: the entry, which always holds a `:`), older than every list.
+/// A record made again (a retried call whose first answer was lost) is
+/// read once, as last made.
+fn read_recorded(task: &TaskId, fields: HashMap<String, String>) -> Result<Vec<RecordedWrite>, CheckpointError> {
+    let corrupt = |message: String| CheckpointError::Corrupt { task: task.to_string(), message };
+    let mut single = Vec::new();
+    let mut batches = Vec::new();
+    for (field, value) in fields {
+        if field == "#" {
+            continue;
+        }
+        match field.parse::<u64>() {
+            Ok(number) => batches.push((number, value)),
+            Err(_) => single.push(
+                RecordedWrite::decode_single(field, &value)
+                    .ok_or_else(|| corrupt(format!("recorded write {value:?} is malformed")))?,
+            ),
+        }
+    }
+    batches.sort_unstable_by_key(|(number, _)| *number);
+    let mut latest: HashMap<String, RecordedWrite> = single.into_iter().map(|w| (w.entry.clone(), w)).collect();
+    for (number, packed) in batches {
+        let writes = RecordedWrite::unpack_all(&packed)
+            .ok_or_else(|| corrupt(format!("recorded writes #{number} are malformed")))?;
+        latest.extend(writes.into_iter().map(|w| (w.entry.clone(), w)));
+    }
+    let mut writes: Vec<RecordedWrite> = latest.into_values().collect();
+    writes.sort_by(|a, b| (a.offset, &a.entry).cmp(&(b.offset, &b.entry)));
+    Ok(writes)
+}
+
+fn packed(writes: &[RecordedWrite]) -> String {
+    let mut packed = String::new();
+    for write in writes {
+        write.pack(&mut packed);
+    }
+    packed
+}
 
 #[derive(Clone)]
 pub struct RedisCheckpointStore {
@@ -84,8 +120,8 @@ impl RedisCheckpointStore {
             prefix: prefix.to_string(),
             deadline,
             replica_timeout,
-            script: Arc::new(Script::new(&format!("{HSET_FROM}{COMMIT_SCRIPT}"))),
-            record_script: Arc::new(Script::new(&format!("{HSET_FROM}{RECORD_SCRIPT}"))),
+            script: Arc::new(Script::new(COMMIT_SCRIPT)),
+            record_script: Arc::new(Script::new(RECORD_SCRIPT)),
             snapshots: Arc::default(),
         }
     }
@@ -103,7 +139,7 @@ impl RedisCheckpointStore {
     }
 
     /// The writes recorded since the task's last checkpoint: a hash of
-    /// entry key → [`RecordedWrite::encode`].
+    /// packed lists (see [`read_recorded`]).
     pub fn recorded_key(&self, task: &TaskId) -> String {
         format!("{}:_written:{}", self.prefix, Self::tag(task))
     }
@@ -280,6 +316,7 @@ impl CheckpointStore for RedisCheckpointStore {
             let confirmed = self.confirm(task, replication).await?;
             let (epoch_key, checkpoint_key) = (self.epoch_key(task), self.checkpoint_key(task));
             let recorded_key = self.recorded_key(task);
+            let carried = packed(&checkpoint.carried);
             let (stored, _) = self
                 .connection
                 .with_retry(self.deadline, "store checkpoint", |mut c| {
@@ -291,10 +328,8 @@ impl CheckpointStore for RedisCheckpointStore {
                         .arg(checkpoint.offset)
                         .arg(checkpoint.watermark)
                         .arg(&checkpoint.state[..])
-                        .arg(checkpoint.written_at);
-                    for carried in &checkpoint.carried {
-                        invocation.arg(&carried.entry).arg(carried.encode());
-                    }
+                        .arg(checkpoint.written_at)
+                        .arg(&carried);
                     async move { invocation.invoke_async::<i64>(&mut c).await }
                 })
                 .await
@@ -330,14 +365,12 @@ impl CheckpointStore for RedisCheckpointStore {
                 return Ok(CommitOutcome::Stored);
             }
             let (epoch_key, recorded_key) = (self.epoch_key(task), self.recorded_key(task));
+            let packed = packed(writes);
             let (recorded, _) = self
                 .connection
                 .with_retry(self.deadline, "record writes", |mut c| {
                     let mut invocation = self.record_script.key(&epoch_key);
-                    invocation.key(&recorded_key).arg(epoch);
-                    for write in writes {
-                        invocation.arg(&write.entry).arg(write.encode());
-                    }
+                    invocation.key(&recorded_key).arg(epoch).arg(&packed);
                     async move { invocation.invoke_async::<i64>(&mut c).await }
                 })
                 .await
@@ -358,16 +391,7 @@ impl CheckpointStore for RedisCheckpointStore {
                 })
                 .await
                 .map_err(Self::unavailable)?;
-            let mut writes = Vec::with_capacity(fields.len());
-            for (entry, value) in fields {
-                let write = RecordedWrite::decode(entry, &value).ok_or_else(|| CheckpointError::Corrupt {
-                    task: task.to_string(),
-                    message: format!("recorded write {value:?} is malformed"),
-                })?;
-                writes.push(write);
-            }
-            writes.sort_by(|a, b| (a.offset, &a.entry).cmp(&(b.offset, &b.entry)));
-            Ok(writes)
+            read_recorded(task, fields)
         }
         .boxed()
     }

@@ -208,6 +208,43 @@ async fn tens_of_thousands_of_recorded_writes_are_recorded_and_carried_whole() {
     );
 }
 
+/// The ledger as a successor reads it, whatever wrote it: records of the
+/// layout before packed lists (one field per entry, left by a connector of
+/// an earlier version) and packed lists, the later record of an entry
+/// winning, and a list recorded twice (a retry whose first answer was
+/// lost) read once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_the_earlier_layout_and_repeated_lists_are_read_once_each() {
+    use regionflow::checkpoint::{CheckpointStore, CommitOutcome, RecordedWrite, TaskId};
+    let (cluster, store) = checkpoint_store().await;
+    let task = TaskId { pipeline: "p".into(), topic: "t".into(), partition: 1 };
+    let record = |entry: &str, offset: i64, key: &str| RecordedWrite {
+        entry: entry.into(),
+        offset,
+        window_start: T0,
+        window_end: T0 + offset,
+        key: key.into(),
+    };
+    let ledger = store.recorded_key(&task);
+    let port = cluster.primary_for_key(&ledger);
+    // As regionflow wrote it before 2026-12-07: entry → "offset start end key".
+    for (entry, value) in
+        [("rf:s:old 1:1", format!("3 {T0} {} old 1", T0 + 3)), ("rf:s:b:1", format!("4 {T0} {} b", T0 + 4))]
+    {
+        assert_eq!(cluster.node_cmd(port, &["HSET", &ledger, entry, &value]), redis::Value::Int(1));
+    }
+    let epoch = store.acquire(&task).await.expect("epoch");
+    let newer = [record("rf:s:b:1", 8, "b"), record("rf:s:c\nd:1", 9, "c\nd")];
+    for _ in 0..2 {
+        assert_eq!(store.record_writes(&task, epoch, &newer).await.expect("recorded"), CommitOutcome::Stored);
+    }
+    assert_eq!(
+        store.recorded_writes(&task).await.expect("read"),
+        vec![record("rf:s:old 1:1", 3, "old 1"), newer[0].clone(), newer[1].clone()],
+        "each entry once, as last recorded, in the order of their positions"
+    );
+}
+
 /// A checkpoint store on a fresh cluster (kept running by the returned handle).
 async fn checkpoint_store() -> (RedisCluster, regionflow::redis::RedisCheckpointStore) {
     use regionflow::redis::{ClusterHandle, RedisCheckpointStore};
