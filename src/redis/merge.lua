@@ -152,6 +152,15 @@ local function fail(message)
   error(message, 0)
 end
 
+-- HSET of `key` with the (field, value) pairs listed, a thousand values
+-- per call: Lua's `unpack` refuses more than about 8,000 values, and a
+-- tombstone keeps a fence for every source partition that wrote the entry.
+local function hset_pairs(key, list)
+  for i = 1, #list, 1000 do
+    redis.call('HSET', key, unpack(list, i, math.min(i + 999, #list)))
+  end
+end
+
 -- Comparisons --------------------------------------------------------------
 
 -- Lua compares strings with strcoll, which depends on the server's locale;
@@ -839,7 +848,7 @@ local function main(KEYS, ARGV)
     -- version. Retracting from nothing (no entry, no version) leaves the
     -- fence only and is no change.
     redis.call('DEL', key)
-    local kept = { key, fence, ARGV[2] }
+    local kept = { fence, ARGV[2] }
     for name, value in pairs(fences) do
       if name ~= fence then
         kept[#kept + 1], kept[#kept + 2] = name, string.format('%d', value)
@@ -853,7 +862,7 @@ local function main(KEYS, ARGV)
         reply = { 2, version }
       end
     end
-    redis.call('HSET', unpack(kept))
+    hset_pairs(key, kept)
     redis.call('PEXPIRE', key, TOMBSTONE_MS)
     return reply
   end

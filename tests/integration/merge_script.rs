@@ -903,6 +903,27 @@ fn retracting_recomputes_and_the_last_retraction_deletes_the_entry() {
     assert_eq!(entry.hgetall(con), fences);
 }
 
+/// An entry written by thousands of source partitions keeps a fence for
+/// each when its last partial is retracted: a tombstone of 5,001 fences
+/// is stored whole. (Lua's `unpack` refuses more than about 8,000 values;
+/// a tombstone set in one `HSET` failed the write for good.)
+#[test]
+fn a_tombstone_keeps_the_fences_of_thousands_of_partitions() {
+    let server = server();
+    let con = &mut server.connection();
+    let entry = Entry::new("many_fences", ALL);
+    let text = entry.partial(1, 10, &accumulate(&entry.spec, &[rec(1, 1.0, "a", 1)]));
+    assert_eq!(entry.write(con, &Write::replace("_p:orders:0", 1, 10, &text)), 1);
+    let mut fences = BTreeMap::new();
+    for partition in 1..=5_000 {
+        assert_eq!(entry.write(con, &Write::retract(&format!("_p:orders:{partition}"), 1, 11)), 1);
+        fences.insert(format!("_f:orders:{partition}"), "1".to_string());
+    }
+    assert_eq!(entry.write(con, &Write::retract("_p:orders:0", 1, 11)), 2, "the last partial's retraction deletes");
+    fences.insert("_f:orders:0".into(), "1".into());
+    assert_eq!(entry.hgetall(con), fences);
+}
+
 /// A retraction fences its source partition's older epochs out of the
 /// entry, whether it deletes the entry, leaves other partials, or finds
 /// nothing to retract: a zombie (an owner that froze, lost its partition
