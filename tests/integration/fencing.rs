@@ -116,13 +116,6 @@ async fn recorded_writes_are_fenced_by_the_epoch_and_reset_by_a_checkpoint() {
     use regionflow::checkpoint::{Checkpoint, CheckpointStore, CommitOutcome, RecordedWrite, Replication, TaskId};
     let (_cluster, store) = checkpoint_store().await;
     let task = TaskId { pipeline: "p".into(), topic: "t".into(), partition: 3 };
-    let record = |entry: &str, offset: i64, key: &str| RecordedWrite {
-        entry: entry.into(),
-        offset,
-        window_start: T0,
-        window_end: T0 + 100,
-        key: key.into(),
-    };
     let checkpoint = |epoch: u64, carried: Vec<RecordedWrite>| Checkpoint {
         epoch,
         offset: 10,
@@ -215,21 +208,14 @@ async fn tens_of_thousands_of_recorded_writes_are_recorded_and_carried_whole() {
 /// lost) read once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_of_the_earlier_layout_and_repeated_lists_are_read_once_each() {
-    use regionflow::checkpoint::{CheckpointStore, CommitOutcome, RecordedWrite, TaskId};
+    use regionflow::checkpoint::{CheckpointStore, CommitOutcome, TaskId};
     let (cluster, store) = checkpoint_store().await;
     let task = TaskId { pipeline: "p".into(), topic: "t".into(), partition: 1 };
-    let record = |entry: &str, offset: i64, key: &str| RecordedWrite {
-        entry: entry.into(),
-        offset,
-        window_start: T0,
-        window_end: T0 + offset,
-        key: key.into(),
-    };
     let ledger = store.recorded_key(&task);
     let port = cluster.primary_for_key(&ledger);
     // As regionflow wrote it before 2026-12-07: entry → "offset start end key".
     for (entry, value) in
-        [("rf:s:old 1:1", format!("3 {T0} {} old 1", T0 + 3)), ("rf:s:b:1", format!("4 {T0} {} b", T0 + 4))]
+        [("rf:s:old 1:1", format!("3 {T0} {} old 1", T0 + 103)), ("rf:s:b:1", format!("4 {T0} {} b", T0 + 104))]
     {
         assert_eq!(cluster.node_cmd(port, &["HSET", &ledger, entry, &value]), redis::Value::Int(1));
     }
@@ -243,6 +229,17 @@ async fn records_of_the_earlier_layout_and_repeated_lists_are_read_once_each() {
         vec![record("rf:s:old 1:1", 3, "old 1"), newer[0].clone(), newer[1].clone()],
         "each entry once, as last recorded, in the order of their positions"
     );
+}
+
+/// A recorded session entry: its window ends `offset` + 100 ms after T0.
+fn record(entry: &str, offset: i64, key: &str) -> regionflow::checkpoint::RecordedWrite {
+    regionflow::checkpoint::RecordedWrite {
+        entry: entry.into(),
+        offset,
+        window_start: T0,
+        window_end: T0 + offset + 100,
+        key: key.into(),
+    }
 }
 
 /// A checkpoint store on a fresh cluster (kept running by the returned handle).
