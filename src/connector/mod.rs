@@ -208,11 +208,14 @@ pub const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// returned. A detached thread ends with the process.
 async fn leave_group(consumer: Arc<kafka::consumer::SourceConsumer>, limit: Duration) {
     let (closed, done) = tokio::sync::oneshot::channel();
+    // Handed over once the thread runs: should no thread start, the consumer
+    // stays here, to be leaked rather than closed on a runtime worker.
+    let (hand_over, receive) = std::sync::mpsc::channel::<Arc<kafka::consumer::SourceConsumer>>();
     let spawned = std::thread::Builder::new().name("leave-group".into()).spawn(move || {
-        consumer.unsubscribe();
+        let Ok(mut shared) = receive.recv() else { return };
+        shared.unsubscribe();
         // The close runs wherever the last reference drops: wait out the
         // brief holders (log-bound lookups, offset commits) so it runs here.
-        let mut shared = consumer;
         let consumer = loop {
             match Arc::try_unwrap(shared) {
                 Ok(consumer) => break consumer,
@@ -226,9 +229,11 @@ async fn leave_group(consumer: Arc<kafka::consumer::SourceConsumer>, limit: Dura
         let _ = closed.send(());
     });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no thread to leave the group on; stopping without leaving it");
+        tracing::warn!(error = %e, "no thread to close the consumer on; stopping without leaving the group");
+        std::mem::forget(consumer);
         return;
     }
+    let _ = hand_over.send(consumer);
     if tokio::time::timeout(limit, done).await.is_err() {
         tracing::warn!(
             waited = ?limit,
