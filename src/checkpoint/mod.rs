@@ -68,11 +68,19 @@ pub struct RecordedWrite {
 }
 
 impl RecordedWrite {
-    /// Appends the write to a packed list: `offset start end entry_len
-    /// key_len ` (decimal, each followed by a space), then the entry's and
-    /// the key's bytes. The lengths carry any entry or key whole, spaces
-    /// and newlines included.
-    pub fn pack(&self, into: &mut String) {
+    /// The writes as one packed list: per write, `offset start end
+    /// entry_len key_len ` (decimal, each followed by a space), then the
+    /// entry's and the key's bytes. The lengths carry any entry or key
+    /// whole, spaces and newlines included.
+    pub fn pack_all(writes: &[RecordedWrite]) -> String {
+        let mut packed = String::new();
+        for write in writes {
+            write.pack(&mut packed);
+        }
+        packed
+    }
+
+    fn pack(&self, into: &mut String) {
         use std::fmt::Write;
         let (offset, start, end) = (self.offset, self.window_start, self.window_end);
         let (entry, key) = (self.entry.len(), self.key.len());
@@ -81,7 +89,7 @@ impl RecordedWrite {
         into.push_str(&self.key);
     }
 
-    /// Reads back a list [`RecordedWrite::pack`] wrote; `None` when it is malformed.
+    /// Reads back a list [`RecordedWrite::pack_all`] wrote; `None` when it is malformed.
     pub fn unpack_all(mut packed: &str) -> Option<Vec<RecordedWrite>> {
         let mut writes = Vec::new();
         while !packed.is_empty() {
@@ -224,22 +232,14 @@ mod tests {
         /// Unicode) and any numbers come back exactly, in order.
         #[test]
         fn a_packed_list_reads_back_as_written(writes in proptest::collection::vec(write(), 0..20)) {
-            let mut packed = String::new();
-            for write in &writes {
-                write.pack(&mut packed);
-            }
-            prop_assert_eq!(RecordedWrite::unpack_all(&packed), Some(writes));
+            prop_assert_eq!(RecordedWrite::unpack_all(&RecordedWrite::pack_all(&writes)), Some(writes));
         }
 
         /// Cut anywhere inside its last write, a list is refused, never misread.
         #[test]
         fn a_truncated_list_is_refused(writes in proptest::collection::vec(write(), 1..5), cut in any::<prop::sample::Index>()) {
-            let mut packed = String::new();
-            for write in &writes[..writes.len() - 1] {
-                write.pack(&mut packed);
-            }
-            let whole = packed.len();
-            writes[writes.len() - 1].pack(&mut packed);
+            let whole = RecordedWrite::pack_all(&writes[..writes.len() - 1]).len();
+            let packed = RecordedWrite::pack_all(&writes);
             let at = whole + 1 + cut.index(packed.len() - whole - 1);
             if let Some(prefix) = packed.get(..at) {
                 prop_assert_eq!(RecordedWrite::unpack_all(prefix), None);

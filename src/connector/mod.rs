@@ -16,7 +16,9 @@
 //! checkpointed, so the next owner starts where this one stopped and
 //! replays nothing; the callback waits for its answer, so the partitions
 //! are assigned at the restored offsets. On shutdown the same happens for
-//! every partition, then the consumer commits and leaves the group.
+//! every partition, then the consumer commits and leaves the group (on a
+//! thread of its own, waited for at most [`LEAVE_GROUP_TIMEOUT`]: with
+//! Kafka unreachable, librdkafka's close may never return).
 //!
 //! A task that fails in a way a replay cures (a Redis connection replaced
 //! under writes that `WAIT` must vouch for) is restarted in place, as if

@@ -57,7 +57,7 @@ return 1
 "#;
 
 /// The records of a recorded-writes hash, in the order they were made:
-/// numbered fields hold packed lists ([`RecordedWrite::pack`]), counted by
+/// numbered fields hold packed lists ([`RecordedWrite::pack_all`]), counted by
 /// `#`; any other field is one record of the layout before packed lists
 /// (field: the entry, which always holds a `:`), older than every list.
 /// A record made again (a retried call whose first answer was lost) is
@@ -88,14 +88,6 @@ fn read_recorded(task: &TaskId, fields: HashMap<String, String>) -> Result<Vec<R
     let mut writes: Vec<RecordedWrite> = latest.into_values().collect();
     writes.sort_by(|a, b| (a.offset, &a.entry).cmp(&(b.offset, &b.entry)));
     Ok(writes)
-}
-
-fn packed(writes: &[RecordedWrite]) -> String {
-    let mut packed = String::new();
-    for write in writes {
-        write.pack(&mut packed);
-    }
-    packed
 }
 
 #[derive(Clone)]
@@ -139,7 +131,7 @@ impl RedisCheckpointStore {
     }
 
     /// The writes recorded since the task's last checkpoint: a hash of
-    /// packed lists (see [`read_recorded`]).
+    /// packed lists ([`RecordedWrite::pack_all`]), one per recording call.
     pub fn recorded_key(&self, task: &TaskId) -> String {
         format!("{}:_written:{}", self.prefix, Self::tag(task))
     }
@@ -316,7 +308,7 @@ impl CheckpointStore for RedisCheckpointStore {
             let confirmed = self.confirm(task, replication).await?;
             let (epoch_key, checkpoint_key) = (self.epoch_key(task), self.checkpoint_key(task));
             let recorded_key = self.recorded_key(task);
-            let carried = packed(&checkpoint.carried);
+            let carried = RecordedWrite::pack_all(&checkpoint.carried);
             let (stored, _) = self
                 .connection
                 .with_retry(self.deadline, "store checkpoint", |mut c| {
@@ -365,7 +357,7 @@ impl CheckpointStore for RedisCheckpointStore {
                 return Ok(CommitOutcome::Stored);
             }
             let (epoch_key, recorded_key) = (self.epoch_key(task), self.recorded_key(task));
-            let packed = packed(writes);
+            let packed = RecordedWrite::pack_all(writes);
             let (recorded, _) = self
                 .connection
                 .with_retry(self.deadline, "record writes", |mut c| {
